@@ -1,0 +1,51 @@
+# The two commands a newcomer needs: `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+VENDOR := app/static/vendor
+TEST_DB_URL ?= postgresql://nullops_test:nullops_test@127.0.0.1:5432/nullops_test
+
+.PHONY: run test venv assets host-run host-test images pytest clean
+
+## run: NullOps on http://127.0.0.1:8080 (embedded SQLite under var/, first admin created)
+run: host-run venv assets
+	NULLOPS_DEV=1 $(BIN)/nullops db upgrade
+	NULLOPS_DEV=1 $(BIN)/nullops users create-admin --if-missing
+	NULLOPS_DEV=1 exec $(BIN)/nullops dev
+
+## test: installs and starts Docker and PostgreSQL when missing, builds test images, runs pytest
+test: host-test venv assets images pytest
+
+host-run:
+	@bash scripts/run-host.sh
+
+host-test:
+	@bash scripts/test-host.sh
+
+images:
+	@bash scripts/build-test-images.sh
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+assets: $(VENDOR)/.stamp
+
+$(VENDOR)/.stamp: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p $(VENDOR)
+	cp node_modules/htmx.org/dist/htmx.min.js node_modules/@picocss/pico/css/pico.min.css $(VENDOR)/
+	touch $@
+
+pytest:
+	NULLOPS_TEST_DATABASE_URL=$(TEST_DB_URL) NULLOPS_TEST_DOCKER=1 $(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) node_modules $(VENDOR)

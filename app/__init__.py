@@ -1,0 +1,43 @@
+"""NullOps control plane."""
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+__version__ = "0.1.0"
+
+
+def create_app(config=None):
+    """Build the app: bind extensions, register blueprints, nothing else (no I/O)."""
+    from app.config import Config
+
+    app = Flask(__name__)
+    app.config.from_object(config if config is not None else Config())
+
+    from app import auth_setup, crypto
+    from app.api import bp as api_bp, register_error_handlers
+    from app.extensions import csrf, db, login_manager, migrate, sock
+    from app.health import bp as health_bp
+    from app.ui import bp as ui_bp
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(_migrations_dir()))
+    csrf.init_app(app)
+    sock.init_app(app)
+    auth_setup.init_app(app, login_manager)
+    app.extensions["nullops_keyring"] = crypto.KeyRing(
+        app.config["NULLOPS_MASTER_KEY"], app.config["NULLOPS_OLD_MASTER_KEYS"]
+    )
+    if app.config["NULLOPS_TRUSTED_PROXIES"]:
+        n = app.config["NULLOPS_TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
+
+    app.register_blueprint(health_bp)
+    app.register_blueprint(api_bp)
+    app.register_blueprint(ui_bp)
+    register_error_handlers(app)
+    return app
+
+
+def _migrations_dir():
+    from app.config import PROJECT_ROOT
+
+    return PROJECT_ROOT / "migrations"

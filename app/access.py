@@ -1,0 +1,153 @@
+"""The one place that decides whether a user may do an action on an object.
+
+Every API route, page and WebSocket asks `can(user, action, obj)`; lists go through
+`visible(user, Model)`. Objects a user may not see must look as if they did not exist, so
+callers use `get_visible()` / `require()` which raise NotFound for those (never Forbidden).
+
+Actions:
+  view    read the object (and, for projects and environments, their deployments, logs, metrics)
+  deploy  create, change and delete deployments in a project or environment (Full Access)
+  manage  change the object itself (admins; users manage their own tokens)
+  create  make a new object of a model class (admins, except a user's own tokens)
+"""
+from sqlalchemy import select
+
+from app.extensions import db
+from app.models import (
+    AccessLevel,
+    ApiToken,
+    AuditEntry,
+    Environment,
+    Grant,
+    Project,
+    ProjectSecret,
+    Team,
+    TeamMember,
+    User,
+)
+from app.services.errors import Forbidden, NotFound
+
+ACTIONS = ("view", "deploy", "manage", "create")
+
+
+def _is_admin(user):
+    return bool(user is not None and getattr(user, "is_authenticated", False) and user.is_admin)
+
+
+def _is_user(user):
+    return bool(user is not None and getattr(user, "is_authenticated", False) and user.is_active)
+
+
+def _granted_ids(user, column, levels):
+    """Sub-select of target ids a user's teams hold one of `levels` on."""
+    return (
+        select(column)
+        .join(TeamMember, TeamMember.team_id == Grant.team_id)
+        .where(TeamMember.user_id == user.id, column.is_not(None), Grant.level.in_(levels))
+    )
+
+
+ALL_LEVELS = (AccessLevel.READ_ONLY.value, AccessLevel.FULL.value)
+FULL_ONLY = (AccessLevel.FULL.value,)
+
+
+def level_on(user, target):
+    """The strongest level a user's teams hold on a project or environment, or None."""
+    column = Grant.project_id if isinstance(target, Project) else Grant.environment_id
+    levels = set(
+        db.session.scalars(
+            select(Grant.level)
+            .join(TeamMember, TeamMember.team_id == Grant.team_id)
+            .where(TeamMember.user_id == user.id, column == target.id)
+        )
+    )
+    if AccessLevel.FULL.value in levels:
+        return AccessLevel.FULL
+    return AccessLevel.READ_ONLY if levels else None
+
+
+def _granted_target(user, action, obj):
+    if action == "view":
+        return level_on(user, obj) is not None
+    if action == "deploy":
+        return level_on(user, obj) == AccessLevel.FULL
+    return False
+
+
+# (model, action) -> rule for a non-admin active user. Admins may do everything.
+_USER_RULES = {
+    (Project, "view"): _granted_target,
+    (Project, "deploy"): _granted_target,
+    (Environment, "view"): _granted_target,
+    (Environment, "deploy"): _granted_target,
+    (Team, "view"): lambda u, a, t: any(m.user_id == u.id for m in t.members),
+    # Users change their own name and password through /me, never through user admin.
+    (User, "view"): lambda u, a, o: o.id == u.id,
+    (ApiToken, "view"): lambda u, a, o: o.user_id == u.id,
+    (ApiToken, "manage"): lambda u, a, o: o.user_id == u.id,
+}
+# Classes a non-admin may create objects of (their own tokens).
+_USER_CREATABLE = {ApiToken}
+
+
+def can(user, action, obj):
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}")
+    if not _is_user(user):
+        return False
+    if action == "create":
+        model = obj if isinstance(obj, type) else type(obj)
+        return user.is_admin or model in _USER_CREATABLE
+    if user.is_admin:
+        return True
+    rule = _USER_RULES.get((type(obj), action))
+    return bool(rule and rule(user, action, obj))
+
+
+def visible(user, model):
+    """A select() of the `model` rows the user may view."""
+    stmt = select(model)
+    if _is_admin(user) and user.is_active:
+        return stmt
+    if not _is_user(user):
+        return stmt.where(False)
+    if model is Project:
+        return stmt.where(Project.id.in_(_granted_ids(user, Grant.project_id, ALL_LEVELS)))
+    if model is Environment:
+        return stmt.where(
+            Environment.id.in_(_granted_ids(user, Grant.environment_id, ALL_LEVELS))
+        )
+    if model is Team:
+        return stmt.where(
+            Team.id.in_(select(TeamMember.team_id).where(TeamMember.user_id == user.id))
+        )
+    if model is User:
+        return stmt.where(User.id == user.id)
+    if model is ApiToken:
+        return stmt.where(ApiToken.user_id == user.id)
+    if model in (AuditEntry, Grant, ProjectSecret):
+        return stmt.where(False)
+    raise ValueError(f"no visibility rule for {model.__name__}")
+
+
+def get_visible(user, model, obj_id, label=None):
+    """Load an object the user may view, or NotFound exactly as if it did not exist."""
+    label = label or model.__tablename__.rstrip("s").replace("_", " ")
+    obj = db.session.get(model, obj_id) if isinstance(obj_id, int) else None
+    if obj is None or not can(user, "view", obj):
+        raise NotFound(f"{label} {obj_id} does not exist")
+    return obj
+
+
+def require(user, action, obj):
+    """Raise unless the user may do `action` on `obj`. Assumes the caller already knows the
+    user may view `obj` (use get_visible first), so refusing here is a Forbidden."""
+    if not can(user, action, obj):
+        what = obj.__name__ if isinstance(obj, type) else type(obj).__name__
+        raise Forbidden(f"you may not {action} this {what.lower()}; ask an admin for access")
+
+
+def require_admin(user, what):
+    """For admin-only areas that are not one object (the audit log, the grant table)."""
+    if not (_is_user(user) and user.is_admin):
+        raise Forbidden(f"only admins may {what}")

@@ -1,0 +1,210 @@
+"""The API's plumbing: operation registry, request parsing, errors, authentication.
+
+Every route is declared with `operation(...)`, which records its schemas; the same pydantic
+models validate requests and generate /api/v1/openapi.json, so the two cannot drift apart.
+"""
+from dataclasses import dataclass, field
+from functools import wraps
+
+from flask import Blueprint, current_app, g, jsonify, request
+from flask_login import current_user
+from flask_wtf.csrf import CSRFError
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import func, select
+from werkzeug.exceptions import HTTPException
+
+from app.extensions import csrf, db
+from app.services import auth
+from app.services.errors import ServiceError, Unauthorized
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+csrf.exempt(bp)  # checked below for cookie sessions only; bearer calls carry no cookie
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Query parameter names that look like credentials: refused so tokens never sit in URLs or logs.
+URL_CREDENTIAL_PARAMS = frozenset({"token", "access_token", "api_key", "apikey", "auth", "bearer"})
+
+
+@dataclass
+class Operation:
+    method: str
+    rule: str
+    endpoint: str
+    summary: str
+    tag: str
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    public: bool = False
+    errors: tuple = field(default_factory=tuple)
+
+
+OPERATIONS: list[Operation] = []
+
+
+def operation(method, rule, *, summary, tag, body=None, query=None, response=None, status=200,
+              public=False):
+    """Register a view as an API operation; parsed input arrives as `data` and `params`."""
+
+    def decorator(fn):
+        endpoint = fn.__name__
+
+        @wraps(fn)
+        def view(**kwargs):
+            if body is not None:
+                kwargs["data"] = _parse(body, _json_body(), "body")
+            if query is not None:
+                kwargs["params"] = _parse(query, request.args.to_dict(), "query")
+            result = fn(**kwargs)
+            if result is None:
+                return "", 204
+            return jsonify(result), status
+
+        bp.add_url_rule(rule, endpoint=endpoint, view_func=view, methods=[method])
+        OPERATIONS.append(
+            Operation(method, rule, endpoint, summary, tag, body, query, response, status, public)
+        )
+        return view
+
+    return decorator
+
+
+class ApiError(ServiceError):
+    def __init__(self, status, code, message, fields=None):
+        super().__init__(message, fields)
+        self.status = status
+        self.code = code
+
+
+def _json_body():
+    if not request.get_data(cache=True):
+        return {}
+    data = request.get_json(force=True, silent=True)
+    if data is None:
+        raise ApiError(400, "malformed_json", "the request body is not valid JSON")
+    if not isinstance(data, dict):
+        raise ApiError(400, "malformed_json", "the request body must be a JSON object")
+    return data
+
+
+_ERROR_HINTS = {
+    "extra_forbidden": "unknown field: remove it",
+    "missing": "this field is required",
+}
+
+
+def _parse(model, data, where):
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        fields = {}
+        for err in exc.errors(include_url=False):
+            name = ".".join(str(p) for p in err["loc"]) or where
+            fields[name] = _ERROR_HINTS.get(err["type"], err["msg"])
+        first = next(iter(fields.items()))
+        raise ApiError(
+            422, "validation_failed", f"invalid {where}: {first[0]}: {first[1]}", fields
+        ) from None
+
+
+def dump(schema, obj):
+    return schema.model_validate(obj, from_attributes=True).model_dump(mode="json")
+
+
+def paginate(stmt, params, schema):
+    """A page of `stmt`'s rows shaped by `schema`; counts over the same filtered query."""
+    total = db.session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
+    rows = db.session.scalars(
+        stmt.limit(params.per_page).offset((params.page - 1) * params.per_page)
+    ).all()
+    return {
+        "items": [dump(schema, row) for row in rows],
+        "page": params.page,
+        "per_page": params.per_page,
+        "total": total,
+    }
+
+
+def error_response(status, code, message, fields=None, headers=None):
+    body = {"error": {"code": code, "message": message, "fields": fields or {}}}
+    response = jsonify(body)
+    response.status_code = status
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def public_endpoints():
+    return {f"api.{op.endpoint}" for op in OPERATIONS if op.public}
+
+
+@bp.before_request
+def authenticate():
+    if URL_CREDENTIAL_PARAMS & {k.lower() for k in request.args}:
+        raise ApiError(
+            400, "credentials_in_url",
+            "credentials are never accepted in a URL; send Authorization: Bearer <token>",
+        )
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, raw = header.partition(" ")
+        if scheme.lower() != "bearer" or not raw.strip():
+            raise Unauthorized("use the header Authorization: Bearer <token>")
+        # Flask-Login reads the request's user from g._login_user; setting it authenticates
+        # this one request without creating a session cookie.
+        g._login_user = auth.user_for_token(raw.strip())
+        g.auth_via = "token"
+    elif current_user.is_authenticated:
+        g.auth_via = "session"
+        if request.method not in SAFE_METHODS:
+            csrf.protect()  # cookie sessions from the browser need the X-CSRFToken header
+    if request.endpoint in public_endpoints():
+        return None
+    if not current_user.is_authenticated:
+        raise Unauthorized("log in, or send Authorization: Bearer <token>")
+    return None
+
+
+def register_error_handlers(app):
+    """JSON errors under /api/; never a stack trace."""
+
+    def wants_json():
+        return request.path.startswith(bp.url_prefix + "/") or request.path == bp.url_prefix
+
+    @app.errorhandler(ServiceError)
+    def service_error(exc):
+        headers = {}
+        if getattr(exc, "retry_after", None):
+            headers["Retry-After"] = str(exc.retry_after)
+        if exc.status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="nullops"'
+        db.session.rollback()
+        if wants_json():
+            return error_response(exc.status, exc.code, exc.message, exc.fields, headers)
+        return exc.message, exc.status, headers
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(exc):
+        message = "the CSRF token is missing or invalid; reload the page and try again"
+        if wants_json():
+            return error_response(400, "csrf_failed", message)
+        return message, 400
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc):
+        if not wants_json():
+            return exc
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 415: "unsupported"}
+        message = {404: "no such resource", 405: f"method {request.method} is not allowed here"}.get(
+            exc.code, exc.description
+        )
+        return error_response(exc.code, codes.get(exc.code, "http_error"), message)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc):
+        db.session.rollback()
+        current_app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        if wants_json():
+            return error_response(500, "internal_error", "an internal error occurred; see the server log")
+        return "An internal error occurred; see the server log.", 500

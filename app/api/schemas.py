@@ -1,0 +1,244 @@
+"""Request and response schemas. Requests are strict: unknown fields and wrong types fail."""
+from datetime import datetime
+from typing import Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.services.names import (
+    DNS_LABEL_PATTERN,
+    SECRET_NAME_PATTERN,
+    TEAM_NAME_PATTERN,
+    USERNAME_PATTERN,
+)
+from app.services.passwords import MAX_LENGTH as PASSWORD_MAX
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Query(BaseModel):
+    # Query strings are text: let pydantic convert "2" to 2, but still refuse unknown keys.
+    model_config = ConfigDict(extra="forbid")
+
+
+class Response(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+T = TypeVar("T")
+
+
+class Page(Response, Generic[T]):
+    items: list[T]
+    page: int
+    per_page: int
+    total: int
+
+
+class Pagination(Query):
+    page: int = Field(1, ge=1)
+    per_page: int = Field(25, ge=1, le=100)
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    fields: dict[str, str]
+
+
+class ErrorDocument(BaseModel):
+    error: ErrorBody
+
+
+Role = Literal["admin", "user"]
+Level = Literal["read_only", "full"]
+Description = Field("", max_length=500)
+
+
+# Users and tokens
+class UserCreate(Request):
+    username: str = Field(pattern=USERNAME_PATTERN, max_length=64)
+    password: str = Field(max_length=PASSWORD_MAX)
+    role: Role = "user"
+    full_name: str = Field("", max_length=120)
+
+
+class UserUpdate(Request):
+    full_name: str | None = Field(None, max_length=120)
+    role: Role | None = None
+    is_active: bool | None = None
+
+
+class ProfileUpdate(Request):
+    full_name: str = Field(max_length=120)
+
+
+class PasswordReset(Request):
+    new_password: str = Field(max_length=PASSWORD_MAX)
+
+
+class PasswordChange(PasswordReset):
+    current_password: str = Field(max_length=PASSWORD_MAX)
+
+
+class TeamRef(Response):
+    id: int
+    name: str
+
+
+class UserOut(Response):
+    id: int
+    username: str
+    full_name: str
+    role: Role
+    is_active: bool
+    created_at: datetime
+    last_login_at: datetime | None
+
+
+class MeOut(UserOut):
+    teams: list[TeamRef]
+
+
+class TokenCreate(Request):
+    name: str = Field(min_length=1, max_length=64)
+    expires_in_days: int | None = Field(None, ge=1, le=3650)
+
+
+class TokenOut(Response):
+    id: int
+    name: str
+    prefix: str
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="The secret. Shown only in this response; store it now.")
+
+
+# Teams and grants
+class TeamCreate(Request):
+    name: str = Field(pattern=TEAM_NAME_PATTERN, max_length=64)
+    description: str = Description
+
+
+class TeamUpdate(Request):
+    name: str | None = Field(None, pattern=TEAM_NAME_PATTERN, max_length=64)
+    description: str | None = Field(None, max_length=500)
+
+
+class MemberOut(Response):
+    id: int
+    username: str
+    full_name: str
+
+
+class TeamOut(Response):
+    id: int
+    name: str
+    description: str
+    created_at: datetime
+
+
+class TeamDetail(TeamOut):
+    members: list[MemberOut]
+
+
+class GrantCreate(Request):
+    team_id: int
+    project_id: int | None = None
+    environment_id: int | None = None
+    level: Level
+
+    @model_validator(mode="after")
+    def one_target(self):
+        if (self.project_id is None) == (self.environment_id is None):
+            raise ValueError("give exactly one of project_id or environment_id")
+        return self
+
+
+class GrantUpdate(Request):
+    level: Level
+
+
+class GrantOut(Response):
+    id: int
+    team_id: int
+    project_id: int | None
+    environment_id: int | None
+    level: Level
+    created_at: datetime
+
+
+class GrantQuery(Pagination):
+    team_id: int | None = None
+    project_id: int | None = None
+    environment_id: int | None = None
+
+
+# Projects and environments
+class TargetCreate(Request):
+    name: str = Field(pattern=DNS_LABEL_PATTERN, max_length=63)
+    description: str = Description
+
+
+class TargetUpdate(Request):
+    name: str | None = Field(None, pattern=DNS_LABEL_PATTERN, max_length=63)
+    description: str | None = Field(None, max_length=500)
+
+
+class TargetOut(Response):
+    id: int
+    name: str
+    description: str
+    created_at: datetime
+
+
+class AccessOut(BaseModel):
+    level: Literal["admin", "read_only", "full"] | None
+    view: bool
+    deploy: bool
+    manage: bool
+
+
+class SecretPut(Request):
+    value: str = Field(min_length=1)
+
+
+class SecretOut(Response):
+    """A secret's name and dates; its value is write-only and never part of a response."""
+
+    name: str = Field(pattern=SECRET_NAME_PATTERN)
+    created_at: datetime
+    updated_at: datetime
+
+
+class SecretList(BaseModel):
+    items: list[SecretOut]
+
+
+# Audit
+class AuditQuery(Pagination):
+    actor: str | None = Field(None, max_length=64)
+    action: str | None = Field(None, max_length=64)
+    target_type: str | None = Field(None, max_length=32)
+    target_id: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+class AuditOut(Response):
+    id: int
+    at: datetime
+    actor_id: int | None
+    actor_username: str
+    action: str
+    target_type: str
+    target_id: int | None
+    target_name: str
+    address: str
+    details: dict

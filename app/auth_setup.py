@@ -1,0 +1,29 @@
+"""Flask-Login wiring: sessions resolve to users through id and session nonce."""
+from flask import g
+
+from app.extensions import db
+from app.models import User
+
+
+def init_app(app, login_manager):
+    login_manager.init_app(app)
+    login_manager.login_view = "ui.login"
+    login_manager.session_protection = "strong"
+
+    @login_manager.user_loader
+    def load_user(session_id):
+        user_id, _, nonce = session_id.partition(":")
+        if not user_id.isdigit():
+            return None
+        user = db.session.get(User, int(user_id))
+        # A changed nonce (password change, deactivation) ends every old session.
+        if user is None or not user.is_active or user.session_nonce != nonce:
+            return None
+        return user
+
+    @app.teardown_request
+    def forget_request_user(_exc):
+        # The request's user lives in `g`; when an app context outlives one request (tests,
+        # CLI), the next request must not inherit it.
+        g.pop("_login_user", None)
+        g.pop("auth_via", None)

@@ -1,0 +1,163 @@
+"""The `nullops` command: the single entry point (dev, web, controller, db, users, keys)."""
+import os
+import secrets
+import sys
+
+import click
+from flask import current_app
+from flask.cli import FlaskGroup, with_appcontext
+
+from app.config import ConfigError
+
+
+def _dev_mode():
+    return os.environ.get("NULLOPS_DEV") == "1"
+
+
+def build_app():
+    """App factory for CLI commands. `NULLOPS_DEV=1` (set by `make run`) uses the dev secrets."""
+    from app import create_app
+    from app.config import Config, DevConfig
+
+    try:
+        if _dev_mode():
+            from app.devsetup import ensure_dev_secrets
+
+            ensure_dev_secrets()
+            return create_app(DevConfig())
+        return create_app(Config())
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=FlaskGroup, create_app=build_app, add_default_commands=False,
+             add_version_option=False)
+def cli():
+    """NullOps: on-demand QA environments on your own Docker hosts."""
+
+
+@cli.command("dev", with_appcontext=False)
+@click.option("--host", default=None, help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", default=None, type=int, help="Port (default 8080).")
+def dev(host, port):
+    """Web and controller in one process on the embedded SQLite database."""
+    os.environ["NULLOPS_DEV"] = "1"
+    app = build_app()
+    from app.controller import Controller
+
+    controller = Controller(app)
+    controller.start()
+    host = host or app.config["NULLOPS_HOST"]
+    port = port or app.config["NULLOPS_PORT"]
+    click.echo(f"NullOps dev: http://{host}:{port}/  (Ctrl-C stops it)")
+    try:
+        app.run(host=host, port=port, threaded=True, use_reloader=False, debug=False)
+    finally:
+        controller.stop()
+
+
+@cli.command("web", with_appcontext=False)
+@click.option("--bind", default=None, help="host:port (default NULLOPS_HOST:NULLOPS_PORT).")
+@click.option("--workers", default=2, show_default=True, type=int)
+@click.option("--threads", default=8, show_default=True, type=int)
+def web(bind, workers, threads):
+    """The stateless web tier under gunicorn (UI, API, browser WebSockets)."""
+    from gunicorn.app.base import BaseApplication
+
+    app = build_app()
+    bind = bind or f"{app.config['NULLOPS_HOST']}:{app.config['NULLOPS_PORT']}"
+
+    class Server(BaseApplication):
+        def load_config(self):
+            # gthread: flask-sock WebSockets hold a thread each, requests share the rest.
+            for key, value in {"bind": bind, "workers": workers, "threads": threads,
+                               "worker_class": "gthread", "accesslog": "-"}.items():
+                self.cfg.set(key, value)
+
+        def load(self):
+            return app
+
+    Server().run()
+
+
+@cli.command("controller", with_appcontext=False)
+def controller_command():
+    """The controller: scheduled jobs (and, with later issues, agent links and ingress)."""
+    from app.controller import Controller
+
+    app = build_app()
+    Controller(app).run_forever()
+
+
+@cli.group("users")
+def users_group():
+    """Manage user accounts from the shell."""
+
+
+@users_group.command("create-admin")
+@click.option("--username", default="admin", show_default=True)
+@click.option("--if-missing", is_flag=True, help="Do nothing when an admin already exists.")
+@with_appcontext
+def create_admin(username, if_missing):
+    """Create an admin. The password comes from NULLOPS_ADMIN_PASSWORD, else it is generated
+    and printed once."""
+    from sqlalchemy import select
+
+    from app.extensions import db
+    from app.models import User
+    from app.services import users
+    from app.services.errors import ServiceError
+
+    if if_missing and db.session.scalar(select(User.id).where(User.role == "admin").limit(1)):
+        click.echo("An admin exists already; nothing to do.")
+        return
+    password = os.environ.get("NULLOPS_ADMIN_PASSWORD")
+    generated = not password
+    if generated:
+        password = secrets.token_urlsafe(18)
+    try:
+        users.create(None, username, password, role="admin")
+    except ServiceError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"Admin {username!r} created.")
+    if generated:
+        # Printed to the terminal once; never logged, never stored in the clear.
+        click.echo(f"Password (shown once, store it now): {password}")
+
+
+@cli.group("keys")
+def keys_group():
+    """The AES-256 master key for secrets at rest."""
+
+
+@keys_group.command("generate", with_appcontext=False)
+def keys_generate():
+    """Print a new master key for NULLOPS_SECRET_KEY."""
+    from app.crypto import generate_key
+
+    click.echo(generate_key())
+
+
+@keys_group.command("rotate")
+@with_appcontext
+def keys_rotate():
+    """Re-encrypt every secret under NULLOPS_SECRET_KEY. Put the previous key(s) in
+    NULLOPS_OLD_SECRET_KEYS (comma-separated) for the run; keep them until this succeeds."""
+    from app.crypto import CryptoError
+    from app.services import keys
+
+    keyring = current_app.extensions["nullops_keyring"]
+    try:
+        counts = keys.rotate(keyring)
+    except CryptoError as exc:
+        raise click.ClickException(f"rotation stopped: {exc}") from None
+    total = sum(counts.values())
+    click.echo(f"Re-encrypted {total} value(s) under key {keyring.current_id}: {counts}")
+
+
+def main():
+    cli(prog_name="nullops")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

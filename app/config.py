@@ -1,0 +1,139 @@
+"""Configuration from NULLOPS_* environment variables.
+
+One class reads the environment once, when it is instantiated (not at import), so tests and
+the CLI can build configurations side by side. Missing secrets stop the start with a message
+that says how to make one; there are no insecure fallbacks (`nullops dev` creates its own
+secrets under var/, see app/devsetup.py).
+"""
+import base64
+import binascii
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+VAR_DIR = PROJECT_ROOT / "var"
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+def env_str(name, default=None, environ=None):
+    environ = os.environ if environ is None else environ
+    value = environ.get(name)
+    return default if value is None or value == "" else value
+
+
+def env_bool(name, default, environ=None):
+    raw = env_str(name, None, environ)
+    if raw is None:
+        return default
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean: use true or false")
+
+
+def env_int(name, default, environ=None, minimum=None):
+    raw = env_str(name, None, environ)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def parse_master_key(name, raw):
+    """Decode one AES-256 key given as base64 of 32 bytes."""
+    try:
+        key = base64.b64decode(raw.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(
+            f"{name} must be the base64 encoding of exactly 32 random bytes; "
+            "make one with `nullops keys generate`"
+        )
+    return key
+
+
+class Config:
+    """Production-shaped settings: everything secret must come from the environment."""
+
+    TESTING = False
+    DEV_MODE = False
+
+    def __init__(self, environ=None):
+        env = os.environ if environ is None else environ
+        self.SQLALCHEMY_DATABASE_URI = env_str(
+            "NULLOPS_DATABASE_URL", f"sqlite:///{VAR_DIR / 'nullops.db'}", env
+        )
+        self.SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+        self.SECRET_KEY = self._session_secret(env)
+        self.NULLOPS_MASTER_KEY = self._master_key(env)
+        self.NULLOPS_OLD_MASTER_KEYS = [
+            parse_master_key("NULLOPS_OLD_SECRET_KEYS", part)
+            for part in env_str("NULLOPS_OLD_SECRET_KEYS", "", env).split(",")
+            if part.strip()
+        ]
+        cookie_secure = env_bool("NULLOPS_COOKIE_SECURE", not self.DEV_MODE, env)
+        self.SESSION_COOKIE_SECURE = cookie_secure
+        self.REMEMBER_COOKIE_SECURE = cookie_secure
+        self.SESSION_COOKIE_HTTPONLY = True
+        self.REMEMBER_COOKIE_HTTPONLY = True
+        self.SESSION_COOKIE_SAMESITE = "Lax"
+        self.REMEMBER_COOKIE_SAMESITE = "Lax"
+        self.WTF_CSRF_TIME_LIMIT = None  # token lives as long as the session
+        self.NULLOPS_LOGIN_MAX_FAILURES = env_int("NULLOPS_LOGIN_MAX_FAILURES", 5, env, minimum=1)
+        self.NULLOPS_LOGIN_LOCKOUT_SECONDS = env_int(
+            "NULLOPS_LOGIN_LOCKOUT_SECONDS", 300, env, minimum=1
+        )
+        self.NULLOPS_PASSWORD_MIN_LENGTH = env_int("NULLOPS_PASSWORD_MIN_LENGTH", 12, env, minimum=8)
+        self.NULLOPS_HOST = env_str("NULLOPS_HOST", "127.0.0.1", env)
+        self.NULLOPS_PORT = env_int("NULLOPS_PORT", 8080, env, minimum=1)
+        # Trust X-Forwarded-For from this many proxies when recording client addresses.
+        self.NULLOPS_TRUSTED_PROXIES = env_int("NULLOPS_TRUSTED_PROXIES", 0, env, minimum=0)
+
+    def _session_secret(self, env):
+        secret = env_str("NULLOPS_SESSION_SECRET", None, env)
+        if secret is None or len(secret) < 32:
+            raise ConfigError(
+                "NULLOPS_SESSION_SECRET must be set to at least 32 random characters; "
+                "make one with `python3 -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+            )
+        return secret
+
+    def _master_key(self, env):
+        raw = env_str("NULLOPS_SECRET_KEY", None, env)
+        if raw is None:
+            raise ConfigError(
+                "NULLOPS_SECRET_KEY is not set: it is the AES-256 master key for secrets at rest; "
+                "make one with `nullops keys generate` and keep it outside the database"
+            )
+        return parse_master_key("NULLOPS_SECRET_KEY", raw)
+
+
+class DevConfig(Config):
+    """`nullops dev`: embedded SQLite, secrets generated once under var/ by the dev command."""
+
+    DEV_MODE = True
+
+
+class TestConfig(Config):
+    TESTING = True
+
+    def __init__(self, environ=None, database_url=None):
+        env = dict(os.environ if environ is None else environ)
+        env.setdefault("NULLOPS_SESSION_SECRET", "test-session-secret-" + "x" * 32)
+        env.setdefault("NULLOPS_SECRET_KEY", base64.b64encode(b"k" * 32).decode())
+        env.setdefault("NULLOPS_COOKIE_SECURE", "false")
+        if database_url:
+            env["NULLOPS_DATABASE_URL"] = database_url
+        super().__init__(env)
+        self.NULLOPS_PASSWORD_HASH_FAST = True

@@ -1,0 +1,144 @@
+"""Logins (throttled) and personal API tokens."""
+import hashlib
+import hmac
+import secrets
+from datetime import timedelta
+
+from flask import current_app
+from sqlalchemy import delete, func, select
+
+from app.extensions import db
+from app.models import ApiToken, LoginFailure, User
+from app.models.types import utcnow
+from app.services import audit
+from app.services.errors import Conflict, NotFound, Throttled, Unauthorized, ValidationFailed
+from app.services.passwords import hash_password, verify_password
+
+TOKEN_PREFIX = "nlo_"
+# Addresses get more room than one username: several people may share a NAT.
+ADDRESS_FACTOR = 4
+# Compared against when the username is unknown, so both paths cost one argon2 verification.
+_DUMMY_HASH = None
+
+
+def authenticate(username, password, address):
+    """Return the user for a correct password; raise Throttled or Unauthorized otherwise."""
+    username = (username or "").strip().lower()[:64]
+    _check_throttle(username, address)
+    user = db.session.scalar(select(User).where(User.username == username))
+    if user is None:
+        verify_password(_dummy_hash(), password or "")
+        ok = False
+    else:
+        ok = verify_password(user.password_hash, password or "") and user.is_active
+    if not ok:
+        db.session.add(LoginFailure(username=username, address=address or ""))
+        audit.record(None, "login.failure", "user", user, target_name=username)
+        db.session.commit()
+        raise Unauthorized("wrong username or password")
+    db.session.execute(delete(LoginFailure).where(LoginFailure.username == username))
+    user.last_login_at = utcnow()
+    audit.record(user, "login.success", "user", user)
+    db.session.commit()
+    return user
+
+
+def _dummy_hash():
+    global _DUMMY_HASH
+    if _DUMMY_HASH is None:
+        _DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+    return _DUMMY_HASH
+
+
+def _check_throttle(username, address):
+    window = timedelta(seconds=current_app.config["NULLOPS_LOGIN_LOCKOUT_SECONDS"])
+    limit = current_app.config["NULLOPS_LOGIN_MAX_FAILURES"]
+    since = utcnow() - window
+    for column, value, allowed in (
+        (LoginFailure.username, username, limit),
+        (LoginFailure.address, address or "", limit * ADDRESS_FACTOR),
+    ):
+        count, oldest = db.session.execute(
+            select(func.count(LoginFailure.id), func.min(LoginFailure.at)).where(
+                column == value, LoginFailure.at >= since
+            )
+        ).one()
+        if count >= allowed:
+            retry_after = max(1, int((oldest + window - utcnow()).total_seconds()) + 1)
+            raise Throttled(
+                f"too many failed logins; try again in {retry_after} seconds", retry_after
+            )
+
+
+def prune_login_failures():
+    window = timedelta(seconds=current_app.config["NULLOPS_LOGIN_LOCKOUT_SECONDS"])
+    db.session.execute(delete(LoginFailure).where(LoginFailure.at < utcnow() - window))
+    db.session.commit()
+
+
+def _digest(raw):
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+def create_token(actor, user, name, expires_in_days=None):
+    """Create a token; the secret is returned once, here, and never again."""
+    name = (name or "").strip()
+    if not name or len(name) > 64:
+        raise ValidationFailed("name must be 1-64 characters", {"name": "use 1-64 characters"})
+    taken = db.session.scalar(
+        select(ApiToken.id).where(
+            ApiToken.user_id == user.id, ApiToken.name == name, ApiToken.revoked_at.is_(None)
+        )
+    )
+    if taken:
+        raise Conflict(f"you already have a token named {name!r}; choose another", {"name": "taken"})
+    raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken(
+        user_id=user.id,
+        name=name,
+        prefix=raw[: len(TOKEN_PREFIX) + 6],
+        token_hash=_digest(raw),
+        expires_at=utcnow() + timedelta(days=expires_in_days) if expires_in_days else None,
+    )
+    db.session.add(token)
+    db.session.flush()
+    audit.record(actor, "token.create", "api_token", token, {"owner": user.username})
+    db.session.commit()
+    return token, raw
+
+
+def revoke_token(actor, token):
+    if token.revoked_at is None:
+        token.revoked_at = utcnow()
+        audit.record(actor, "token.revoke", "api_token", token, {"owner": token.user.username})
+        db.session.commit()
+    return token
+
+
+def get_token(token_id):
+    token = db.session.get(ApiToken, token_id)
+    if token is None:
+        raise NotFound(f"token {token_id} does not exist")
+    return token
+
+
+def user_for_token(raw):
+    """The active user behind a bearer token, or Unauthorized with the reason."""
+    if not raw or not raw.startswith(TOKEN_PREFIX):
+        raise Unauthorized("the bearer token is malformed; create one under Settings > API tokens")
+    token = db.session.scalar(select(ApiToken).where(ApiToken.token_hash == _digest(raw)))
+    # The hash lookup is exact; compare again in constant time for belt and braces.
+    if token is None or not hmac.compare_digest(token.token_hash, _digest(raw)):
+        raise Unauthorized("the bearer token is unknown")
+    if token.revoked_at is not None:
+        raise Unauthorized("the bearer token was revoked; create a new one")
+    now = utcnow()
+    if token.expires_at is not None and token.expires_at <= now:
+        raise Unauthorized("the bearer token has expired; create a new one")
+    if not token.user.is_active:
+        raise Unauthorized("the account behind this token is disabled")
+    # Write last-use at most once a minute: a busy script should not write on every call.
+    if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
+        token.last_used_at = now
+        db.session.commit()
+    return token.user

@@ -1,0 +1,105 @@
+"""Projects and environments as far as grants need them, and project secrets."""
+from flask import current_app
+from sqlalchemy import select
+
+from app.extensions import db
+from app.models import Environment, Project, ProjectSecret
+from app.services import audit
+from app.services.errors import Conflict, NotFound, ValidationFailed
+from app.services.names import (
+    DNS_LABEL_HINT,
+    DNS_LABEL_PATTERN,
+    SECRET_NAME_HINT,
+    SECRET_NAME_PATTERN,
+    check,
+)
+
+SECRET_MAX_BYTES = 64 * 1024
+SECRET_CONTEXT = ProjectSecret.__encrypted__["value_ciphertext"]
+
+
+def _kind(model):
+    return model.__tablename__.rstrip("s")
+
+
+def _check_unique(model, name, obj_id=None):
+    existing = db.session.scalar(select(model).where(model.name == name))
+    if existing is not None and existing.id != obj_id:
+        raise Conflict(
+            f"a {_kind(model)} named {name!r} exists; choose another name", {"name": "already taken"}
+        )
+
+
+def create(actor, model, name, description=""):
+    check("name", name, DNS_LABEL_PATTERN, DNS_LABEL_HINT)
+    _check_unique(model, name)
+    obj = model(name=name, description=description or "")
+    db.session.add(obj)
+    db.session.flush()
+    audit.record(actor, f"{_kind(model)}.create", _kind(model), obj)
+    db.session.commit()
+    return obj
+
+
+def update(actor, obj, name=None, description=None):
+    model = type(obj)
+    changes = {}
+    if name is not None and name != obj.name:
+        check("name", name, DNS_LABEL_PATTERN, DNS_LABEL_HINT)
+        _check_unique(model, name, obj.id)
+        changes["name"] = [obj.name, name]
+        obj.name = name
+    if description is not None and description != obj.description:
+        obj.description = changes["description"] = description
+    if changes:
+        audit.record(actor, f"{_kind(model)}.update", _kind(model), obj, changes)
+    db.session.commit()
+    return obj
+
+
+def delete(actor, obj):
+    audit.record(actor, f"{_kind(type(obj))}.delete", _kind(type(obj)), obj)
+    db.session.delete(obj)
+    db.session.commit()
+
+
+def keyring():
+    return current_app.extensions["nullops_keyring"]
+
+
+def put_secret(actor, project, name, value):
+    """Create or replace a secret. Values are write-only: nothing returns them to a caller."""
+    check("name", name, SECRET_NAME_PATTERN, SECRET_NAME_HINT)
+    if not isinstance(value, str) or not value or len(value.encode()) > SECRET_MAX_BYTES:
+        raise ValidationFailed(
+            f"value must be a non-empty string of at most {SECRET_MAX_BYTES} bytes",
+            {"value": "give a non-empty string up to 64 KiB"},
+        )
+    secret = db.session.scalar(
+        select(ProjectSecret).where(ProjectSecret.project_id == project.id, ProjectSecret.name == name)
+    )
+    created = secret is None
+    if created:
+        secret = ProjectSecret(project_id=project.id, name=name)
+        db.session.add(secret)
+    secret.value_ciphertext = keyring().encrypt(value, SECRET_CONTEXT)
+    audit.record(actor, "secret.create" if created else "secret.update", "project", project,
+                 {"secret": name})
+    db.session.commit()
+    return secret, created
+
+
+def delete_secret(actor, project, name):
+    secret = db.session.scalar(
+        select(ProjectSecret).where(ProjectSecret.project_id == project.id, ProjectSecret.name == name)
+    )
+    if secret is None:
+        raise NotFound(f"project {project.name!r} has no secret named {name!r}")
+    db.session.delete(secret)
+    audit.record(actor, "secret.delete", "project", project, {"secret": name})
+    db.session.commit()
+
+
+def reveal_secret(secret):
+    """Decrypt for the one moment a value is sent to an agent. Never return it from the API."""
+    return keyring().decrypt(secret.value_ciphertext, SECRET_CONTEXT)

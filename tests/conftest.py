@@ -1,0 +1,151 @@
+"""Fixtures: app, client, factories, login helpers. A fresh database for every test.
+
+The schema is built once per run by the real Alembic migrations, then every test starts from
+empty tables. NULLOPS_TEST_DATABASE_URL selects PostgreSQL (`make test` sets it); without it the
+suite runs on a SQLite file and the PostgreSQL-only tests are skipped.
+"""
+import os
+import re
+
+import pytest
+from flask_migrate import upgrade
+from sqlalchemy import text
+
+from app import create_app
+from app.config import TestConfig
+from app.extensions import db
+from app.models import AccessLevel, Environment, Grant, Project, Team, TeamMember, User
+from app.services import auth, users
+
+PG_URL = os.environ.get("NULLOPS_TEST_DATABASE_URL")
+STRONG_PASSWORD = "correct-horse-battery-9"
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory):
+    if PG_URL:
+        return PG_URL
+    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+
+
+@pytest.fixture(scope="session")
+def _schema(database_url):
+    """Run the real migrations once: drop what an earlier run left, then upgrade to head."""
+    app = create_app(TestConfig(database_url=database_url))
+    with app.app_context():
+        if database_url.startswith("postgresql"):
+            db.session.execute(text("DROP SCHEMA public CASCADE"))
+            db.session.execute(text("CREATE SCHEMA public"))
+            db.session.commit()
+        else:
+            db.drop_all()
+            db.session.execute(text("DROP TABLE IF EXISTS alembic_version"))
+            db.session.commit()
+        upgrade()
+        db.engine.dispose()
+    return database_url
+
+
+def _empty_tables():
+    # DELETE beats TRUNCATE on tables this small (TRUNCATE rewrites files on PostgreSQL).
+    for table in reversed(db.metadata.sorted_tables):
+        db.session.execute(table.delete())
+    db.session.commit()
+
+
+@pytest.fixture(scope="session")
+def _app(_schema):
+    # One app for the run: building the URL map costs more than most tests. Tests that change
+    # settings use monkeypatch.setitem(app.config, ...), which puts them back.
+    return create_app(TestConfig(database_url=_schema))
+
+
+@pytest.fixture
+def app(_app):
+    with _app.app_context():
+        _empty_tables()
+        yield _app
+        db.session.rollback()
+        db.session.remove()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def make_user(app):
+    def make(username="user1", role="user", password=STRONG_PASSWORD, active=True):
+        user = users.create(None, username, password, role=role)
+        if not active:
+            users.update(None, user, is_active=False)
+        return user
+
+    return make
+
+
+@pytest.fixture
+def admin(make_user):
+    return make_user("admin", role="admin")
+
+
+@pytest.fixture
+def bearer(app):
+    """Authorization headers for a user, through a real personal API token."""
+
+    def headers(user):
+        _token, raw = auth.create_token(user, user, f"test-{user.username}")
+        return {"Authorization": f"Bearer {raw}"}
+
+    return headers
+
+
+def csrf_from(html):
+    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html) or re.search(
+        r'name="csrf-token" content="([^"]+)"', html
+    )
+    assert match, "page carries no CSRF token"
+    return match.group(1)
+
+
+@pytest.fixture
+def login(client):
+    """Log in through the real login form (with its CSRF token); returns the response."""
+
+    def do(username, password=STRONG_PASSWORD, follow=False):
+        page = client.get("/login")
+        return client.post(
+            "/login",
+            data={"username": username, "password": password, "csrf_token": csrf_from(page.text)},
+            follow_redirects=follow,
+        )
+
+    return do
+
+
+@pytest.fixture
+def spec_example(app, make_user, admin):
+    """The spec's example: QA Team has Read-Only and SE Team Full Access on one project (and
+    the same on one environment); one more user is in no team."""
+    project = Project(name="shop", description="the shop")
+    other_project = Project(name="billing")
+    environment = Environment(name="staging")
+    qa, se = Team(name="QA Team"), Team(name="SE Team")
+    db.session.add_all([project, other_project, environment, qa, se])
+    db.session.flush()
+    reader, writer, outsider = make_user("qa-anna"), make_user("se-bob"), make_user("nobody")
+    db.session.add_all([
+        TeamMember(team_id=qa.id, user_id=reader.id),
+        TeamMember(team_id=se.id, user_id=writer.id),
+        Grant(team_id=qa.id, project_id=project.id, level=AccessLevel.READ_ONLY.value),
+        Grant(team_id=se.id, project_id=project.id, level=AccessLevel.FULL.value),
+        Grant(team_id=qa.id, environment_id=environment.id, level=AccessLevel.READ_ONLY.value),
+        Grant(team_id=se.id, environment_id=environment.id, level=AccessLevel.FULL.value),
+    ])
+    db.session.commit()
+    return {
+        "project": project, "other_project": other_project, "environment": environment,
+        "qa": qa, "se": se, "reader": reader, "writer": writer, "outsider": outsider,
+        "admin": admin,
+    }

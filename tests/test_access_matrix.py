@@ -1,0 +1,152 @@
+"""Every /api/v1 route against anonymous, a user with no grant, a Read-Only member, a Full
+Access member and an admin (the spec's QA Team / SE Team example). A route registered without
+a row here fails `test_every_api_route_has_a_row`."""
+import pytest
+
+from app.extensions import db
+from app.models import Grant, ProjectSecret
+from app.services import auth, catalog
+from tests.conftest import STRONG_PASSWORD
+
+ROLES = ("anonymous", "outsider", "reader", "writer", "admin")
+NEW_PASSWORD = "another-Strong-pass-42"
+
+
+def row(*statuses):
+    return dict(zip(ROLES, statuses))
+
+
+EVERYONE = row(401, 200, 200, 200, 200)
+ADMIN_ONLY_LIST = row(401, 403, 403, 403, 200)
+ADMIN_CREATE = row(401, 403, 403, 403, 201)
+# On the shared project/environment: QA (reader) and SE (writer) both see it.
+TARGET_VIEW = row(401, 404, 200, 200, 200)
+TARGET_CHANGE = row(401, 404, 403, 403, 200)
+TARGET_DELETE = row(401, 404, 403, 403, 204)
+# On the QA team: only its member (reader) sees it.
+QA_TEAM_VIEW = row(401, 404, 200, 404, 200)
+QA_TEAM_CHANGE = row(401, 404, 403, 404, 200)
+QA_TEAM_DELETE = row(401, 404, 403, 404, 204)
+# On the writer's own user record.
+WRITER_VIEW = row(401, 404, 404, 200, 200)
+WRITER_CHANGE = row(401, 404, 404, 403, 200)
+WRITER_DELETE = row(401, 404, 404, 403, 204)
+HIDDEN_FROM_USERS = row(401, 404, 404, 404, 200)
+
+# (method, rule) -> (path template, JSON body, expected status per role)
+MATRIX = {
+    ("GET", "/api/v1/openapi.json"): ("/api/v1/openapi.json", None, row(200, 200, 200, 200, 200)),
+    ("GET", "/api/v1/me"): ("/api/v1/me", None, EVERYONE),
+    ("PATCH", "/api/v1/me"): ("/api/v1/me", {"full_name": "New Name"}, EVERYONE),
+    ("POST", "/api/v1/me/password"): (
+        "/api/v1/me/password",
+        {"current_password": STRONG_PASSWORD, "new_password": NEW_PASSWORD},
+        row(401, 204, 204, 204, 204),
+    ),
+    ("GET", "/api/v1/tokens"): ("/api/v1/tokens", None, EVERYONE),
+    ("POST", "/api/v1/tokens"): ("/api/v1/tokens", {"name": "ci"}, row(401, 201, 201, 201, 201)),
+    ("DELETE", "/api/v1/tokens/<int:token_id>"): (
+        "/api/v1/tokens/{writer_token}", None, row(401, 404, 404, 204, 204)),
+    ("GET", "/api/v1/users"): ("/api/v1/users", None, EVERYONE),
+    ("POST", "/api/v1/users"): (
+        "/api/v1/users", {"username": "carol", "password": NEW_PASSWORD}, ADMIN_CREATE),
+    ("GET", "/api/v1/users/<int:user_id>"): ("/api/v1/users/{writer}", None, WRITER_VIEW),
+    ("PATCH", "/api/v1/users/<int:user_id>"): (
+        "/api/v1/users/{writer}", {"full_name": "Bob"}, WRITER_CHANGE),
+    ("POST", "/api/v1/users/<int:user_id>/password"): (
+        "/api/v1/users/{writer}/password", {"new_password": NEW_PASSWORD},
+        row(401, 404, 404, 403, 204)),
+    ("DELETE", "/api/v1/users/<int:user_id>"): ("/api/v1/users/{writer}", None, WRITER_DELETE),
+    ("GET", "/api/v1/teams"): ("/api/v1/teams", None, EVERYONE),
+    ("POST", "/api/v1/teams"): ("/api/v1/teams", {"name": "Frontend Team"}, ADMIN_CREATE),
+    ("GET", "/api/v1/teams/<int:team_id>"): ("/api/v1/teams/{qa}", None, QA_TEAM_VIEW),
+    ("PATCH", "/api/v1/teams/<int:team_id>"): (
+        "/api/v1/teams/{qa}", {"description": "testers"}, QA_TEAM_CHANGE),
+    ("DELETE", "/api/v1/teams/<int:team_id>"): ("/api/v1/teams/{qa}", None, QA_TEAM_DELETE),
+    ("PUT", "/api/v1/teams/<int:team_id>/members/<int:user_id>"): (
+        "/api/v1/teams/{qa}/members/{outsider}", None, QA_TEAM_CHANGE),
+    ("DELETE", "/api/v1/teams/<int:team_id>/members/<int:user_id>"): (
+        "/api/v1/teams/{qa}/members/{reader}", None, QA_TEAM_DELETE),
+    ("GET", "/api/v1/grants"): ("/api/v1/grants", None, ADMIN_ONLY_LIST),
+    ("POST", "/api/v1/grants"): (
+        "/api/v1/grants", {"team_id": "{qa}", "project_id": "{other_project}", "level": "full"},
+        ADMIN_CREATE),
+    ("PATCH", "/api/v1/grants/<int:grant_id>"): (
+        "/api/v1/grants/{qa_grant}", {"level": "full"}, HIDDEN_FROM_USERS),
+    ("DELETE", "/api/v1/grants/<int:grant_id>"): (
+        "/api/v1/grants/{qa_grant}", None, row(401, 404, 404, 404, 204)),
+    ("GET", "/api/v1/projects/<int:project_id>/secrets"): (
+        "/api/v1/projects/{project}/secrets", None, TARGET_CHANGE),
+    ("PUT", "/api/v1/projects/<int:project_id>/secrets/<name>"): (
+        "/api/v1/projects/{project}/secrets/DB_PASSWORD", {"value": "s3cr3t-value"}, TARGET_CHANGE),
+    ("DELETE", "/api/v1/projects/<int:project_id>/secrets/<name>"): (
+        "/api/v1/projects/{project}/secrets/API_KEY", None, TARGET_DELETE),
+    ("GET", "/api/v1/audit"): ("/api/v1/audit", None, ADMIN_ONLY_LIST),
+}
+for plural, key in (("projects", "project"), ("environments", "environment")):
+    item = f"/api/v1/{plural}/<int:obj_id>"
+    path = f"/api/v1/{plural}/{{{key}}}"
+    MATRIX.update({
+        ("GET", f"/api/v1/{plural}"): (f"/api/v1/{plural}", None, EVERYONE),
+        ("POST", f"/api/v1/{plural}"): (f"/api/v1/{plural}", {"name": "newone"}, ADMIN_CREATE),
+        ("GET", item): (path, None, TARGET_VIEW),
+        ("PATCH", item): (path, {"description": "changed"}, TARGET_CHANGE),
+        ("DELETE", item): (path, None, TARGET_DELETE),
+        ("GET", item + "/access"): (path + "/access", None, TARGET_VIEW),
+    })
+
+
+def _api_routes(app):
+    return {
+        (method, rule.rule)
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith("/api/v1")
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
+
+
+def test_every_api_route_has_a_row(app):
+    routes = _api_routes(app)
+    assert routes - MATRIX.keys() == set(), "add these routes to MATRIX with expected statuses"
+    assert MATRIX.keys() - routes == set(), "MATRIX lists routes that no longer exist"
+
+
+@pytest.fixture
+def ids(spec_example):
+    ex = spec_example
+    writer_token, _ = auth.create_token(ex["writer"], ex["writer"], "writer-script")
+    qa_grant = db.session.scalar(
+        db.select(Grant).where(Grant.team_id == ex["qa"].id, Grant.project_id == ex["project"].id)
+    )
+    catalog.put_secret(ex["admin"], ex["project"], "API_KEY", "k-123")
+    return {
+        "project": ex["project"].id, "other_project": ex["other_project"].id,
+        "environment": ex["environment"].id, "qa": ex["qa"].id, "se": ex["se"].id,
+        "reader": ex["reader"].id, "writer": ex["writer"].id, "outsider": ex["outsider"].id,
+        "writer_token": writer_token.id, "qa_grant": qa_grant.id,
+    }
+
+
+def _fill(value, ids):
+    if isinstance(value, str) and value.startswith("{") and value.endswith("}"):
+        return ids[value[1:-1]]
+    if isinstance(value, dict):
+        return {k: _fill(v, ids) for k, v in value.items()}
+    return value
+
+
+CASES = [
+    pytest.param(key, role, id=f"{key[0]} {key[1]} as {role}")
+    for key in sorted(MATRIX) for role in ROLES
+]
+
+
+@pytest.mark.parametrize("key,role", CASES)
+def test_route_answers_each_role_as_expected(client, ids, spec_example, bearer, key, role):
+    path, body, expected = MATRIX[key]
+    headers = {} if role == "anonymous" else bearer(spec_example[role])
+    response = client.open(path.format(**ids), method=key[0], json=_fill(body, ids),
+                           headers=headers)
+    assert response.status_code == expected[role], response.text
+    if response.status_code >= 400:
+        assert set(response.json["error"]) == {"code", "message", "fields"}
