@@ -1,6 +1,4 @@
 """Flask-Login wiring: sessions resolve to users through id and session nonce."""
-from flask import g
-
 from app.extensions import db
 from app.models import User
 
@@ -21,9 +19,3 @@ def init_app(app, login_manager):
             return None
         return user
 
-    @app.teardown_request
-    def forget_request_user(_exc):
-        # The request's user lives in `g`; when an app context outlives one request (tests,
-        # CLI), the next request must not inherit it.
-        g.pop("_login_user", None)
-        g.pop("auth_via", None)

@@ -8,6 +8,7 @@ import os
 import re
 
 import pytest
+from flask.testing import FlaskClient
 from flask_migrate import upgrade
 from sqlalchemy import text
 
@@ -53,11 +54,22 @@ def _empty_tables():
     db.session.commit()
 
 
+class ContextPerRequestClient(FlaskClient):
+    """Each request in its own app context, as under a real server: the test's own context
+    (held by the `app` fixture) would otherwise share `g` and the database session with it."""
+
+    def open(self, *args, **kwargs):
+        with self.application.app_context():
+            return super().open(*args, **kwargs)
+
+
 @pytest.fixture(scope="session")
 def _app(_schema):
     # One app for the run: building the URL map costs more than most tests. Tests that change
     # settings use monkeypatch.setitem(app.config, ...), which puts them back.
-    return create_app(TestConfig(database_url=_schema))
+    app = create_app(TestConfig(database_url=_schema))
+    app.test_client_class = ContextPerRequestClient
+    return app
 
 
 @pytest.fixture
@@ -94,9 +106,13 @@ def admin(make_user):
 def bearer(app):
     """Authorization headers for a user, through a real personal API token."""
 
+    made = {}
+
     def headers(user):
-        _token, raw = auth.create_token(user, user, f"test-{user.username}")
-        return {"Authorization": f"Bearer {raw}"}
+        if user.id not in made:
+            _token, raw = auth.create_token(user, user, f"test-{user.username}")
+            made[user.id] = {"Authorization": f"Bearer {raw}"}
+        return made[user.id]
 
     return headers
 
