@@ -42,16 +42,20 @@ def cli():
 def dev(host, port):
     """Web and controller in one process on the embedded SQLite database."""
     os.environ["NULLOPS_DEV"] = "1"
-    app = build_app()
+    from werkzeug.serving import run_simple
+
     from app.controller import Controller
 
+    app = build_app()
     controller = Controller(app)
     controller.start()
     host = host or app.config["NULLOPS_HOST"]
     port = port or app.config["NULLOPS_PORT"]
     click.echo(f"NullOps dev: http://{host}:{port}/  (Ctrl-C stops it)")
     try:
-        app.run(host=host, port=port, threaded=True, use_reloader=False, debug=False)
+        # Not app.run(): Flask refuses it inside its own CLI. Werkzeug's server is enough for
+        # one developer; `nullops web` runs gunicorn.
+        run_simple(host, port, app, threaded=True, use_reloader=False, use_debugger=False)
     finally:
         controller.stop()
 

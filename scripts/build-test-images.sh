@@ -19,6 +19,9 @@ SUITE=bookworm
 BASE_PACKAGES=python3,python3-venv,python3-pip,ca-certificates
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 HOST_CA_DIR=/usr/local/share/ca-certificates
+# Downloaded .debs are kept here so a rebuild (new CA cert, recipe change)
+# does not fetch them again.
+DEB_CACHE=/var/cache/nullops-test-images/debootstrap
 BUSYBOX_BIN=/bin/busybox
 # Not "org.nullops.test": containers inherit image labels, and the tests
 # remove everything that carries that one.
@@ -134,7 +137,9 @@ maybe_build() {
 
 build_base() {  # image hash
     local image=$1 hash=$2 rootfs="$WORKDIR/rootfs"
+    mkdir -p "$DEB_CACHE"
     run_killable debootstrap --variant=minbase --include="$BASE_PACKAGES" \
+        --cache-dir="$DEB_CACHE" \
         "$SUITE" "$rootfs" "$MIRROR" >"$WORKDIR/debootstrap.log" 2>&1 || {
         tail -n 30 "$WORKDIR/debootstrap.log" >&2
         die "debootstrap failed"
@@ -179,7 +184,11 @@ main() {
 
     # Two concurrent runs would build the same image twice; serialise them.
     exec 9>/tmp/nullops-build-test-images.lock
-    flock 9
+    if ! flock -n 9; then
+        # (also held by a debootstrap orphaned when an earlier run was killed)
+        log "waiting for another build to finish"
+        flock 9
+    fi
     # Holding the lock, any work dir left over was abandoned by a run that
     # was killed outright (SIGKILL skips the trap).
     local stale
