@@ -45,7 +45,7 @@ $(VENDOR)/.stamp: package.json package-lock.json
 	touch $@
 
 pytest:
-	NULLOPS_TEST_DATABASE_URL=$(TEST_DB_URL) NULLOPS_TEST_DOCKER=1 $(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS)
+	NULLOPS_TEST_DATABASE_URL=$(TEST_DB_URL) NULLOPS_TEST_DOCKER=1 NULLOPS_TEST_BROWSER=1 $(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules $(VENDOR)
