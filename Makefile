@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 VENDOR := app/static/vendor
 TEST_DB_URL ?= postgresql://nullops_test:nullops_test@127.0.0.1:5432/nullops_test
 
-.PHONY: run test venv assets host-run host-test images pytest clean
+.PHONY: run test venv assets host-run host-test images lint pytest clean
 
 ## run: NullOps on http://127.0.0.1:8080 (embedded SQLite under var/, first admin created)
 run: host-run venv assets
@@ -16,7 +16,7 @@ run: host-run venv assets
 	NULLOPS_DEV=1 exec $(BIN)/nullops dev
 
 ## test: installs and starts Docker and PostgreSQL when missing, builds test images, runs pytest
-test: host-test venv assets images pytest
+test: host-test venv assets images lint pytest
 
 host-run:
 	@bash scripts/run-host.sh
@@ -43,6 +43,9 @@ $(VENDOR)/.stamp: package.json package-lock.json
 	mkdir -p $(VENDOR)
 	cp node_modules/htmx.org/dist/htmx.min.js node_modules/@picocss/pico/css/pico.min.css $(VENDOR)/
 	touch $@
+
+lint: venv
+	$(BIN)/ruff check app tests scripts wsgi.py migrations
 
 pytest:
 	NULLOPS_TEST_DATABASE_URL=$(TEST_DB_URL) NULLOPS_TEST_DOCKER=1 NULLOPS_TEST_BROWSER=1 $(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS)

@@ -12,8 +12,8 @@ def create_app(config=None):
     app = Flask(__name__)
     app.config.from_object(config if config is not None else Config())
 
-    from app import auth_setup, crypto
-    from app.api import bp as api_bp, register_error_handlers
+    from app import auth_setup, crypto, errors
+    from app.api import bp as api_bp
     from app.extensions import csrf, db, login_manager, migrate, sock
     from app.health import bp as health_bp
     from app.ui import bp as ui_bp
@@ -33,7 +33,7 @@ def create_app(config=None):
     app.register_blueprint(health_bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(ui_bp)
-    register_error_handlers(app)
+    errors.register(app)
     return app
 
 

@@ -1,11 +1,11 @@
 """Flask extensions, created at module level and bound in create_app()."""
+import sqlite3
+
 from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_sock import Sock
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
-import sqlite3
-
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Engine
 

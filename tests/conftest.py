@@ -15,7 +15,7 @@ from sqlalchemy import text
 from app import create_app
 from app.config import TestConfig
 from app.extensions import db
-from app.models import AccessLevel, Environment, Grant, Project, Team, TeamMember, User
+from app.models import AccessLevel, Environment, Grant, Project, Team, TeamMember
 from app.services import auth, users
 
 PG_URL = os.environ.get("NULLOPS_TEST_DATABASE_URL")

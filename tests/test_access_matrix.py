@@ -4,7 +4,7 @@ a row here fails `test_every_api_route_has_a_row`."""
 import pytest
 
 from app.extensions import db
-from app.models import Grant, ProjectSecret
+from app.models import Grant
 from app.services import auth, catalog
 from tests.conftest import STRONG_PASSWORD
 
@@ -13,7 +13,7 @@ NEW_PASSWORD = "another-Strong-pass-42"
 
 
 def row(*statuses):
-    return dict(zip(ROLES, statuses))
+    return dict(zip(ROLES, statuses, strict=True))
 
 
 EVERYONE = row(401, 200, 200, 200, 200)

@@ -9,9 +9,9 @@ from flask.cli import ScriptInfo
 from app import create_app
 from app.cli import cli
 from app.config import TestConfig
+from app.crypto import key_id
 from app.extensions import db
 from app.models import Project, ProjectSecret, User
-from app.crypto import key_id
 from app.services import catalog
 
 OLD_KEY = base64.b64encode(b"k" * 32).decode()  # TestConfig's default key

@@ -1,4 +1,4 @@
-from datetime import timezone
+from datetime import UTC
 
 from flask_login import current_user
 
@@ -11,7 +11,7 @@ from app.services import audit
 def _utc(value):
     if value is None or value.tzinfo is not None:
         return value
-    return value.replace(tzinfo=timezone.utc)  # a time without zone is read as UTC
+    return value.replace(tzinfo=UTC)  # a time without zone is read as UTC
 
 
 @operation("GET", "/audit", summary="The audit log, newest first (admins)", tag="audit",

@@ -5,7 +5,14 @@ from sqlalchemy import select
 from app import access
 from app.api.core import dump, operation, paginate
 from app.api.schemas import (
-    AccessOut, Page, Pagination, SecretList, SecretOut, SecretPut, TargetCreate, TargetOut,
+    AccessOut,
+    Page,
+    Pagination,
+    SecretList,
+    SecretOut,
+    SecretPut,
+    TargetCreate,
+    TargetOut,
     TargetUpdate,
 )
 from app.extensions import db

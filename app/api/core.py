@@ -6,12 +6,10 @@ models validate requests and generate /api/v1/openapi.json, so the two cannot dr
 from dataclasses import dataclass, field
 from functools import wraps
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, g, jsonify, request
 from flask_login import current_user
-from flask_wtf.csrf import CSRFError
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import func, select
-from werkzeug.exceptions import HTTPException
 
 from app.extensions import csrf, db
 from app.services import auth
@@ -164,47 +162,3 @@ def authenticate():
     if not current_user.is_authenticated:
         raise Unauthorized("log in, or send Authorization: Bearer <token>")
     return None
-
-
-def register_error_handlers(app):
-    """JSON errors under /api/; never a stack trace."""
-
-    def wants_json():
-        return request.path.startswith(bp.url_prefix + "/") or request.path == bp.url_prefix
-
-    @app.errorhandler(ServiceError)
-    def service_error(exc):
-        headers = {}
-        if getattr(exc, "retry_after", None):
-            headers["Retry-After"] = str(exc.retry_after)
-        if exc.status == 401:
-            headers["WWW-Authenticate"] = 'Bearer realm="nullops"'
-        db.session.rollback()
-        if wants_json():
-            return error_response(exc.status, exc.code, exc.message, exc.fields, headers)
-        return exc.message, exc.status, headers
-
-    @app.errorhandler(CSRFError)
-    def csrf_error(exc):
-        message = "the CSRF token is missing or invalid; reload the page and try again"
-        if wants_json():
-            return error_response(400, "csrf_failed", message)
-        return message, 400
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc):
-        if not wants_json():
-            return exc
-        codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 415: "unsupported"}
-        message = {404: "no such resource", 405: f"method {request.method} is not allowed here"}.get(
-            exc.code, exc.description
-        )
-        return error_response(exc.code, codes.get(exc.code, "http_error"), message)
-
-    @app.errorhandler(Exception)
-    def unexpected(exc):
-        db.session.rollback()
-        current_app.logger.exception("unhandled error on %s %s", request.method, request.path)
-        if wants_json():
-            return error_response(500, "internal_error", "an internal error occurred; see the server log")
-        return "An internal error occurred; see the server log.", 500

@@ -4,8 +4,16 @@ from flask_login import current_user
 from app import access
 from app.api.core import dump, operation, paginate
 from app.api.schemas import (
-    GrantCreate, GrantOut, GrantQuery, GrantUpdate, Page, Pagination, TeamCreate, TeamDetail,
-    TeamOut, TeamUpdate,
+    GrantCreate,
+    GrantOut,
+    GrantQuery,
+    GrantUpdate,
+    Page,
+    Pagination,
+    TeamCreate,
+    TeamDetail,
+    TeamOut,
+    TeamUpdate,
 )
 from app.models import Environment, Grant, Project, Team, User
 from app.services import teams

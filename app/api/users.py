@@ -1,14 +1,22 @@
 """Accounts: the caller's own profile and tokens, and user administration."""
 from flask_login import current_user
-from sqlalchemy import select
 
 from app import access
 from app.api.core import dump, operation, paginate
 from app.api.schemas import (
-    MeOut, Page, Pagination, PasswordChange, PasswordReset, ProfileUpdate, TokenCreate,
-    TokenCreated, TokenOut, UserCreate, UserOut, UserUpdate,
+    MeOut,
+    Page,
+    Pagination,
+    PasswordChange,
+    PasswordReset,
+    ProfileUpdate,
+    TokenCreate,
+    TokenCreated,
+    TokenOut,
+    UserCreate,
+    UserOut,
+    UserUpdate,
 )
-from app.extensions import db
 from app.models import ApiToken, User
 from app.services import auth, users
 

@@ -7,7 +7,7 @@ from app.extensions import db
 from app.models.types import UTCDateTime, utcnow
 
 
-class AccessLevel(str, enum.Enum):
+class AccessLevel(enum.StrEnum):
     READ_ONLY = "read_only"
     FULL = "full"
 

@@ -3,7 +3,7 @@ from flask import current_app
 from sqlalchemy import select
 
 from app.extensions import db
-from app.models import Environment, Project, ProjectSecret
+from app.models import ProjectSecret
 from app.services import audit
 from app.services.errors import Conflict, NotFound, ValidationFailed
 from app.services.names import (

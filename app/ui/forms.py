@@ -1,6 +1,7 @@
 """Flask-WTF forms: every form carries a CSRF token."""
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, PasswordField, SelectField, StringField
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, Optional
 
 
@@ -13,12 +14,12 @@ class UserForm(FlaskForm):
     username = StringField("Username", validators=[DataRequired(), Length(max=64)])
     full_name = StringField("Full name", validators=[Optional(), Length(max=120)])
     password = PasswordField("Initial password", validators=[DataRequired(), Length(max=256)])
-    role = SelectField("Role", choices=[("user", "User"), ("admin", "Admin")])
+    role = SelectField("Role", choices=[SelectChoice("user", "User"), SelectChoice("admin", "Admin")])
 
 
 class UserStatusForm(FlaskForm):
     is_active = BooleanField("Active")
-    role = SelectField("Role", choices=[("user", "User"), ("admin", "Admin")])
+    role = SelectField("Role", choices=[SelectChoice("user", "User"), SelectChoice("admin", "Admin")])
 
 
 class TeamForm(FlaskForm):
@@ -32,7 +33,9 @@ class MemberForm(FlaskForm):
 
 class GrantForm(FlaskForm):
     target = SelectField("Project or environment")
-    level = SelectField("Access", choices=[("read_only", "Read-Only"), ("full", "Full Access")])
+    level = SelectField(
+        "Access", choices=[SelectChoice("read_only", "Read-Only"), SelectChoice("full", "Full Access")]
+    )
 
 
 class TokenForm(FlaskForm):

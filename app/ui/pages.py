@@ -5,6 +5,7 @@ from urllib.parse import urlsplit
 from flask import abort, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_user, logout_user
 from sqlalchemy import select
+from wtforms.fields.choices import SelectChoice
 
 from app import access
 from app.extensions import db
@@ -209,7 +210,7 @@ def team_detail(team_id):
         member_ids = {m.user_id for m in team.members}
         member_form = MemberForm()
         member_form.user_id.choices = [
-            (u.id, u.username)
+            SelectChoice(u.id, u.username)
             for u in db.session.scalars(select(User).order_by(User.username))
             if u.id not in member_ids
         ]
@@ -223,8 +224,8 @@ def team_detail(team_id):
 def _target_choices():
     projects = db.session.scalars(select(Project).order_by(Project.name))
     environments = db.session.scalars(select(Environment).order_by(Environment.name))
-    return [(f"project:{p.id}", f"Project {p.name}") for p in projects] + [
-        (f"environment:{e.id}", f"Environment {e.name}") for e in environments
+    return [SelectChoice(f"project:{p.id}", f"Project {p.name}") for p in projects] + [
+        SelectChoice(f"environment:{e.id}", f"Environment {e.name}") for e in environments
     ]
 
 
@@ -232,7 +233,7 @@ def _target_choices():
 def team_add_member(team_id):
     team = _team_for("manage", team_id)
     form = MemberForm()
-    form.user_id.choices = [(u.id, u.username) for u in db.session.scalars(select(User))]
+    form.user_id.choices = [SelectChoice(u.id, u.username) for u in db.session.scalars(select(User))]
     if form.validate_on_submit():
         teams.add_member(_actor(), team, users.get(form.user_id.data))
     else:
