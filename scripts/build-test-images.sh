@@ -98,10 +98,13 @@ current_hash() {  # image -> value of the inputs label, or empty
 # ends up under the image's name.
 import_and_tag() {  # rootfs image hash [--change ...]...
     local rootfs=$1 image=$2 hash=$3; shift 3
-    local out
+    local out rc=0
     out=$(tar --numeric-owner -C "$rootfs" -c . |
-          docker import --change "LABEL $HASH_LABEL=$hash" "$@" -)
-    NEW_IMAGE_ID=$(tail -n 1 <<<"$out")
+          docker import --change "LABEL $HASH_LABEL=$hash" "$@" -) || rc=$?
+    # Remember the new image even when tar failed after import took what it
+    # got: the exit trap then deletes it.
+    NEW_IMAGE_ID=$(grep -o 'sha256:[0-9a-f]*' <<<"$out" | tail -n 1 || true)
+    [ "$rc" -eq 0 ] && [ -n "$NEW_IMAGE_ID" ] || die "tar | docker import failed for $image"
     docker tag "$NEW_IMAGE_ID" "$image"
     NEW_IMAGE_ID=""  # tagged: now it belongs to the image name
 }

@@ -98,7 +98,7 @@ start_postgres() {
     cluster=$(pg_cluster)
     if [ -z "$cluster" ]; then
         # The package normally creates "main"; recreate it if someone dropped it.
-        ver=$(ls /usr/lib/postgresql | sort -V | tail -n 1)
+        ver=$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -V | tail -n 1)
         [ -n "$ver" ] || die "no PostgreSQL server installed under /usr/lib/postgresql"
         log "creating PostgreSQL $ver cluster 'main' on port $PG_PORT"
         pg_createcluster --port "$PG_PORT" "$ver" main >/dev/null
