@@ -1,0 +1,83 @@
+"""The long-running commands start, serve and stop cleanly as real processes."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from app.crypto import generate_key
+
+NULLOPS = str(Path(sys.executable).with_name("nullops"))
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def process_env(app):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NULLOPS_")}
+    env.update({
+        "NULLOPS_DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+        "NULLOPS_SECRET_KEY": generate_key(),
+        "NULLOPS_SESSION_SECRET": "s" * 40,
+    })
+    return env
+
+
+def _wait_for(url, deadline=30):
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return response.status, response.read()
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer within {deadline}s")
+
+
+def _stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_web_serves_under_gunicorn_and_stops_on_sigterm(process_env):
+    port = _free_port()
+    proc = subprocess.Popen([NULLOPS, "web", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+                            env=process_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        status, body = _wait_for(f"http://127.0.0.1:{port}/readyz")
+        assert status == 200 and b'"database":"ok"' in body.replace(b" ", b"")
+    finally:
+        assert _stop(proc) == 0
+
+
+def test_controller_runs_until_sigterm(process_env):
+    proc = subprocess.Popen([NULLOPS, "controller"], env=process_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(2)
+        assert proc.poll() is None, proc.stdout.read().decode()
+    finally:
+        assert _stop(proc) == 0
+
+
+def test_processes_refuse_to_start_without_a_master_key(process_env):
+    del process_env["NULLOPS_SECRET_KEY"]
+    for command in (["web"], ["controller"], ["db", "upgrade"]):
+        result = subprocess.run([NULLOPS, *command], env=process_env, capture_output=True,
+                                text=True, timeout=30)
+        assert result.returncode != 0
+        assert "nullops keys generate" in result.stderr + result.stdout
+        assert "Traceback" not in result.stderr
