@@ -1,0 +1,151 @@
+"""The wire contract between the control plane and an agent. docs/protocol.md explains it.
+
+Every frame is one JSON object with a "type". The connection starts with a mutual
+challenge-response proving both sides hold the node token (the token itself never crosses the
+wire), then the agent says hello; after that the control plane sends requests, the agent
+answers each with a response carrying the same id, and pushes events with an increasing
+sequence number that the control plane acknowledges.
+"""
+import hashlib
+import hmac
+import json
+
+from agent import __version__ as AGENT_VERSION
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 4 * 1024 * 1024
+WEBSOCKET_PATH = "/ws"
+
+# Handshake frames
+AUTH_BEGIN = "auth.begin"          # control plane -> agent: {protocol, client_nonce}
+AUTH_CHALLENGE = "auth.challenge"  # agent -> control plane: {agent_nonce, proof}
+AUTH_PROVE = "auth.prove"          # control plane -> agent: {proof}
+AUTH_FAILED = "auth.failed"        # either side, then close; carries no detail
+HELLO = "hello"                    # agent -> control plane after a good proof
+
+# Message frames
+REQUEST = "request"      # {id, method, params}
+RESPONSE = "response"    # {id, ok, result} or {id, ok: false, error: {code, message}}
+EVENT = "event"          # {seq, event, at, data}
+
+# Request methods
+PING = "ping"
+DEPLOYMENT_APPLY = "deployment.apply"    # {deployment: <spec>, secrets: {NAME: value}} -> {run_id}
+DEPLOYMENT_DELETE = "deployment.delete"  # {deployment_id} -> {run_id}; cancels a running run
+DEPLOYMENT_LIST = "deployment.list"      # {} -> {deployments: [{deployment_id, status, run_id}]}
+STATE_SYNC = "state.sync"                # {deployments: [{deployment, secrets}]} full desired state
+RUN_GET = "run.get"                      # {run_id} -> {run: {..., steps: [...]}}
+LOGS_TAIL = "logs.tail"                  # {deployment_id, step_id, tail} -> {lines: [...]}
+STATS_GET = "stats.get"                  # {} -> {host: {...}, containers: [...], engine: {...}}
+EVENTS_ACK = "events.ack"                # {seq} -> {}; events up to seq are forgotten
+TOKEN_ROTATE = "token.rotate"            # {verifier} -> {}; effective at once
+PLUGINS_PREPULL = "plugins.prepull"      # {images: [{image, auth?}]} -> {pulled, failed}
+METHODS = frozenset({
+    PING, DEPLOYMENT_APPLY, DEPLOYMENT_DELETE, DEPLOYMENT_LIST, STATE_SYNC, RUN_GET, LOGS_TAIL,
+    STATS_GET, EVENTS_ACK, TOKEN_ROTATE, PLUGINS_PREPULL,
+})
+
+# Events pushed by the agent
+RUN_PROGRESS = "run.progress"            # {run_id, deployment_id, status, step_id?, step_status?, message?}
+STEP_LOG = "step.log"                    # {run_id, deployment_id, step_id, lines: [...]}
+DEPLOYMENT_STATUS = "deployment.status"  # {deployment_id, status, message?}
+RESOURCES = "resources"                  # {host: {...}}
+
+# Error codes in responses
+BAD_REQUEST = "bad_request"
+UNKNOWN_METHOD = "unknown_method"
+NOT_FOUND = "not_found"
+REFUSED = "refused"          # a spec the agent will not run (privileged, host mounts, ...)
+INTERNAL = "internal_error"
+
+
+class ProtocolError(Exception):
+    """A frame that breaks the contract; `code` goes back to the peer in the response."""
+
+    def __init__(self, message, code=BAD_REQUEST):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def encode(frame):
+    return json.dumps(frame, separators=(",", ":"), sort_keys=True)
+
+
+def decode(raw):
+    """Parse one frame; raise ProtocolError for anything that is not a JSON object with a type."""
+    if isinstance(raw, bytes):
+        if len(raw) > MAX_FRAME_BYTES:
+            raise ProtocolError("frame too large")
+        raw = raw.decode("utf-8", errors="replace")
+    if len(raw) > MAX_FRAME_BYTES:
+        raise ProtocolError("frame too large")
+    try:
+        frame = json.loads(raw)
+    except ValueError:
+        raise ProtocolError("frame is not JSON") from None
+    if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+        raise ProtocolError("frame must be a JSON object with a string 'type'")
+    return frame
+
+
+def request(request_id, method, params=None):
+    return {"type": REQUEST, "id": request_id, "method": method, "params": params or {}}
+
+
+def ok(request_id, result=None):
+    return {"type": RESPONSE, "id": request_id, "ok": True, "result": result or {}}
+
+
+def error(request_id, code, message):
+    return {"type": RESPONSE, "id": request_id, "ok": False,
+            "error": {"code": code, "message": message}}
+
+
+def parse_request(frame):
+    if frame.get("type") != REQUEST:
+        raise ProtocolError(f"expected a request, got {frame.get('type')!r}")
+    request_id = frame.get("id")
+    if not isinstance(request_id, str | int) or isinstance(request_id, bool):
+        raise ProtocolError("request id must be a string or an integer")
+    method = frame.get("method")
+    if method not in METHODS:
+        raise ProtocolError(f"unknown method {method!r}", UNKNOWN_METHOD)
+    params = frame.get("params", {})
+    if not isinstance(params, dict):
+        raise ProtocolError("params must be a JSON object")
+    return request_id, method, params
+
+
+# --- Token proof -----------------------------------------------------------------------------
+# Both sides hold the verifier V = HMAC-SHA256(token, "nullops-agent-verifier/v1"): the agent
+# keeps only V on disk, the control plane keeps V (encrypted). Proofs bind both nonces and the
+# agent's certificate thumbprint, so a proof cannot be replayed or relayed through another TLS
+# endpoint.
+
+VERIFIER_LABEL = b"nullops-agent-verifier/v1"
+NONCE_BYTES = 32
+
+
+def verifier_for(token):
+    return hmac.new(token.encode("utf-8"), VERIFIER_LABEL, hashlib.sha256).hexdigest()
+
+
+def _proof(verifier, role, first_nonce, second_nonce, thumbprint):
+    message = "|".join((role, first_nonce, second_nonce, thumbprint.lower())).encode()
+    return hmac.new(bytes.fromhex(verifier), message, hashlib.sha256).hexdigest()
+
+
+def agent_proof(verifier, client_nonce, agent_nonce, thumbprint):
+    return _proof(verifier, "agent", client_nonce, agent_nonce, thumbprint)
+
+
+def client_proof(verifier, client_nonce, agent_nonce, thumbprint):
+    return _proof(verifier, "control-plane", agent_nonce, client_nonce, thumbprint)
+
+
+def proofs_match(expected, given):
+    return isinstance(given, str) and hmac.compare_digest(expected, given)
+
+
+__all__ = ["AGENT_VERSION", "PROTOCOL_VERSION"]
