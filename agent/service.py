@@ -1,0 +1,351 @@
+"""The agent's behaviour behind the link: requests from the control plane, runs, reconcile.
+
+The link layer (server.py) handles the handshake, ping, acks and token rotation and delegates
+every other request to `AgentService.handle`. Runs go on in their own threads whether or not a
+control plane is connected; their events wait in the store's outbox.
+"""
+import hashlib
+import json
+import logging
+import threading
+import uuid
+
+import psutil
+
+from agent import protocol
+from agent.docker_exec import Executor
+from agent.errors import AgentError
+from agent.pipeline import (
+    DEGRADED,
+    DELETED,
+    DEPLOY_FAILED,
+    FAILED,
+    INTERRUPTED,
+    READY,
+    RUNNING,
+    PipelineRun,
+    RunMemory,
+)
+from agent.spec import SpecError, secret_names, validate
+
+log = logging.getLogger("nullops.agent.service")
+
+
+def spec_hash(spec):
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+class ActiveRun:
+    def __init__(self, run_id, kind, thread, cancel, spec_digest):
+        self.run_id = run_id
+        self.kind = kind
+        self.thread = thread
+        self.cancel = cancel
+        self.spec_digest = spec_digest
+
+
+class AgentService:
+    def __init__(self, settings, store, hub, docker_client, executor=None):
+        self.settings = settings
+        self.store = store
+        self.hub = hub
+        self.docker = docker_client
+        self.executor = executor or Executor(
+            docker_client, settings.node_id, subnet_pool=settings.subnet_pool,
+            publish_host=settings.publish_host, stop_grace_s=settings.stop_grace,
+        )
+        self.memory = {}   # deployment id -> RunMemory (secrets, credentials, outputs)
+        self.active = {}   # deployment id -> ActiveRun
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._reconciler = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def start(self):
+        self.recover_interrupted_runs()
+        self.reconcile()
+        self._reconciler = threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True)
+        self._reconciler.start()
+
+    def stop(self, timeout=10):
+        self._stop.set()
+        with self._lock:
+            runs = list(self.active.values())
+        for run in runs:
+            run.thread.join(timeout)
+
+    def _reconcile_loop(self):
+        while not self._stop.wait(self.settings.reconcile_interval):
+            try:
+                self.reconcile()
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.exception("reconcile failed")
+
+    # --- requests -------------------------------------------------------------------------------
+    def handle(self, method, params):
+        handler = {
+            protocol.DEPLOYMENT_APPLY: self.apply,
+            protocol.DEPLOYMENT_DELETE: self.delete,
+            protocol.DEPLOYMENT_LIST: self.list_deployments,
+            protocol.STATE_SYNC: self.sync,
+            protocol.RUN_GET: self.get_run,
+            protocol.LOGS_TAIL: self.logs_tail,
+            protocol.STATS_GET: self.stats,
+            protocol.PLUGINS_PREPULL: self.prepull,
+        }.get(method)
+        if handler is None:
+            raise protocol.ProtocolError(f"unknown method {method!r}", protocol.UNKNOWN_METHOD)
+        return handler(params)
+
+    def apply(self, params):
+        spec = params.get("deployment")
+        secrets = params.get("secrets", {})
+        registries = params.get("registries", {})
+        try:
+            validate(spec)
+        except SpecError as exc:
+            code = protocol.REFUSED if exc.refused else protocol.BAD_REQUEST
+            raise protocol.ProtocolError(exc.message, code) from None
+        if not isinstance(secrets, dict) or not all(isinstance(v, str) for v in secrets.values()):
+            raise protocol.ProtocolError("secrets must map names to strings")
+        if not isinstance(registries, dict):
+            raise protocol.ProtocolError("registries must map names to credentials")
+        missing = secret_names(spec) - set(secrets)
+        if missing:
+            raise protocol.ProtocolError(f"secrets not sent: {', '.join(sorted(missing))}")
+        deployment_id = spec["deployment_id"]
+        digest = spec_hash(spec)
+        with self._lock:
+            current = self.active.get(deployment_id)
+            if current is not None:
+                if current.kind == "apply" and current.spec_digest == digest:
+                    return {"run_id": current.run_id, "status": RUNNING}
+                raise protocol.ProtocolError(
+                    f"deployment {deployment_id} has a {current.kind} run in progress; wait or delete it",
+                    "busy")
+            known = self.store.get_deployment(deployment_id)
+            if known and known["status"] == READY and spec_hash(known["spec"]) == digest:
+                self.memory[deployment_id] = _merge_memory(self.memory.get(deployment_id), secrets,
+                                                           registries)
+                return {"run_id": None, "status": READY}
+            memory = RunMemory(secrets, registries)
+            self.memory[deployment_id] = memory
+            self.store.put_deployment(deployment_id, spec, "deploying")
+            run_id = self._new_run(deployment_id, "apply")
+            cancel = threading.Event()
+            run = PipelineRun(self.executor, self.store, self.hub, spec, memory, run_id, cancel)
+            self._spawn(deployment_id, run_id, "apply", cancel, digest, run.apply)
+        return {"run_id": run_id, "status": RUNNING}
+
+    def delete(self, params):
+        deployment_id = params.get("deployment_id")
+        if not isinstance(deployment_id, str):
+            raise protocol.ProtocolError("deployment_id must be a string")
+        with self._lock:
+            current = self.active.get(deployment_id)
+            if current is not None and current.kind == "delete":
+                return {"run_id": current.run_id, "status": RUNNING}
+            known = self.store.get_deployment(deployment_id)
+            has_objects = deployment_id in self.executor.deployment_ids()
+            if known is None and not has_objects:
+                return {"run_id": None, "status": DELETED}
+            spec = known["spec"] if known else {"deployment_id": deployment_id, "steps": []}
+            run_id = self._new_run(deployment_id, "delete")
+            cancel = threading.Event()
+            previous = current
+
+            def work():
+                if previous is not None:  # cancel = delete with rollback (spec)
+                    previous.cancel.set()
+                    previous.thread.join()
+                memory = self.memory.get(deployment_id) or RunMemory()
+                run = PipelineRun(self.executor, self.store, self.hub, _steps_or_empty(spec), memory,
+                                  run_id, cancel)
+                status = run.delete()
+                self.store.delete_deployment(deployment_id)
+                self.memory.pop(deployment_id, None)
+                return status
+
+            self._spawn(deployment_id, run_id, "delete", cancel, None, work)
+        return {"run_id": run_id, "status": RUNNING}
+
+    def sync(self, params):
+        """The full desired state replaces the agent's view (sent on every connect)."""
+        desired = params.get("deployments")
+        if not isinstance(desired, list):
+            raise protocol.ProtocolError("deployments must be a list")
+        wanted = {}
+        for item in desired:
+            spec = item.get("deployment") if isinstance(item, dict) else None
+            if not isinstance(spec, dict) or not isinstance(spec.get("deployment_id"), str):
+                raise protocol.ProtocolError("each entry needs a deployment spec with a deployment_id")
+            wanted[spec["deployment_id"]] = item
+        result = {"applied": [], "kept": [], "deleted": [], "errors": {}}
+        for deployment_id, item in wanted.items():
+            try:
+                outcome = self.apply(item)
+            except protocol.ProtocolError as exc:
+                result["errors"][deployment_id] = exc.message
+                continue
+            result["kept" if outcome["run_id"] is None else "applied"].append(deployment_id)
+        local = {d["deployment_id"] for d in self.store.list_deployments()} | self.executor.deployment_ids()
+        for deployment_id in sorted(local - set(wanted)):
+            self.delete({"deployment_id": deployment_id})
+            result["deleted"].append(deployment_id)
+        return result
+
+    def list_deployments(self, _params=None):
+        with self._lock:
+            active = {k: v.run_id for k, v in self.active.items()}
+        return {"deployments": [
+            {"deployment_id": d["deployment_id"], "status": d["status"], "message": d.get("message"),
+             "run_id": active.get(d["deployment_id"])}
+            for d in self.store.list_deployments()
+        ]}
+
+    def get_run(self, params):
+        run = self.store.get_run(params.get("run_id"))
+        if run is None:
+            raise protocol.ProtocolError(f"run {params.get('run_id')!r} is unknown", protocol.NOT_FOUND)
+        return {"run": run}
+
+    def logs_tail(self, params):
+        deployment_id, step_id = params.get("deployment_id"), params.get("step_id")
+        tail = params.get("tail", 200)
+        if not isinstance(tail, int) or not 1 <= tail <= 10000:
+            raise protocol.ProtocolError("tail must be a number from 1 to 10000")
+        if self.store.get_deployment(deployment_id) is None:
+            raise protocol.ProtocolError(f"deployment {deployment_id!r} is unknown", protocol.NOT_FOUND)
+        memory = self.memory.get(deployment_id)
+        lines = self.executor.logs(deployment_id, step_id, tail=tail)
+        return {"lines": [memory.redact(line) for line in lines] if memory else lines}
+
+    def stats(self, _params=None):
+        vm = psutil.virtual_memory()
+        return {
+            "host": {"cpus": psutil.cpu_count() or 1, "cpu_percent": psutil.cpu_percent(interval=None),
+                     "memory_total": vm.total, "memory_available": vm.available},
+            "containers": self.executor.container_stats(),
+            "engine": self.executor.engine_health(),
+        }
+
+    def prepull(self, params):
+        pulled, failed = [], {}
+        for item in params.get("images", []):
+            image = item.get("image") if isinstance(item, dict) else None
+            if not isinstance(image, str):
+                raise protocol.ProtocolError("images must be a list of {image, auth?}")
+            try:
+                self.executor.pull(image, item.get("auth"))
+                pulled.append(image)
+            except AgentError as exc:
+                failed[image] = exc.message
+        return {"pulled": pulled, "failed": failed}
+
+    # --- runs -------------------------------------------------------------------------------------
+    def _new_run(self, deployment_id, kind):
+        run_id = f"run-{uuid.uuid4().hex[:12]}"
+        self.store.create_run(run_id, deployment_id, kind)
+        return run_id
+
+    def _spawn(self, deployment_id, run_id, kind, cancel, digest, work):
+        def target():
+            try:
+                work()
+            except Exception:  # noqa: BLE001 - a crashed run must not kill the agent
+                log.exception("%s run %s crashed", kind, run_id)
+                self.store.finish_run(run_id, FAILED, "internal error; see the agent log")
+            finally:
+                with self._lock:
+                    if self.active.get(deployment_id) and self.active[deployment_id].run_id == run_id:
+                        del self.active[deployment_id]
+
+        thread = threading.Thread(target=target, name=f"{kind}-{deployment_id}", daemon=True)
+        self.active[deployment_id] = ActiveRun(run_id, kind, thread, cancel, digest)
+        thread.start()
+
+    def wait_idle(self, deployment_id, timeout=None):
+        """Block until no run is active for a deployment (tests, shutdown)."""
+        with self._lock:
+            run = self.active.get(deployment_id)
+        if run is not None:
+            run.thread.join(timeout)
+
+    # --- reconcile --------------------------------------------------------------------------------
+    def recover_interrupted_runs(self):
+        """Runs cut short by a crash cannot go on: their secrets were in memory only. Roll them
+        back by label and say so; the control plane resends the deployment to retry."""
+        for run in self.store.runs_in_state(RUNNING):
+            deployment_id = run["deployment_id"]
+            self.executor.teardown(deployment_id, graceful=False)
+            message = "the agent restarted during this run; its objects were removed. Deploy again to retry."
+            self.store.finish_run(run["run_id"], INTERRUPTED, message)
+            if run["kind"] == "delete" or self.store.get_deployment(deployment_id) is None:
+                self.store.delete_deployment(deployment_id)
+                status = DELETED
+            else:
+                self.store.set_deployment_status(deployment_id, DEPLOY_FAILED, message)
+                status = DEPLOY_FAILED
+            self.hub.publish(protocol.RUN_PROGRESS, {"run_id": run["run_id"], "deployment_id": deployment_id,
+                                                     "status": INTERRUPTED, "message": message})
+            self.hub.publish(protocol.DEPLOYMENT_STATUS, {"deployment_id": deployment_id, "status": status,
+                                                          "message": message})
+
+    def reconcile(self):
+        """Level-triggered: restart dead services of ready deployments, recreate missing ones
+        when the run's memory is still here, remove objects of deployments that should not exist."""
+        with self._lock:
+            busy = set(self.active)
+        known = {d["deployment_id"]: d for d in self.store.list_deployments()}
+        for deployment_id, deployment in known.items():
+            if deployment_id in busy or deployment["status"] not in (READY, DEGRADED):
+                continue
+            self._heal(deployment)
+        keep = set(known) | busy
+        removed = self.executor.remove_orphans(keep)
+        if removed:
+            log.info("removed orphaned objects: %s", removed)
+
+    def _heal(self, deployment):
+        deployment_id = deployment["deployment_id"]
+        spec = deployment["spec"]
+        restarted = self.executor.restart_dead(deployment_id)
+        present = self.executor.service_containers(deployment_id)
+        services = [s for s in spec["steps"] if s["kind"] == "service"]
+        missing = [s for s in services if s["id"] not in present]
+        memory = self.memory.get(deployment_id)
+        if missing and memory is None:
+            message = (f"services {', '.join(s['id'] for s in missing)} are gone and the agent restarted "
+                       "since the deployment was made; the control plane's next sync restores them")
+            if deployment["status"] != DEGRADED:
+                self.store.set_deployment_status(deployment_id, DEGRADED, message)
+                self.hub.publish(protocol.DEPLOYMENT_STATUS, {"deployment_id": deployment_id,
+                                                              "status": DEGRADED, "message": message})
+            return
+        if missing:
+            run = PipelineRun(self.executor, self.store, self.hub, spec, memory, "reconcile",
+                              threading.Event())
+            for step in missing:
+                try:
+                    run.run_service(step)
+                except AgentError as exc:
+                    log.warning("could not recreate %s/%s: %s", deployment_id, step["id"], exc.message)
+        if restarted or missing or deployment["status"] == DEGRADED:
+            ports = {sid: {"ports": {str(k): v for k, v in self.executor.published_ports(c).items()}}
+                     for sid, c in self.executor.service_containers(deployment_id).items()}
+            self.store.set_deployment_status(deployment_id, READY, None)
+            healed = sorted(set(restarted) | {s["id"] for s in missing})
+            self.hub.publish(protocol.DEPLOYMENT_STATUS, {"deployment_id": deployment_id, "status": READY,
+                                                          "services": ports, "healed": healed})
+
+
+def _merge_memory(memory, secrets, registries):
+    fresh = RunMemory(secrets, registries)
+    if memory is not None:
+        fresh.outputs = memory.outputs
+        fresh.secret_values |= memory.secret_values
+    return fresh
+
+
+def _steps_or_empty(spec):
+    return spec if spec.get("steps") is not None else {**spec, "steps": []}
