@@ -1,0 +1,28 @@
+"""Reads the JSON input and writes {"echo": input}. Params shape extra behaviour:
+sleep (seconds before answering), stderr_lines (that many numbered lines), long_line (one
+stderr line of that many characters), leak_secrets (print the secrets to stderr, to test
+redaction), probe ([host, port]: report whether a TCP connection works)."""
+import json
+import socket
+import sys
+import time
+
+data = json.load(sys.stdin)
+params = data.get("params") or {}
+print(f"echo plugin: action {data.get('action')}, {len(json.dumps(data))} bytes in", file=sys.stderr)
+for i in range(params.get("stderr_lines", 0)):
+    print(f"line {i}", file=sys.stderr)
+if params.get("long_line"):
+    print("y" * params["long_line"], file=sys.stderr)
+if params.get("leak_secrets"):
+    print("secrets:", " ".join((data.get("secrets") or {}).values()), file=sys.stderr)
+result = {"echo": data}
+if params.get("probe"):
+    host, port = params["probe"]
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        result["probe"] = "connected"
+    except OSError as exc:
+        result["probe"] = f"failed: {exc}"
+time.sleep(params.get("sleep", 0))
+json.dump(result, sys.stdout)
