@@ -67,6 +67,7 @@ class PipelineRun:
         self.upstream = ancestors(spec["steps"])
         self.ports = {}      # service step id -> {container port: host port}
         self.started = []    # plugin steps that ran (for rollback), in start order
+        self.state = {}      # step id -> step status of this run
         self._lock = threading.Lock()
 
     # --- events -----------------------------------------------------------------------------
@@ -134,7 +135,8 @@ class PipelineRun:
                 for step_id, ports in self.ports.items()}
 
     def _run_graph(self):
-        state = {step_id: STEP_PENDING for step_id in self.order}
+        state = self.state
+        state.update(dict.fromkeys(self.order, STEP_PENDING))
         for step_id in self.order:
             self.store.set_step(self.run_id, step_id, STEP_PENDING, None)
         failure = None
@@ -227,14 +229,13 @@ class PipelineRun:
     def _run_plugin(self, step, action):
         # Rollbacks run after a cancel, so they must not see the run's cancel event.
         cancel = self.cancel if action == "run" else threading.Event()
-        self.executor.pull(step["image"], self._auth(step))
         payload = self.plugin_input(step, action)
         if action == "run":
             with self._lock:
                 self.started.append(step["id"])
         try:
             result = run_plugin(self.executor, self.spec, step, payload, run_id=self.run_id,
-                                cancel=cancel, action=action)
+                                cancel=cancel, action=action, auth=self._auth(step))
         except AgentError as exc:
             self._step_log(step["id"], getattr(exc, "log", None) or [])
             raise
@@ -250,13 +251,23 @@ class PipelineRun:
         for step_id in reversed(self.order):
             step = self.steps[step_id]
             if step["kind"] == "plugin" and step.get("rollback") and step_id in self.started:
+                # A step that failed may have half-done its work: it is asked to undo it too,
+                # but keeps its "failed" status; the outcome goes to its log.
+                failed_here = self.state.get(step_id) == STEP_FAILED
                 try:
-                    self._progress(RUNNING, step_id, "rolling_back", f"rollback after: {reason}")
+                    if not failed_here:
+                        self._progress(RUNNING, step_id, "rolling_back", f"rollback after: {reason}")
                     self._run_plugin(step, "rollback")
-                    self._progress(RUNNING, step_id, "rolled_back")
+                    if failed_here:
+                        self._step_log(step_id, ["rollback: done"])
+                    else:
+                        self._progress(RUNNING, step_id, "rolled_back")
                 except Exception as exc:  # noqa: BLE001 - keep cleaning up whatever happens
-                    message = getattr(exc, "message", str(exc))
-                    self._progress(RUNNING, step_id, "rollback_failed", f"rollback failed: {message}")
+                    message = f"rollback failed: {getattr(exc, 'message', exc)}"
+                    if failed_here:
+                        self._step_log(step_id, [message])
+                    else:
+                        self._progress(RUNNING, step_id, "rollback_failed", message)
         try:
             self.executor.teardown(self.deployment_id, order=list(reversed(self.order)), graceful=False)
         except Exception:  # noqa: BLE001 - the periodic reconcile removes what is left

@@ -9,12 +9,21 @@ sequence number that the control plane acknowledges.
 import hashlib
 import hmac
 import json
+import re
+import secrets
 
 from agent import __version__ as AGENT_VERSION
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 4 * 1024 * 1024
 WEBSOCKET_PATH = "/ws"
+HANDSHAKE_TIMEOUT_S = 10   # the agent waits this long for each handshake frame
+
+# WebSocket close codes the agent uses (RFC 6455)
+CLOSE_GOING_AWAY = 1001        # "replaced" by a newer link, or "agent stopping"
+CLOSE_POLICY_VIOLATION = 1008  # handshake refused (bad proof, protocol version, timeout)
+CLOSE_REASON_REPLACED = "replaced"
+CLOSE_REASON_STOPPING = "agent stopping"
 
 # Handshake frames
 AUTH_BEGIN = "auth.begin"          # control plane -> agent: {protocol, client_nonce}
@@ -146,6 +155,38 @@ def client_proof(verifier, client_nonce, agent_nonce, thumbprint):
 
 def proofs_match(expected, given):
     return isinstance(given, str) and hmac.compare_digest(expected, given)
+
+
+_NONCE = re.compile(rf"^[0-9a-f]{{{2 * NONCE_BYTES}}}$")
+_VERIFIER = re.compile(r"^[0-9a-f]{64}$")
+
+
+def new_nonce():
+    return secrets.token_hex(NONCE_BYTES)
+
+
+def valid_nonce(value):
+    return isinstance(value, str) and bool(_NONCE.match(value))
+
+
+def valid_verifier(value):
+    """A verifier as `token.rotate` carries it: 64 lowercase hex digits (an HMAC-SHA256)."""
+    return isinstance(value, str) and bool(_VERIFIER.match(value))
+
+
+def thumbprint_of_der(der):
+    """The agent certificate's thumbprint as both sides write it: SHA-256 of the DER, lowercase hex.
+    The control plane takes `der` from `ssl_socket.getpeercert(binary_form=True)`."""
+    return hashlib.sha256(der).hexdigest()
+
+
+def check_agent_proof(verifier, client_nonce, agent_nonce, thumbprint, proof):
+    """The control plane's check of `auth.challenge`: True only for an agent that holds the
+    verifier and answered on the TLS endpoint whose certificate has `thumbprint`. On False the
+    control plane sends `auth.failed` and closes, without ever sending its own proof."""
+    if not valid_nonce(agent_nonce):
+        return False
+    return proofs_match(agent_proof(verifier, client_nonce, agent_nonce, thumbprint), proof)
 
 
 __all__ = ["AGENT_VERSION", "PROTOCOL_VERSION"]

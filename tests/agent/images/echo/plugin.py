@@ -1,7 +1,8 @@
 """Reads the JSON input and writes {"echo": input}. Params shape extra behaviour:
 sleep (seconds before answering), stderr_lines (that many numbered lines), long_line (one
 stderr line of that many characters), leak_secrets (print the secrets to stderr, to test
-redaction), probe ([host, port]: report whether a TCP connection works)."""
+redaction), probe ([host, port]: report whether a TCP connection works), outputs (merged into
+the result, for `${steps.X.outputs.KEY}`), fail_on_rollback (exit 4 when asked to roll back)."""
 import json
 import socket
 import sys
@@ -16,7 +17,11 @@ if params.get("long_line"):
     print("y" * params["long_line"], file=sys.stderr)
 if params.get("leak_secrets"):
     print("secrets:", " ".join((data.get("secrets") or {}).values()), file=sys.stderr)
-result = {"echo": data}
+if data.get("action") == "rollback":
+    print(f"echo plugin: rolling back {data['deployment']['id']}", file=sys.stderr)
+    if params.get("fail_on_rollback"):
+        sys.exit(4)
+result = {"echo": data, **(params.get("outputs") or {})}
 if params.get("probe"):
     host, port = params["probe"]
     try:

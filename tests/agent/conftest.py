@@ -1,4 +1,4 @@
-"""Fixtures for the Docker executor tests: a real engine, real images built here.
+"""Fixtures for the agent tests on Docker: a real engine, real images built here.
 
 Conventions of tests/docker/conftest.py: everything a test creates carries
 `org.nullops.test=<uuid>` and an owner label (given to the Executor as extra labels), and is
@@ -28,7 +28,7 @@ OWNER_LABEL = "org.nullops.test.owner"
 HASH_LABEL = "org.nullops.build.inputs-sha256"  # not org.nullops.test: containers inherit it
 BASE_IMAGE = "nullops-test/base:bookworm"
 BUSYBOX_IMAGE = "nullops-test/busybox:latest"
-IMAGES_DIR = pathlib.Path(__file__).resolve().parent.parent / "images"
+IMAGES_DIR = pathlib.Path(__file__).resolve().parent / "images"
 PLUGINS = ("echo", "fail", "sleepy", "garbage", "flood", "oom")
 
 

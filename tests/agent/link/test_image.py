@@ -1,0 +1,173 @@
+"""The agent's Docker image, built here from the local base and run as docs/agent.md shows it:
+`-p ...:5000 -e AGENT_TOKEN=... -v /var/run/docker.sock:/var/run/docker.sock -v <volume>:/data`.
+
+The build is skipped when the image already carries the hash of its inputs (Dockerfile,
+requirements, the agent's files, the base image's id). A cold build installs the requirements
+from PyPI and takes about a minute; a warm run of this file takes a few seconds.
+"""
+import hashlib
+import io
+import os
+import re
+import socket
+import tarfile
+import time
+import uuid
+
+import pytest
+
+from tests.docker.conftest import BASE_IMAGE, LABEL, OWNER_LABEL, _remove_labelled, _unavailable
+
+from .support import REPO, TOKEN, open_link
+
+IMAGE = "nullops-test/agent:latest"
+HASH_LABEL = "org.nullops.build.inputs-sha256"  # not org.nullops.test: containers inherit it
+THUMBPRINT = re.compile(r"certificate thumbprint sha256: ([0-9a-f]{64})")
+
+
+def _pins(path):
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            name, version = line.split("==")
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    return pins
+
+
+def test_agent_requirements_pin_the_repository_versions():
+    agent, root = _pins(REPO / "agent/requirements.txt"), _pins(REPO / "requirements.txt")
+    for name in ("flask", "flask-sock", "cryptography", "websockets", "psutil", "docker"):
+        assert agent.get(name) == root.get(name), name
+    for name, version in agent.items():
+        assert root.get(name, version) == version, name
+
+
+# --- the image ------------------------------------------------------------------------------------
+def _context_files():
+    """Everything the build reads: agent/ without caches. The build context is the repository
+    root; only these files go into it (the root also holds .venv and node_modules)."""
+    files = [p for p in sorted((REPO / "agent").rglob("*"))
+             if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"]
+    return {str(p.relative_to(REPO)): p.read_bytes() for p in files}
+
+
+def _context_tar(files):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+    buffer.seek(0)
+    return buffer
+
+
+@pytest.fixture(scope="session")
+def agent_image(docker_client):
+    from docker.errors import APIError, BuildError, NotFound
+
+    try:
+        base = docker_client.images.get(BASE_IMAGE)
+    except NotFound:
+        _unavailable(f"test image {BASE_IMAGE} is missing; run scripts/build-test-images.sh")
+    files = _context_files()
+    digest = hashlib.sha256(base.id.encode())
+    for name, data in files.items():
+        digest.update(f"{name}\0{len(data)}\0".encode() + data)
+    inputs = digest.hexdigest()
+    old = None
+    try:
+        old = docker_client.images.get(IMAGE)
+        if old.labels.get(HASH_LABEL) == inputs:
+            return IMAGE
+    except NotFound:
+        pass
+    try:
+        docker_client.images.build(
+            fileobj=_context_tar(files), custom_context=True, dockerfile="agent/Dockerfile", tag=IMAGE,
+            buildargs={"BASE_IMAGE": BASE_IMAGE}, labels={HASH_LABEL: inputs}, rm=True, forcerm=True,
+            pull=False, timeout=900)
+    except BuildError as exc:
+        log = "".join(item.get("stream", "") or item.get("error", "") for item in exc.build_log)
+        pytest.fail(f"building {IMAGE} failed: {exc.msg}\n{log[-4000:]}", pytrace=False)
+    if old is not None:  # the image this build replaced, unless something still uses it
+        try:
+            docker_client.images.remove(old.id)
+        except APIError:
+            pass
+    return IMAGE
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    import docker
+    import requests
+
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+        _unavailable(f"the Docker engine is unreachable ({exc}); run scripts/test-host.sh")
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def test_labels(docker_client):
+    """Labels for what the test creates (conventions of tests/docker/conftest.py): leftovers of
+    killed runs go first; the test removes its own in `finally`, and nothing may be left."""
+    _remove_labelled(docker_client, LABEL, spare_live_owners=True)
+    labels = {LABEL: uuid.uuid4().hex, OWNER_LABEL: f"{socket.gethostname()}:{os.getpid()}"}
+    yield labels
+    left = docker_client.containers.list(all=True, filters={"label": f"{LABEL}={labels[LABEL]}"})
+    left += docker_client.volumes.list(filters={"label": f"{LABEL}={labels[LABEL]}"})
+    assert not left, f"left behind: {left}"
+
+
+@pytest.mark.docker
+def test_the_image_runs_as_documented_and_serves_the_link(docker_client, agent_image, test_labels):
+    pytest.importorskip("agent.service", reason="agent/service.py (the real service) is not there yet")
+    from docker.errors import NotFound
+
+    volume = docker_client.volumes.create(f"nullops-test-agent-{test_labels[LABEL][:12]}", labels=test_labels)
+    container = None
+    try:
+        container = docker_client.containers.run(
+            agent_image, detach=True, labels=test_labels,
+            environment={"AGENT_TOKEN": TOKEN},
+            ports={"5000/tcp": ("127.0.0.1", None)},
+            volumes={"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
+                     volume.name: {"bind": "/data", "mode": "rw"}},
+        )
+        container.reload()
+        port = int(container.ports["5000/tcp"][0]["HostPort"])
+        hello = None
+        deadline = time.monotonic() + 60
+        while hello is None:
+            try:
+                ws, hello = open_link(port)
+                ws.close()
+            except (OSError, EOFError) as exc:
+                container.reload()
+                logs = container.logs().decode(errors="replace")
+                assert container.status == "running", f"the agent exited:\n{logs}"
+                assert time.monotonic() < deadline, f"no link after 60 s ({exc!r}):\n{logs}"
+                time.sleep(0.3)
+        logs = container.logs().decode(errors="replace")
+        assert THUMBPRINT.search(logs).group(1) == hello["thumbprint"]
+        assert hello["protocol"] == 1 and hello["node_id"].startswith("node-")
+        assert TOKEN not in logs
+
+        container.stop(timeout=20)  # SIGTERM: a clean stop within the timeout
+        assert container.wait(timeout=30)["StatusCode"] == 0
+        assert container.logs().decode(errors="replace").rstrip().endswith("stopped")
+    finally:
+        if container is not None:
+            try:
+                container.remove(force=True, v=True)
+            except NotFound:
+                pass
+        volume.remove(force=True)
