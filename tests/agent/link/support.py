@@ -144,14 +144,14 @@ THUMBPRINT = re.compile(r"certificate thumbprint sha256: ([0-9a-f]{64})")
 class AgentProcess:
     """`python -m tests.agent.link.support ARGS` with its stderr collected line by line."""
 
-    def __init__(self, data_dir, token=TOKEN, real=False):
+    def __init__(self, data_dir, token=TOKEN, real=False, args=()):
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
         if token is not None:
             env["AGENT_TOKEN"] = token
         module = "agent" if real else "tests.agent.link.support"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", module, "--data-dir", str(data_dir), "--host", "127.0.0.1",
-             "--port", "0"],
+             "--port", "0", *args],
             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines = []
         self._changed = threading.Condition()
