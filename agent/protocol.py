@@ -36,6 +36,9 @@ HELLO = "hello"                    # agent -> control plane after a good proof
 REQUEST = "request"      # {id, method, params}
 RESPONSE = "response"    # {id, ok, result} or {id, ok: false, error: {code, message}}
 EVENT = "event"          # {seq, event, at, data}
+# A followed log: {stream_id, lines} while it runs, then {stream_id, end: true, reason}. Streams
+# are live data: not stored, not acknowledged, gone with the link.
+STREAM = "stream"
 
 # Request methods
 PING = "ping"
@@ -45,13 +48,15 @@ DEPLOYMENT_LIST = "deployment.list"      # {} -> {deployments: [{deployment_id, 
 STATE_SYNC = "state.sync"                # {deployments: [{deployment, secrets}]} full desired state
 RUN_GET = "run.get"                      # {run_id} -> {run: {..., steps: [...]}}
 LOGS_TAIL = "logs.tail"                  # {deployment_id, step_id, tail} -> {lines: [...]}
+LOGS_FOLLOW = "logs.follow"              # {deployment_id, step_id, tail} -> {stream_id}; then STREAM frames
+LOGS_UNFOLLOW = "logs.unfollow"          # {stream_id} -> {}
 STATS_GET = "stats.get"                  # {} -> {host: {...}, containers: [...], engine: {...}}
 EVENTS_ACK = "events.ack"                # {seq} -> {}; events up to seq are forgotten
 TOKEN_ROTATE = "token.rotate"            # {verifier} -> {}; effective at once
 PLUGINS_PREPULL = "plugins.prepull"      # {images: [{image, auth?}]} -> {pulled, failed}
 METHODS = frozenset({
     PING, DEPLOYMENT_APPLY, DEPLOYMENT_DELETE, DEPLOYMENT_LIST, STATE_SYNC, RUN_GET, LOGS_TAIL,
-    STATS_GET, EVENTS_ACK, TOKEN_ROTATE, PLUGINS_PREPULL,
+    LOGS_FOLLOW, LOGS_UNFOLLOW, STATS_GET, EVENTS_ACK, TOKEN_ROTATE, PLUGINS_PREPULL,
 })
 
 # Events pushed by the agent

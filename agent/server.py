@@ -353,6 +353,9 @@ class AgentLinks:
             log.info("token verifier rotated by the control plane at %s; new links must prove the new token",
                      link.peer)
             return {}
+        if method == protocol.LOGS_FOLLOW:
+            # The stream's lines go to this link only and end with it (never to the outbox).
+            return self.service.follow_logs(params, link.send)
         return self.service.handle(method, params)
 
 

@@ -7,7 +7,9 @@ control plane is connected; their events wait in the store's outbox.
 import hashlib
 import json
 import logging
+import queue
 import threading
+import time
 import uuid
 
 import psutil
@@ -59,6 +61,7 @@ class AgentService:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._reconciler = None
+        self.streams = {}  # stream id -> threading.Event that ends it
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self):
@@ -69,6 +72,9 @@ class AgentService:
 
     def stop(self, timeout=10):
         self._stop.set()
+        with self._lock:
+            for stop in self.streams.values():
+                stop.set()
         with self._lock:
             runs = list(self.active.values())
         for run in runs:
@@ -90,6 +96,7 @@ class AgentService:
             protocol.STATE_SYNC: self.sync,
             protocol.RUN_GET: self.get_run,
             protocol.LOGS_TAIL: self.logs_tail,
+            protocol.LOGS_UNFOLLOW: self.unfollow_logs,
             protocol.STATS_GET: self.stats,
             protocol.PLUGINS_PREPULL: self.prepull,
         }.get(method)
@@ -219,6 +226,88 @@ class AgentService:
         memory = self.memory.get(deployment_id)
         lines = self.executor.logs(deployment_id, step_id, tail=tail)
         return {"lines": [memory.redact(line) for line in lines] if memory else lines}
+
+    def follow_logs(self, params, send, batch_s=0.1, max_streams=32):
+        """Stream a service's log lines to the link through `send(frame) -> bool` until the
+        control plane unfollows, the container ends or the link goes."""
+        deployment_id, step_id = params.get("deployment_id"), params.get("step_id")
+        tail = params.get("tail", 100)
+        if not isinstance(tail, int) or not 0 <= tail <= 10000:
+            raise protocol.ProtocolError("tail must be a number from 0 to 10000")
+        if self.store.get_deployment(deployment_id) is None:
+            raise protocol.ProtocolError(f"deployment {deployment_id!r} is unknown", protocol.NOT_FOUND)
+        with self._lock:
+            if len(self.streams) >= max_streams:
+                raise protocol.ProtocolError(f"at most {max_streams} log streams at once; unfollow one",
+                                             "busy")
+            stream_id = f"logs-{uuid.uuid4().hex[:12]}"
+            stop = self.streams[stream_id] = threading.Event()
+        if step_id not in self.executor.service_containers(deployment_id):
+            with self._lock:
+                self.streams.pop(stream_id, None)
+            raise protocol.ProtocolError(f"deployment {deployment_id!r} has no service {step_id!r}",
+                                         protocol.NOT_FOUND)
+        memory = self.memory.get(deployment_id)
+        pending = queue.Queue()
+        ended = object()
+
+        def read():
+            try:
+                for line in self.executor.follow_logs(deployment_id, step_id, stop, tail=tail):
+                    pending.put(memory.redact(line) if memory else line)
+            except AgentError as exc:
+                log.warning("following %s/%s: %s", deployment_id, step_id, exc.message)
+            finally:
+                pending.put(ended)
+
+        def pump():
+            # Lines go out in batches at most `batch_s` apart, so a burst is one frame.
+            reason = "container ended"
+            try:
+                while True:
+                    try:
+                        first = pending.get(timeout=0.5)
+                    except queue.Empty:
+                        if stop.is_set():
+                            reason = "unfollowed"
+                            return
+                        continue
+                    batch, done = [], first is ended
+                    if not done:
+                        batch.append(first)
+                        flush_at = time.monotonic() + batch_s
+                        while len(batch) < 500 and (left := flush_at - time.monotonic()) > 0:
+                            try:
+                                item = pending.get(timeout=left)
+                            except queue.Empty:
+                                break
+                            if item is ended:
+                                done = True
+                                break
+                            batch.append(item)
+                    if batch and not send({"type": protocol.STREAM, "stream_id": stream_id, "lines": batch}):
+                        reason = "link closed"
+                        return
+                    if done:
+                        reason = "unfollowed" if stop.is_set() else "container ended"
+                        return
+            finally:
+                stop.set()
+                with self._lock:
+                    self.streams.pop(stream_id, None)
+                send({"type": protocol.STREAM, "stream_id": stream_id, "end": True, "reason": reason})
+
+        threading.Thread(target=read, name=f"{stream_id}-read", daemon=True).start()
+        threading.Thread(target=pump, name=stream_id, daemon=True).start()
+        return {"stream_id": stream_id}
+
+    def unfollow_logs(self, params):
+        with self._lock:
+            stop = self.streams.get(params.get("stream_id"))
+        if stop is None:
+            raise protocol.ProtocolError(f"stream {params.get('stream_id')!r} is unknown", protocol.NOT_FOUND)
+        stop.set()
+        return {}
 
     def stats(self, _params=None):
         vm = psutil.virtual_memory()

@@ -131,3 +131,44 @@ def test_sigkill_in_the_middle_of_a_run_then_restart_converges(node, tmp_path, d
     assert again["ok"], again
     events_until(ws, status_is(deployment_id, "ready"))
     ws.close()
+
+
+def test_logs_tail_and_follow_over_the_link(node, tmp_path, busybox_image):
+    _node_id, start = node
+    agent = start(tmp_path / "data")
+    ws, _ = open_link(agent.port, pinned=agent.thumbprint)
+    deployment_id = f"dep-{uuid.uuid4().hex[:6]}"
+    talker = ('trap "exit 0" TERM; i=0; while true; do i=$((i+1)); echo "line $i ${TOKEN}"; '
+              'sleep 0.2; done & wait')
+    spec = {"deployment_id": deployment_id, "limits": {"cpus": 0.2, "memory_mb": 32}, "steps": [
+        {"id": "talker", "kind": "service", "image": busybox_image, "command": ["sh", "-c", talker],
+         "env": {"TOKEN": "${secrets.T}"}, "readiness": {"type": "log", "pattern": "line 1 "}}]}
+    assert call(ws, "a", protocol.DEPLOYMENT_APPLY, {"deployment": spec, "secrets": {"T": SECRET}})["ok"]
+    events_until(ws, status_is(deployment_id, "ready"))
+    tail = call(ws, "t", protocol.LOGS_TAIL, {"deployment_id": deployment_id, "step_id": "talker", "tail": 5})
+    assert tail["ok"] and tail["result"]["lines"][0].startswith("line ")
+    assert SECRET not in str(tail) and "[redacted]" in tail["result"]["lines"][0]
+
+    followed = call(ws, "f", protocol.LOGS_FOLLOW, {"deployment_id": deployment_id, "step_id": "talker",
+                                                      "tail": 0})
+    stream_id = followed["result"]["stream_id"]
+    lines = []
+    deadline = time.monotonic() + 10
+    while len(lines) < 3 and time.monotonic() < deadline:
+        frame = recv(ws, 5)
+        if frame.get("type") == protocol.STREAM and frame["stream_id"] == stream_id:
+            lines.extend(frame["lines"])
+    assert len(lines) >= 3 and all(line.startswith("line ") for line in lines)
+    assert SECRET not in " ".join(lines)
+    assert call(ws, "u", protocol.LOGS_UNFOLLOW, {"stream_id": stream_id})["ok"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        frame = recv(ws, 5)
+        if frame.get("type") == protocol.STREAM and frame.get("end"):
+            assert frame["reason"] == "unfollowed"
+            break
+    else:
+        raise AssertionError("the stream never ended")
+    missing = call(ws, "m", protocol.LOGS_FOLLOW, {"deployment_id": deployment_id, "step_id": "ghost"})
+    assert not missing["ok"] and missing["error"]["code"] == protocol.NOT_FOUND
+    ws.close()
