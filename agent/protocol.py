@@ -70,6 +70,7 @@ BAD_REQUEST = "bad_request"
 UNKNOWN_METHOD = "unknown_method"
 NOT_FOUND = "not_found"
 REFUSED = "refused"          # a spec the agent will not run (privileged, host mounts, ...)
+BUSY = "busy"                # another run of the deployment, or too many log streams
 INTERNAL = "internal_error"
 
 

@@ -129,7 +129,7 @@ class AgentService:
                     return {"run_id": current.run_id, "status": RUNNING}
                 raise protocol.ProtocolError(
                     f"deployment {deployment_id} has a {current.kind} run in progress; wait or delete it",
-                    "busy")
+                    protocol.BUSY)
             known = self.store.get_deployment(deployment_id)
             if known and known["status"] == READY and spec_hash(known["spec"]) == digest:
                 self.memory[deployment_id] = _merge_memory(self.memory.get(deployment_id), secrets,
@@ -239,7 +239,7 @@ class AgentService:
         with self._lock:
             if len(self.streams) >= max_streams:
                 raise protocol.ProtocolError(f"at most {max_streams} log streams at once; unfollow one",
-                                             "busy")
+                                             protocol.BUSY)
             stream_id = f"logs-{uuid.uuid4().hex[:12]}"
             stop = self.streams[stream_id] = threading.Event()
         if step_id not in self.executor.service_containers(deployment_id):
