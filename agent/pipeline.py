@@ -13,7 +13,15 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from agent import protocol, readiness
 from agent.errors import AgentError, Cancelled
 from agent.plugins import run_plugin
-from agent.spec import SpecError, ancestors, references, resolve, service_address, topological_order
+from agent.spec import (
+    SpecError,
+    ancestors,
+    levels,
+    references,
+    resolve,
+    service_address,
+    topological_order,
+)
 
 log = logging.getLogger("nullops.agent.pipeline")
 
@@ -65,6 +73,8 @@ class PipelineRun:
         self.steps = {s["id"]: s for s in spec["steps"]}
         self.order = topological_order(spec["steps"])
         self.upstream = ancestors(spec["steps"])
+        # Teardown order: dependents first, each level stopped in parallel.
+        self.stop_order = list(reversed(levels(spec["steps"])))
         self.ports = {}      # service step id -> {container port: host port}
         self.started = []    # plugin steps that ran (for rollback), in start order
         self.state = {}      # step id -> step status of this run
@@ -269,7 +279,7 @@ class PipelineRun:
                     else:
                         self._progress(RUNNING, step_id, "rollback_failed", message)
         try:
-            self.executor.teardown(self.deployment_id, order=list(reversed(self.order)), graceful=False)
+            self.executor.teardown(self.deployment_id, order=self.stop_order, graceful=False)
         except Exception:  # noqa: BLE001 - the periodic reconcile removes what is left
             log.exception("teardown after a failed run of %s", self.deployment_id)
 
@@ -287,7 +297,7 @@ class PipelineRun:
                 except Exception as exc:  # noqa: BLE001
                     self._progress(RUNNING, step_id, "rollback_failed",
                                    f"rollback failed: {getattr(exc, 'message', exc)}")
-        counts = self.executor.teardown(self.deployment_id, order=list(reversed(self.order)), graceful=True)
+        counts = self.executor.teardown(self.deployment_id, order=self.stop_order, graceful=True)
         self.store.finish_run(self.run_id, SUCCEEDED, None)
         self._deployment_status(DELETED)
         self._progress(SUCCEEDED, message=f"deleted: {counts}")

@@ -229,6 +229,16 @@ def topological_order(steps):
     return order
 
 
+def levels(steps):
+    """Step ids grouped by depth: every step's dependencies are in earlier groups."""
+    depth = {}
+    for step_id in topological_order(steps):
+        deps = next(s for s in steps if s["id"] == step_id).get("depends_on", [])
+        depth[step_id] = 1 + max((depth[d] for d in deps), default=-1)
+    deepest = max(depth.values(), default=-1)
+    return [sorted(i for i, d in depth.items() if d == level) for level in range(deepest + 1)]
+
+
 def ancestors(steps):
     """{step id: set of every step it depends on, directly or not}."""
     direct = {s["id"]: set(s.get("depends_on", [])) for s in steps}

@@ -3,7 +3,7 @@ import copy
 
 import pytest
 
-from agent.spec import SpecError, ancestors, resolve, secret_names, topological_order, validate
+from agent.spec import SpecError, ancestors, levels, resolve, secret_names, topological_order, validate
 
 BASE = {
     "deployment_id": "dep-1",
@@ -45,6 +45,9 @@ def test_a_complete_spec_is_accepted_and_ordered():
     assert topological_order(BASE["steps"]) == ["db", "mkdb", "web"]
     assert ancestors(BASE["steps"])["web"] == {"db", "mkdb"}
     assert secret_names(BASE) == {"DB_PASSWORD"}
+    fan = [{"id": "db"}, {"id": "cache"}, {"id": "seed", "depends_on": ["db"]},
+           {"id": "app", "depends_on": ["seed", "cache"]}]
+    assert levels(fan) == [["cache", "db"], ["seed"], ["app"]]
 
 
 @pytest.mark.parametrize("key,value,message", [
