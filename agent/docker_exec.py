@@ -396,11 +396,6 @@ class Executor:
         filters = self._filters(deployment_id)
         with engine_call("listing containers"):
             containers = self.client.containers.list(all=True, filters=filters)
-        if graceful:
-            running = [c for c in containers if c.status in ACTIVE_STATES]
-            levels = self._levels(running, order) if order else [running]
-            for level in levels:
-                self._parallel(self._stop, level)
         failures = []
 
         def remove_container(container):
@@ -411,7 +406,23 @@ class Executor:
             except (APIError, *UNAVAILABLE) as exc:
                 failures.append(f"container {container.name}: {exc}")
 
-        self._parallel(remove_container, containers)
+        with ThreadPoolExecutor(max_workers=PARALLEL) as removals:
+            if graceful:
+                running = [c for c in containers if c.status in ACTIVE_STATES]
+                levels = self._levels(running, order) if order else [running]
+                stopped = set()
+                for level in levels:
+                    self._parallel(self._stop, level)
+                    # A stopped level is removed while the next level stops: only the stops
+                    # need the dependency order.
+                    for container in level:
+                        stopped.add(container.id)
+                        removals.submit(remove_container, container)
+                rest = [c for c in containers if c.id not in stopped]
+            else:
+                rest = containers
+            for container in rest:
+                removals.submit(remove_container, container)
         with engine_call("listing networks"):
             networks = self.client.networks.list(filters=filters)
         for network in networks:

@@ -153,8 +153,7 @@ class AgentService:
             if current is not None and current.kind == "delete":
                 return {"run_id": current.run_id, "status": RUNNING}
             known = self.store.get_deployment(deployment_id)
-            has_objects = deployment_id in self.executor.deployment_ids()
-            if known is None and not has_objects:
+            if known is None and deployment_id not in self.executor.deployment_ids():
                 return {"run_id": None, "status": DELETED}
             spec = known["spec"] if known else {"deployment_id": deployment_id, "steps": []}
             run_id = self._new_run(deployment_id, "delete")
