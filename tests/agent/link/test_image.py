@@ -171,3 +171,78 @@ def test_the_image_runs_as_documented_and_serves_the_link(docker_client, agent_i
             except NotFound:
                 pass
         volume.remove(force=True)
+
+
+@pytest.mark.docker
+def test_the_image_deploys_with_readiness_probed_from_inside_its_container(docker_client, agent_image,
+                                                                          test_labels):
+    """The agent in its container reaches services only over their deployment network: it joins
+    the network for the probe. A deployment comes up, answers on its published port, and goes."""
+    from agent import labels as L
+    from agent import protocol
+
+    from ..executor.helpers import idle_service, tcp_service
+    from .support import call, recv
+
+    node_id = f"test-{uuid.uuid4().hex[:8]}"
+    volume = docker_client.volumes.create(f"nullops-test-agent-{test_labels[LABEL][:12]}", labels=test_labels)
+    container = None
+    try:
+        container = docker_client.containers.run(
+            agent_image, detach=True, labels=test_labels,
+            environment={"AGENT_TOKEN": TOKEN, "AGENT_NODE_ID": node_id, "AGENT_PUBLISH_HOST": "127.0.0.1"},
+            ports={"5000/tcp": ("127.0.0.1", None)},
+            volumes={"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
+                     volume.name: {"bind": "/data", "mode": "rw"}})
+        container.reload()
+        port = int(container.ports["5000/tcp"][0]["HostPort"])
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                ws, hello = open_link(port)
+                break
+            except (OSError, EOFError):
+                assert time.monotonic() < deadline, container.logs().decode(errors="replace")
+                time.sleep(0.3)
+        assert hello["node_id"] == node_id
+        deployment_id = f"dep-{uuid.uuid4().hex[:6]}"
+        spec = {"deployment_id": deployment_id, "limits": {"cpus": 0.5, "memory_mb": 128}, "steps": [
+            {"id": "db", "kind": "service", "image": BASE_IMAGE, "command": tcp_service(0.3),
+             "ports": [9000], "readiness": {"type": "tcp", "port": 9000}},
+            {"id": "web", "kind": "service", "image": "nullops-test/busybox:latest", "depends_on": ["db"],
+             "command": idle_service("mkdir -p /www; echo ok > /www/index.html; httpd -p 8080 -h /www"),
+             "ports": [8080], "expose": [8080], "readiness": {"type": "http", "port": 8080, "path": "/"}}]}
+        assert call(ws, "a", protocol.DEPLOYMENT_APPLY, {"deployment": spec, "secrets": {}})["ok"]
+        status = None
+        deadline = time.monotonic() + 90
+        while status not in ("ready", "failed") and time.monotonic() < deadline:
+            frame = recv(ws, 30)
+            if frame.get("event") == protocol.DEPLOYMENT_STATUS:
+                status, data = frame["data"]["status"], frame["data"]
+        assert status == "ready", (data, container.logs().decode(errors="replace")[-3000:])
+        host_port = data["services"]["web"]["ports"]["8080"]
+        with socket.create_connection(("127.0.0.1", host_port), timeout=5) as conn:
+            conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            assert b"ok" in conn.recv(4096)
+        network = docker_client.networks.list(filters={"label": f"{L.DEPLOYMENT}={deployment_id}"})[0]
+        network.reload()
+        assert container.id not in (network.attrs.get("Containers") or {})  # left after the probe
+        assert call(ws, "d", protocol.DEPLOYMENT_DELETE, {"deployment_id": deployment_id})["ok"]
+        deadline = time.monotonic() + 60
+        while status != "deleted" and time.monotonic() < deadline:
+            frame = recv(ws, 30)
+            if frame.get("event") == protocol.DEPLOYMENT_STATUS:
+                status = frame["data"]["status"]
+        assert status == "deleted"
+        ws.close()
+        selector = {"label": f"{L.NODE}={node_id}"}
+        assert docker_client.containers.list(all=True, filters=selector) == []
+        assert docker_client.networks.list(filters=selector) == []
+    finally:
+        if container is not None:
+            container.remove(force=True, v=True)
+        for obj in docker_client.containers.list(all=True, filters={"label": f"{L.NODE}={node_id}"}):
+            obj.remove(force=True)
+        for obj in docker_client.networks.list(filters={"label": f"{L.NODE}={node_id}"}):
+            obj.remove()
+        volume.remove(force=True)
