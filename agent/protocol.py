@@ -63,7 +63,11 @@ METHODS = frozenset({
 RUN_PROGRESS = "run.progress"            # {run_id, deployment_id, status, step_id?, step_status?, message?}
 STEP_LOG = "step.log"                    # {run_id, deployment_id, step_id, lines: [...]}
 DEPLOYMENT_STATUS = "deployment.status"  # {deployment_id, status, message?}
-RESOURCES = "resources"                  # {host: {...}}
+# Live frame (not an event: not stored, not replayed), sent every RESOURCES_INTERVAL_S on the link:
+# {"type": "resources", "at", "host": {cpus, cpu_percent, memory_total, memory_available},
+#  "allocated": {cpus, memory_mb}} -- what admission needs (ARCHITECTURE.md, resource admission).
+RESOURCES = "resources"
+RESOURCES_INTERVAL_S = 15
 
 # Error codes in responses
 BAD_REQUEST = "bad_request"

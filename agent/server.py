@@ -28,7 +28,7 @@ from simple_websocket import ConnectionClosed
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from agent import __version__, protocol
-from agent.store import EventHub, redact
+from agent.store import EventHub, redact, utc_now
 
 __all__ = ["AgentServer", "EventHub", "ServerError", "create_agent_app"]
 
@@ -203,6 +203,8 @@ class AgentLinks:
             sender = threading.Thread(target=self._push_events, args=(link,), name="agent-events",
                                       daemon=True)
             sender.start()
+            threading.Thread(target=self._push_resources, args=(link,), name="agent-resources",
+                             daemon=True).start()
             while not link.closed.is_set():
                 try:
                     raw = ws.receive(timeout=1)
@@ -296,6 +298,22 @@ class AgentLinks:
                 return  # the agent is stopping and closed the store under us
             log.exception("pushing events to %s failed; closing the link", link.peer)
             link.close(1011, "internal error")
+
+    def _push_resources(self, link):
+        """Resource figures right after hello and then every interval, while the link lives."""
+        figures = getattr(self.service, "resources", None)
+        if figures is None:
+            return
+        interval = getattr(self.settings, "resources_interval", protocol.RESOURCES_INTERVAL_S)
+        while not link.closed.is_set():
+            try:
+                frame = {"type": protocol.RESOURCES, "at": utc_now(), **figures()}
+            except Exception:  # noqa: BLE001 - a failed sample is skipped, the link stays
+                log.exception("sampling resource figures failed")
+            else:
+                if not link.send(frame):
+                    return
+            link.closed.wait(interval)
 
     # requests
     def _on_frame(self, link, raw):

@@ -308,11 +308,28 @@ class AgentService:
         stop.set()
         return {}
 
-    def stats(self, _params=None):
+    def resources(self):
+        """Host figures (psutil) and what this node's deployments hold by their limits: the
+        control plane admits a deployment only where both leave room (ARCHITECTURE.md)."""
         vm = psutil.virtual_memory()
+        cpus = memory_mb = 0.0
+        for deployment in self.store.list_deployments():
+            if deployment["status"] in (DELETED,):
+                continue
+            spec = deployment["spec"]
+            for step in spec["steps"]:
+                if step["kind"] == "service":
+                    cpus += step.get("cpus", spec["limits"]["cpus"])
+                    memory_mb += step.get("memory_mb", spec["limits"]["memory_mb"])
         return {
             "host": {"cpus": psutil.cpu_count() or 1, "cpu_percent": psutil.cpu_percent(interval=None),
                      "memory_total": vm.total, "memory_available": vm.available},
+            "allocated": {"cpus": round(cpus, 3), "memory_mb": int(memory_mb)},
+        }
+
+    def stats(self, _params=None):
+        return {
+            **self.resources(),
             "containers": self.executor.container_stats(),
             "engine": self.executor.engine_health(),
         }

@@ -82,6 +82,14 @@ def test_a_deployment_over_wss_leaves_no_secret_in_the_data_directory(node, tmp_
     assert response["ok"], response
     seen = events_until(ws, status_is(deployment_id, "ready"))
     ready = seen[-1]["data"]
+    stats = call(ws, "stats-1", protocol.STATS_GET)["result"]
+    assert stats["allocated"] == {"cpus": 1.0, "memory_mb": 256}  # db and web: 0.5 CPU, 128 MB each
+    assert stats["host"]["memory_available"] > 0 and stats["engine"]["ok"]
+    assert {c["step_id"] for c in stats["containers"] if c.get("deployment_id") == deployment_id} >= {
+        "db", "web"}
+    prepull = call(ws, "pull-1", protocol.PLUGINS_PREPULL, {"images": [
+        {"image": plugin_images["echo"]}, {"image": "nullops-test/not-there:1"}]})["result"]
+    assert prepull["pulled"] == [plugin_images["echo"]] and "not-there" in str(prepull["failed"])
     assert ready["services"]["web"]["ports"]["8080"] > 0
     assert any(e["event"] == protocol.STEP_LOG and "[redacted]" in " ".join(e["data"]["lines"]) for e in seen)
     run = call(ws, "run-1", protocol.RUN_GET, {"run_id": response["result"]["run_id"]})["result"]["run"]
@@ -130,6 +138,19 @@ def test_sigkill_in_the_middle_of_a_run_then_restart_converges(node, tmp_path, d
     again = call(ws, "apply-2", protocol.DEPLOYMENT_APPLY, {"deployment": spec, "secrets": {"PW": SECRET}})
     assert again["ok"], again
     events_until(ws, status_is(deployment_id, "ready"))
+    ws.close()
+
+
+def test_resource_figures_arrive_on_the_link_without_asking(node, tmp_path):
+    _node_id, start = node
+    agent = start(tmp_path / "data")
+    ws, _ = open_link(agent.port, pinned=agent.thumbprint)
+    frame = recv(ws, 10)
+    while frame.get("type") != protocol.RESOURCES:
+        frame = recv(ws, 10)
+    host = frame["host"]
+    assert host["cpus"] >= 1 and host["memory_total"] > host["memory_available"] > 0
+    assert frame["allocated"] == {"cpus": 0, "memory_mb": 0}
     ws.close()
 
 

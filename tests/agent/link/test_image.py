@@ -223,7 +223,10 @@ def test_the_image_deploys_with_readiness_probed_from_inside_its_container(docke
         host_port = data["services"]["web"]["ports"]["8080"]
         with socket.create_connection(("127.0.0.1", host_port), timeout=5) as conn:
             conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
-            assert b"ok" in conn.recv(4096)
+            answer = b""
+            while chunk := conn.recv(4096):  # until the server closes (HTTP/1.0)
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok\n")
         network = docker_client.networks.list(filters={"label": f"{L.DEPLOYMENT}={deployment_id}"})[0]
         network.reload()
         assert container.id not in (network.attrs.get("Containers") or {})  # left after the probe
