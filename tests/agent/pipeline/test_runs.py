@@ -91,12 +91,17 @@ def test_fan_out_pipeline_runs_to_ready_with_limits_applied(agent, docker_client
     assert agent.store.get_deployment(deployment_id) is None
 
 
-@pytest.mark.parametrize("position", ["mkdb", "check"])
+@pytest.mark.parametrize("position", ["first", "mkdb", "check"])
 def test_failing_plugin_at_each_position_rolls_back_to_nothing(agent, docker_client, images,
                                                                 base_image, busybox_image, position):
     deployment_id = f"dep-{uuid.uuid4().hex[:6]}"
-    spec = stack(deployment_id, images, base_image, busybox_image,
-                 **{position: {"image": images["fail"], "params": {}}})
+    if position == "first":  # a root step, failing while db and cache come up beside it
+        spec = stack(deployment_id, images, base_image, busybox_image)
+        spec["steps"].insert(0, {"id": "first", "kind": "plugin", "image": images["fail"], "params": {}})
+        spec["steps"][-1]["depends_on"].append("first")
+    else:
+        spec = stack(deployment_id, images, base_image, busybox_image,
+                     **{position: {"image": images["fail"], "params": {}}})
     run = run_to_end(agent, {"deployment": spec, "secrets": {"DB_PASSWORD": SECRET}})
     assert run["status"] == "failed", dump(run)
     assert f"step {position}" in run["error"] and "exit" in run["error"]
