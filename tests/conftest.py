@@ -6,6 +6,7 @@ suite runs on a SQLite file and the PostgreSQL-only tests are skipped.
 """
 import os
 import re
+import uuid
 
 import pytest
 from flask.testing import FlaskClient
@@ -17,6 +18,7 @@ from app.config import TestConfig
 from app.extensions import db
 from app.models import AccessLevel, Environment, Grant, Project, Team, TeamMember
 from app.services import auth, users
+from tests import dockertools
 
 PG_URL = os.environ.get("NULLOPS_TEST_DATABASE_URL")
 STRONG_PASSWORD = "correct-horse-battery-9"
@@ -165,3 +167,47 @@ def spec_example(app, make_user, admin):
         "qa": qa, "se": se, "reader": reader, "writer": writer, "outsider": outsider,
         "admin": admin,
     }
+
+
+# --- a real Docker engine (helpers in tests/dockertools.py) -------------------------------------
+@pytest.fixture(scope="session")
+def docker_client():
+    import docker
+    import requests
+
+    try:
+        # Negotiates the API version (the engine here speaks 1.41; pinning a newer one fails).
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+        dockertools.unavailable(f"the Docker engine is unreachable ({exc}); run scripts/test-host.sh")
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_client):
+    return dockertools.require_image(docker_client, dockertools.BASE_IMAGE)
+
+
+@pytest.fixture(scope="session")
+def busybox_image(docker_client):
+    return dockertools.require_image(docker_client, dockertools.BUSYBOX_IMAGE)
+
+
+@pytest.fixture
+def test_labels(docker_client):
+    """Labels to put on everything the test creates; all of it is removed after the test."""
+    labels = {dockertools.LABEL: uuid.uuid4().hex, **dockertools.owner_labels()}
+    # Leftovers of earlier runs killed before their teardown (containers survive an engine
+    # restart; a crashed run can leave duplicate-named networks behind).
+    dockertools.remove_labelled(docker_client, dockertools.LABEL, spare_live_owners=True)
+    selector = f"{dockertools.LABEL}={labels[dockertools.LABEL]}"
+    try:
+        yield labels
+    finally:
+        dockertools.remove_labelled(docker_client, selector)
+    left = dockertools.left_behind(docker_client, selector)
+    assert not left, f"left behind after cleanup: {left}"

@@ -7,8 +7,8 @@ import pytest
 
 from agent import labels as L
 from agent import protocol
+from tests.dockertools import left_behind, remove_labelled
 
-from .conftest import left_behind, remove_labelled
 from .executor.helpers import idle_service, tcp_service
 from .link.support import TOKEN, AgentProcess, call, open_link, recv
 

@@ -7,7 +7,6 @@ from PyPI and takes about a minute; a warm run of this file takes a few seconds.
 """
 import hashlib
 import io
-import os
 import re
 import socket
 import tarfile
@@ -16,12 +15,11 @@ import uuid
 
 import pytest
 
-from tests.docker.conftest import BASE_IMAGE, LABEL, OWNER_LABEL, _remove_labelled, _unavailable
+from tests.dockertools import BASE_IMAGE, HASH_LABEL, LABEL, unavailable
 
 from .support import REPO, TOKEN, open_link
 
 IMAGE = "nullops-test/agent:latest"
-HASH_LABEL = "org.nullops.build.inputs-sha256"  # not org.nullops.test: containers inherit it
 THUMBPRINT = re.compile(r"certificate thumbprint sha256: ([0-9a-f]{64})")
 
 
@@ -70,7 +68,7 @@ def agent_image(docker_client):
     try:
         base = docker_client.images.get(BASE_IMAGE)
     except NotFound:
-        _unavailable(f"test image {BASE_IMAGE} is missing; run scripts/build-test-images.sh")
+        unavailable(f"test image {BASE_IMAGE} is missing; run scripts/build-test-images.sh")
     files = _context_files()
     digest = hashlib.sha256(base.id.encode())
     for name, data in files.items():
@@ -97,34 +95,6 @@ def agent_image(docker_client):
         except APIError:
             pass
     return IMAGE
-
-
-@pytest.fixture(scope="session")
-def docker_client():
-    import docker
-    import requests
-
-    try:
-        client = docker.from_env(timeout=120)
-        client.ping()
-    except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
-        _unavailable(f"the Docker engine is unreachable ({exc}); run scripts/test-host.sh")
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-@pytest.fixture
-def test_labels(docker_client):
-    """Labels for what the test creates (conventions of tests/docker/conftest.py): leftovers of
-    killed runs go first; the test removes its own in `finally`, and nothing may be left."""
-    _remove_labelled(docker_client, LABEL, spare_live_owners=True)
-    labels = {LABEL: uuid.uuid4().hex, OWNER_LABEL: f"{socket.gethostname()}:{os.getpid()}"}
-    yield labels
-    left = docker_client.containers.list(all=True, filters={"label": f"{LABEL}={labels[LABEL]}"})
-    left += docker_client.volumes.list(filters={"label": f"{LABEL}={labels[LABEL]}"})
-    assert not left, f"left behind: {left}"
 
 
 @pytest.mark.docker
