@@ -14,8 +14,9 @@ import threading
 from agent import __version__, protocol, tls
 from agent.config import ConfigError, HelpRequested, load_settings, prepare_data_dir, resolve_node_id
 from agent.credentials import Credentials, CredentialsError
+from agent.redaction import redact
 from agent.server import AgentServer, ServerError, create_agent_app
-from agent.store import EventHub, Store, redact
+from agent.store import EventHub, Store
 
 log = logging.getLogger("nullops.agent")
 

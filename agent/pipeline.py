@@ -13,6 +13,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from agent import protocol, readiness
 from agent.errors import AgentError, Cancelled
 from agent.plugins import run_plugin
+from agent.redaction import redact
 from agent.spec import (
     SpecError,
     ancestors,
@@ -52,9 +53,7 @@ class RunMemory:
                 self.secret_values.add(outputs[key])
 
     def redact(self, text):
-        for value in sorted(self.secret_values, key=len, reverse=True):
-            text = text.replace(value, "[redacted]")
-        return text
+        return redact(text, self.secret_values)
 
 
 class PipelineRun:

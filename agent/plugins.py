@@ -27,6 +27,7 @@ from docker.types import LogConfig
 from agent import labels as L
 from agent.docker_exec import check_confined, refuse_forbidden
 from agent.errors import UNAVAILABLE, Cancelled, PluginError, engine_call, engine_error
+from agent.redaction import redact
 from agent.spec import DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_PLUGIN_TIMEOUT_S
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,6 @@ TRUNCATED = " [line truncated]"
 PREVIEW_CHARS = 200          # of a bad output shown in the error
 FAILURE_TAIL_LINES = 10      # stderr lines quoted when a plugin fails
 TICK_S = 0.02                # how often the run looks at cancel, the timeout and the output cap
-REDACTED = "[redacted]"
 
 _HEADER = struct.Struct(">BxxxL")  # engine attach frame: stream (1 stdout, 2 stderr), size
 STDOUT, STDERR = 1, 2
@@ -56,12 +56,6 @@ def _secret_values(input_obj):
     secrets = input_obj.get("secrets") if isinstance(input_obj, dict) else None
     values = [v for v in (secrets or {}).values() if isinstance(v, str) and v]
     return sorted(set(values), key=len, reverse=True)  # longest first: no partial leftovers
-
-
-def redact(text, secrets):
-    for value in secrets:
-        text = text.replace(value, REDACTED)
-    return text
 
 
 class _Lines:

@@ -28,7 +28,8 @@ from simple_websocket import ConnectionClosed
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from agent import __version__, protocol
-from agent.store import EventHub, redact, utc_now
+from agent.redaction import redact
+from agent.store import EventHub, utc_now
 
 __all__ = ["AgentServer", "EventHub", "ServerError", "create_agent_app"]
 

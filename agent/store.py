@@ -17,9 +17,10 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+from agent.redaction import redact
+
 DB_FILE = "agent.db"
 SCHEMA_VERSION = 1
-REDACTED = "[redacted]"
 ACTIVE_STEP_STATES = frozenset({"pending", "running", "rolling_back"})
 MAX_LINE_CHARS = 8192            # one log line; longer lines are cut
 MAX_LINES_PER_STEP = 20000       # older lines of a step are dropped
@@ -75,14 +76,6 @@ def utc_now():
     """ISO 8601 UTC with milliseconds and a Z, as every time on the wire is written."""
     now = datetime.datetime.now(datetime.UTC)
     return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def redact(text, secret_values):
-    """`text` with every secret value replaced by "[redacted]", longest value first (a secret
-    that contains another is replaced whole). Empty values are ignored."""
-    for value in sorted({v for v in secret_values if v}, key=len, reverse=True):
-        text = text.replace(value, REDACTED)
-    return text
 
 
 class Store:

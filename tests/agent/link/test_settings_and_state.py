@@ -8,7 +8,8 @@ import pytest
 from agent import protocol, tls
 from agent.config import ConfigError, HelpRequested, load_settings, resolve_node_id
 from agent.credentials import Credentials, CredentialsError
-from agent.store import EventHub, Store, redact
+from agent.redaction import redact
+from agent.store import EventHub, Store
 
 from .support import OTHER_TOKEN, TOKEN
 
