@@ -348,6 +348,14 @@ class Executor:
                 all=True, filters=self._filters(deployment_id, L.ROLE_SERVICE))
         return {c.labels.get(L.STEP): c for c in found}
 
+    def remove_services(self, deployment_id, step_ids):
+        """Stop (with the grace) and remove the named service containers of a deployment."""
+        present = self.service_containers(deployment_id)
+        containers = [present[step_id] for step_id in step_ids if step_id in present]
+        self._parallel(self._stop, containers)
+        for container in containers:
+            self._remove(container)
+
     def restart_dead(self, deployment_id):
         """Start again the service containers that exist but have exited. Returns their steps."""
         started = []

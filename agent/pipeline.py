@@ -133,11 +133,20 @@ class PipelineRun:
             self._deployment_status(DEPLOY_FAILED, message)
             self._progress(FAILED, message=message)
             return FAILED
+        self._remove_stale_services()
         elapsed = time.monotonic() - started
         self.store.finish_run(self.run_id, SUCCEEDED, None)
         self._deployment_status(READY, services=self.services_info())
         self._progress(SUCCEEDED, message=f"ready in {elapsed:.2f}s")
         return SUCCEEDED
+
+    def _remove_stale_services(self):
+        """A deployment applied again with a spec that dropped a service: its container goes."""
+        wanted = {s["id"] for s in self.spec["steps"] if s["kind"] == "service"}
+        stale = sorted(set(self.executor.service_containers(self.deployment_id)) - wanted)
+        if stale:
+            self.executor.remove_services(self.deployment_id, stale)
+            self._progress(RUNNING, message=f"removed services no longer in the spec: {', '.join(stale)}")
 
     def services_info(self):
         return {step_id: {"ports": {str(k): v for k, v in ports.items()}}
@@ -148,7 +157,7 @@ class PipelineRun:
         state.update(dict.fromkeys(self.order, STEP_PENDING))
         for step_id in self.order:
             self.store.set_step(self.run_id, step_id, STEP_PENDING, None)
-        failure = None
+        failure = failed_step = None
         with ThreadPoolExecutor(max_workers=self.max_parallel, thread_name_prefix="step") as pool:
             running = {}
             while True:
@@ -176,22 +185,19 @@ class PipelineRun:
                         message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
                         self._progress(RUNNING, step_id, STEP_FAILED, f"step {step_id}: {message}")
                         if failure is None:
-                            failure = exc
+                            failure, failed_step = exc, step_id
                             # Stop the branches still running: the run is rolled back anyway.
                             self.cancel.set()
             for step_id, status in state.items():
                 if status == STEP_PENDING:
+                    state[step_id] = STEP_SKIPPED
                     self._progress(RUNNING, step_id, STEP_SKIPPED)
         if failure is not None:
             if isinstance(failure, AgentError | SpecError):
-                failure.message = f"step {self._failed_step(state)}: {failure.message}"
-                raise failure
+                failure.message = f"step {failed_step}: {failure.message}"
             raise failure
         if self.cancel.is_set():
             raise Cancelled("cancelled")
-
-    def _failed_step(self, state):
-        return next(step_id for step_id in self.order if state[step_id] == STEP_FAILED)
 
     def _run_step(self, step_id):
         step = self.steps[step_id]

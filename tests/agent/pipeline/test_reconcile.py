@@ -131,3 +131,13 @@ def test_sync_replaces_the_agents_view_with_the_desired_state(agent, docker_clie
     assert agent.store.get_deployment(dropped) is None
     assert containers_of(docker_client, agent.executor.node_id, dropped) == {}
     assert agent.store.get_deployment(new_id)["status"] == "ready"
+
+
+def test_applying_a_spec_without_a_service_removes_its_container(agent, docker_client, base_image,
+                                                                 busybox_image):
+    deployment_id = deploy(agent, base_image, busybox_image)
+    smaller = small_stack(deployment_id, base_image, busybox_image)
+    smaller["steps"] = smaller["steps"][:1]  # db only
+    run = run_to_end(agent, {"deployment": smaller, "secrets": {"PW": "pw-123"}})
+    assert run["status"] == "succeeded", run
+    assert set(containers_of(docker_client, agent.executor.node_id, deployment_id)) == {"db"}
