@@ -165,8 +165,7 @@ class AgentService:
                     previous.cancel.set()
                     previous.thread.join()
                 memory = self.memory.get(deployment_id) or RunMemory()
-                run = PipelineRun(self.executor, self.store, self.hub, _steps_or_empty(spec), memory,
-                                  run_id, cancel)
+                run = PipelineRun(self.executor, self.store, self.hub, spec, memory, run_id, cancel)
                 status = run.delete()
                 self.store.delete_deployment(deployment_id)
                 self.memory.pop(deployment_id, None)
@@ -451,6 +450,3 @@ def _merge_memory(memory, secrets, registries):
         fresh.secret_values |= memory.secret_values
     return fresh
 
-
-def _steps_or_empty(spec):
-    return spec if spec.get("steps") is not None else {**spec, "steps": []}
