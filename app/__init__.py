@@ -2,7 +2,8 @@
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-__version__ = "0.1.0"
+# One version for the whole product: agents must run exactly the control plane's version.
+from agent import __version__  # noqa: E402,F401
 
 
 def create_app(config=None):

@@ -11,7 +11,9 @@ import uuid
 import pytest
 from flask.testing import FlaskClient
 from flask_migrate import upgrade
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from app import create_app
 from app.config import TestConfig
@@ -26,24 +28,34 @@ STRONG_PASSWORD = "correct-horse-battery-9"
 
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory):
-    if PG_URL:
-        return PG_URL
-    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+    """A database of this run's own: concurrent runs (a developer's and CI's) never meet."""
+    if not PG_URL:
+        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+        return
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    name = f"nullops_t_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        # Databases of killed runs: dropped unless someone is still connected to them.
+        stale_names = conn.execute(text("SELECT datname FROM pg_database WHERE datname LIKE 'nullops_t_%'"))
+        for (stale,) in stale_names.all():
+            try:
+                conn.execute(text(f'DROP DATABASE "{stale}"'))
+            except OperationalError:
+                pass
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture(scope="session")
 def _schema(database_url):
-    """Run the real migrations once: drop what an earlier run left, then upgrade to head."""
+    """The real migrations, run once per test run on the run's fresh database."""
     app = create_app(TestConfig(database_url=database_url))
     with app.app_context():
-        if database_url.startswith("postgresql"):
-            db.session.execute(text("DROP SCHEMA public CASCADE"))
-            db.session.execute(text("CREATE SCHEMA public"))
-            db.session.commit()
-        else:
-            db.drop_all()
-            db.session.execute(text("DROP TABLE IF EXISTS alembic_version"))
-            db.session.commit()
         upgrade()
         db.engine.dispose()
     return database_url

@@ -2,6 +2,7 @@
 from app.models.audit import AuditEntry
 from app.models.catalog import Environment, Project, ProjectSecret
 from app.models.identity import ApiToken, LoginFailure, User
+from app.models.nodes import Node, NodeCommand
 from app.models.teams import AccessLevel, Grant, Team, TeamMember
 
 __all__ = [
@@ -11,6 +12,8 @@ __all__ = [
     "Environment",
     "Grant",
     "LoginFailure",
+    "Node",
+    "NodeCommand",
     "Project",
     "ProjectSecret",
     "Team",

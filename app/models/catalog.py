@@ -22,15 +22,24 @@ class Project(db.Model):
     )
 
 
+DEFAULT_CLEANUP_MINUTES = 7 * 24 * 60
+
+
 class Environment(db.Model):
     __tablename__ = "environments"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True)
     description: Mapped[str] = mapped_column(String(500), default="")
+    # Ingress host names are <service>.<deployment>.<environment>.<base_domain>.
+    base_domain: Mapped[str] = mapped_column(String(200), default="localhost")
+    # Inactivity after which deployments are deleted (projects may override it).
+    cleanup_minutes: Mapped[int] = mapped_column(default=DEFAULT_CLEANUP_MINUTES)
     created_at = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
 
     grants = relationship("Grant", back_populates="environment", passive_deletes=True)
+    nodes = relationship("Node", back_populates="environment", cascade="all, delete-orphan",
+                         order_by="Node.name")
 
 
 class ProjectSecret(db.Model):

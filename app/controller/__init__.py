@@ -1,0 +1,88 @@
+"""The controller process: exactly one is active (app/controller/leader.py). The active one
+holds the agent links (app/controller/manager.py) and runs the scheduled jobs; it is
+level-triggered: killed at any moment and restarted, it converges again from the database.
+Jobs have fixed ids so a restart replaces them, never duplicates them."""
+import asyncio
+import logging
+import signal
+import threading
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from app.controller.leader import LeaderLock
+from app.controller.manager import LinkManager
+
+log = logging.getLogger("nullops.controller")
+ELECTION_RETRY_S = 1.0
+
+
+def prune_login_failures(app):
+    from app.services import auth
+
+    with app.app_context():
+        auth.prune_login_failures()
+
+
+class Controller:
+    def __init__(self, app, poll_s=1.0):
+        self.app = app
+        self.poll_s = poll_s
+        self.manager = None
+        self.active = threading.Event()   # set while this process is the active controller
+        self._stopped = threading.Event()
+        self._thread = None
+
+    def start(self):
+        """Run in the background (`nullops dev` runs it beside the web server)."""
+        self._thread = threading.Thread(target=self._lead, name="controller", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout=15):
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def run_forever(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._stopped.set())
+        self.start()
+        log.info("controller started; waiting to become the active one")
+        self._stopped.wait()
+        self.stop()
+
+    def _lead(self):
+        lock = LeaderLock(self.app.config["SQLALCHEMY_DATABASE_URI"])
+        try:
+            while not self._stopped.is_set():
+                if lock.try_acquire():
+                    self._act(lock)
+                else:
+                    self._stopped.wait(ELECTION_RETRY_S)
+        finally:
+            lock.release()
+
+    def _act(self, lock):
+        """Be the active controller until stopped or the lock is lost."""
+        scheduler = BackgroundScheduler(timezone="UTC")
+        scheduler.add_job(prune_login_failures, "interval", minutes=10, args=[self.app],
+                          id="prune-login-failures", replace_existing=True,
+                          misfire_grace_time=300, coalesce=True, max_instances=1)
+        scheduler.start()
+        self.active.set()
+        try:
+            asyncio.run(self._links(lock))
+        finally:
+            self.active.clear()
+            scheduler.shutdown(wait=False)
+
+    async def _links(self, lock):
+        self.manager = LinkManager(self.app, poll_s=self.poll_s)
+        stopping = asyncio.Event()
+        links = asyncio.create_task(self.manager.run(stopping))
+        while not links.done():
+            await asyncio.sleep(ELECTION_RETRY_S)
+            held = await asyncio.to_thread(lock.still_held)
+            if self._stopped.is_set() or not held:
+                stopping.set()
+                break
+        await links

@@ -1,0 +1,307 @@
+"""One WSS link per enabled node, all in one asyncio loop (NOTES.md: thousands of links on two
+cores this way; one thread per link does not scale).
+
+Each link: TLS without a CA (agents have self-signed certificates) but with the certificate's
+SHA-256 thumbprint pinned and checked before the first protocol frame; then the mutual token
+proof (agent/protocol.py); then hello, the version check, the full desired state, and a
+heartbeat every 5 s (offline after 15 s without any frame). A link that fails is retried
+forever with capped exponential backoff and jitter, until the node is disabled, revoked,
+untrusted or deleted.
+"""
+import asyncio
+import itertools
+import json
+import logging
+import random
+import socket
+import ssl
+import time
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, PayloadTooBig
+
+from agent import protocol
+from app import __version__
+from app.controller import state
+
+log = logging.getLogger("nullops.controller.links")
+
+HEARTBEAT_S = 5.0
+DEAD_AFTER_S = 15.0        # as Docker Swarm: three missed heartbeats
+OPEN_TIMEOUT_S = 10.0
+BACKOFF_FIRST_S = 0.5
+BACKOFF_CAP_S = 30.0
+LAST_SEEN_EVERY_S = 30.0   # last_seen_at is written at most this often (liveness is in memory)
+HANDSHAKES_AT_ONCE = 100   # concurrent TLS + proof handshakes (a mass reconnect stays smooth)
+
+
+class LinkDown(Exception):
+    """The link cannot go on; `reason` is for people (it becomes the node's status reason)."""
+
+    def __init__(self, reason, status="offline"):
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+def client_ssl_context():
+    """Encryption without CA verification: trust comes from the pinned thumbprint and the
+    token proof, both checked before anything of value is sent."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def describe_connect_error(exc, host, port):
+    where = f"{host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        return f"the host name {host} does not resolve"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused at {where}: is the agent running and the port right?"
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return f"no answer from {where} within {OPEN_TIMEOUT_S:.0f} s"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed with {where} ({exc.reason or exc}): is this a NullOps agent's port?"
+    if isinstance(exc, InvalidStatus):
+        return (f"the server at {where} answered HTTP {exc.response.status_code}: "
+                "it is not a NullOps agent")
+    if isinstance(exc, InvalidHandshake):
+        return f"the server at {where} is not a NullOps agent ({exc})"
+    if isinstance(exc, OSError):
+        return f"cannot reach {where}: {exc.strerror or exc}"
+    return f"cannot connect to {where}: {exc}"
+
+
+class NodeLink:
+    def __init__(self, manager, target):
+        self.manager = manager
+        self.target = target
+        self.node_id = target["id"]
+        self.ws = None
+        self.online = False
+        self.thumbprint = None
+        self._pending = {}
+        self._ids = itertools.count(1)
+        self._last_frame = 0.0
+        self._last_seen_written = 0.0
+        self._acked = 0
+        self._stop = False
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def run(self):
+        failures = 0
+        while not self._stop:
+            started = time.monotonic()
+            try:
+                await self._session()
+                reason, status = "link closed", "offline"
+            except LinkDown as exc:
+                reason, status = exc.reason, exc.status
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one node's trouble never stops the others
+                log.exception("link to node %s failed", self.target["name"])
+                reason, status = f"internal error on the link: {type(exc).__name__}", "offline"
+            finally:
+                self._fail_pending()
+                self.online = False
+                self.ws = None
+            if self._stop:
+                return
+            if status == "untrusted":
+                return  # waits for an admin; the manager starts a new link after approval
+            await self.manager.db(state.mark, self.node_id, status, reason)
+            # A link that lived a while starts the backoff over.
+            failures = 0 if time.monotonic() - started > BACKOFF_CAP_S else failures + 1
+            delay = min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2 ** max(0, failures - 1))
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+
+    async def stop(self):
+        self._stop = True
+        if self.ws is not None:
+            await self.ws.close()
+
+    # --- one connection ----------------------------------------------------------------------
+    async def _session(self):
+        host, port = self.target["host"], self.target["port"]
+        async with self.manager.handshakes:
+            try:
+                ws = await connect(f"wss://{host}:{port}{protocol.WEBSOCKET_PATH}",
+                                   ssl=self.manager.ssl_context, open_timeout=OPEN_TIMEOUT_S,
+                                   ping_interval=None, compression=None, proxy=None,
+                                   max_size=protocol.MAX_FRAME_BYTES, user_agent_header=None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every way of not connecting is a reason
+                raise LinkDown(describe_connect_error(exc, host, port)) from None
+            self.ws = ws
+            try:
+                hello = await self._handshake(ws)
+            except BaseException:
+                await ws.close()
+                raise
+        self.online = True
+        self._last_frame = time.monotonic()
+        await self.manager.db(state.mark_online, self.node_id, self.thumbprint, hello)
+        self.target["thumbprint"] = self.thumbprint  # pinned now (at first contact) or already
+        self._last_seen_written = time.monotonic()
+        log.info("node %s online (agent %s)", self.target["name"], hello.get("agent_version"))
+        reader = asyncio.create_task(self._read(ws))
+        try:
+            await self._sync()
+            while not reader.done():
+                done, _ = await asyncio.wait({reader}, timeout=HEARTBEAT_S)
+                if done:
+                    break
+                if time.monotonic() - self._last_frame > DEAD_AFTER_S:
+                    raise LinkDown(f"no heartbeat answer for {DEAD_AFTER_S:.0f} s")
+                asyncio.create_task(self._heartbeat())
+            reader.result()  # raises what ended the reader
+        finally:
+            reader.cancel()
+            await ws.close()
+
+    async def _handshake(self, ws):
+        ssl_object = ws.transport.get_extra_info("ssl_object")
+        self.thumbprint = protocol.thumbprint_of_der(ssl_object.getpeercert(binary_form=True))
+        pinned = self.target["thumbprint"]
+        if pinned is not None and pinned != self.thumbprint:
+            # Checked before the first protocol frame: an impostor learns nothing.
+            await self.manager.db(state.mark_untrusted, self.node_id, self.thumbprint)
+            raise LinkDown("certificate changed", status="untrusted")
+        verifier = self.target["verifier"]
+        client_nonce = protocol.new_nonce()
+        await ws.send(protocol.encode({"type": protocol.AUTH_BEGIN, "protocol": protocol.PROTOCOL_VERSION,
+                                       "client_nonce": client_nonce}))
+        challenge = await self._expect(ws, protocol.AUTH_CHALLENGE)
+        agent_nonce = challenge.get("agent_nonce")
+        if not protocol.check_agent_proof(verifier, client_nonce, agent_nonce, self.thumbprint,
+                                          challenge.get("proof")):
+            await ws.send(protocol.encode({"type": protocol.AUTH_FAILED}))
+            raise LinkDown("the agent could not prove it holds this node's token: the agent runs "
+                           "with another token, or this is not our agent")
+        await ws.send(protocol.encode({
+            "type": protocol.AUTH_PROVE,
+            "proof": protocol.client_proof(verifier, client_nonce, agent_nonce, self.thumbprint)}))
+        hello = await self._expect(ws, protocol.HELLO)
+        version = hello.get("agent_version")
+        if hello.get("protocol") != protocol.PROTOCOL_VERSION or version != __version__:
+            reason = (f"agent version {hello.get('agent_version')} (protocol {hello.get('protocol')}) "
+                      f"differs from the control plane's {__version__} (protocol "
+                      f"{protocol.PROTOCOL_VERSION}): upgrade the agent; it gets no work until then")
+            await self.manager.db(state.mark_incompatible, self.node_id, reason, version)
+            raise LinkDown(reason, status="incompatible")
+        return hello
+
+    async def _expect(self, ws, frame_type):
+        try:
+            raw = await asyncio.wait_for(ws.recv(), protocol.HANDSHAKE_TIMEOUT_S)
+        except TimeoutError:
+            raise LinkDown(f"the agent sent no {frame_type} within {protocol.HANDSHAKE_TIMEOUT_S} s") \
+                from None
+        except ConnectionClosed:
+            raise LinkDown("the agent closed the connection during the handshake") from None
+        try:
+            frame = protocol.decode(raw)
+        except protocol.ProtocolError as exc:
+            raise LinkDown(f"the agent's handshake was malformed ({exc.message})") from None
+        if frame["type"] == protocol.AUTH_FAILED:
+            raise LinkDown("the agent refused our token proof: the agent is configured with another "
+                           "token (rotate the token and configure the agent with the new one)")
+        if frame["type"] != frame_type:
+            raise LinkDown(f"expected {frame_type} from the agent, got {frame['type'][:40]!r}")
+        return frame
+
+    # --- frames ------------------------------------------------------------------------------
+    async def _read(self, ws):
+        try:
+            async for raw in ws:
+                self._last_frame = time.monotonic()
+                try:
+                    frame = protocol.decode(raw)
+                except protocol.ProtocolError as exc:
+                    raise LinkDown(f"the agent sent a malformed frame ({exc.message})") from None
+                await self._on_frame(frame)
+        except PayloadTooBig:
+            raise LinkDown("the agent sent a frame over the size limit") from None
+        except ConnectionClosed as exc:
+            said = exc.rcvd.reason if exc.rcvd is not None and exc.rcvd.reason else "closed"
+            raise LinkDown(f"link lost ({said})") from None
+
+    async def _on_frame(self, frame):
+        kind = frame["type"]
+        if kind == protocol.RESPONSE:
+            future = self._pending.pop(frame.get("id"), None)
+            if future is not None and not future.done():
+                future.set_result(frame)
+        elif kind == protocol.EVENT:
+            await self.manager.on_event(self, frame)
+            seq = frame.get("seq")
+            if isinstance(seq, int) and seq > self._acked:
+                self._acked = seq
+                asyncio.create_task(self._ack(seq))
+        elif kind == protocol.RESOURCES:
+            await self.manager.db(state.store_resources, self.node_id, frame)
+            self._last_seen_written = time.monotonic()
+        elif kind == protocol.STREAM:
+            self.manager.on_stream(self, frame)
+        else:
+            log.info("node %s sent an unknown frame type %r", self.target["name"], kind[:40])
+        if time.monotonic() - self._last_seen_written > LAST_SEEN_EVERY_S:
+            self._last_seen_written = time.monotonic()
+            await self.manager.db(state.touch, self.node_id)
+
+    async def call(self, method, params=None, timeout=30.0):
+        """Send a request and wait for its response; raises LinkDown or RequestFailed."""
+        if self.ws is None or not self.online:
+            raise LinkDown("the node is not online")
+        request_id = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            await self.ws.send(protocol.encode(protocol.request(request_id, method, params)))
+            response = await asyncio.wait_for(future, timeout)
+        except ConnectionClosed:
+            raise LinkDown("link lost") from None
+        except TimeoutError:
+            raise LinkDown(f"no answer to {method} within {timeout:.0f} s") from None
+        finally:
+            self._pending.pop(request_id, None)
+        if not response.get("ok"):
+            error = response.get("error") or {}
+            raise RequestFailed(error.get("code", "error"), error.get("message", "failed"))
+        return response.get("result") or {}
+
+    def _fail_pending(self):
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(LinkDown("link lost"))
+        self._pending.clear()
+
+    async def _heartbeat(self):
+        try:
+            await self.call(protocol.PING, timeout=DEAD_AFTER_S)
+        except (LinkDown, RequestFailed):
+            pass  # the missing frames are what counts
+
+    async def _ack(self, seq):
+        try:
+            await self.call(protocol.EVENTS_ACK, {"seq": seq})
+        except (LinkDown, RequestFailed):
+            pass  # not acknowledged: the agent replays it on the next link
+
+    async def _sync(self):
+        desired = await self.manager.desired_state(self.node_id)
+        result = await self.call(protocol.STATE_SYNC, {"deployments": desired}, timeout=120)
+        if result.get("errors"):
+            log.warning("node %s refused part of the desired state: %s", self.target["name"],
+                        json.dumps(result["errors"])[:500])
+
+
+class RequestFailed(Exception):
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+        self.message = message

@@ -1,0 +1,138 @@
+"""The link manager: keeps exactly one NodeLink per node that should be linked, runs the
+commands the web tier left for nodes, and is where later issues hook deployments in
+(`desired_state`, `on_event`)."""
+import asyncio
+import logging
+
+from agent import protocol
+from app.controller import state
+from app.controller.links import (
+    HANDSHAKES_AT_ONCE,
+    LinkDown,
+    NodeLink,
+    RequestFailed,
+    client_ssl_context,
+)
+from app.extensions import db
+
+log = logging.getLogger("nullops.controller")
+
+
+class LinkManager:
+    def __init__(self, app, poll_s=1.0):
+        self.app = app
+        self.poll_s = poll_s
+        self.links = {}   # node id -> NodeLink
+        self.tasks = {}   # node id -> asyncio.Task running the link
+        self.ssl_context = client_ssl_context()
+        self.handshakes = None
+        self._wake = None
+        self.loop = None
+
+    # --- database from the event loop ----------------------------------------------------------
+    def _in_app(self, fn, *args):
+        with self.app.app_context():
+            try:
+                return fn(*args)
+            finally:
+                db.session.remove()
+
+    async def db(self, fn, *args):
+        return await asyncio.to_thread(self._in_app, fn, *args)
+
+    # --- the loop ------------------------------------------------------------------------------
+    def wake(self):
+        """Look at the nodes now rather than at the next poll (thread-safe)."""
+        if self.loop is not None and self._wake is not None:
+            self.loop.call_soon_threadsafe(self._wake.set)
+
+    async def run(self, stopping):
+        self.loop = asyncio.get_running_loop()
+        self.handshakes = asyncio.Semaphore(HANDSHAKES_AT_ONCE)
+        self._wake = asyncio.Event()
+        try:
+            while not stopping.is_set():
+                try:
+                    await self._reconcile_links()
+                    await self._run_commands()
+                except Exception:  # noqa: BLE001 - the database may be away: try again
+                    log.exception("controller round failed")
+                self._wake.clear()
+                waiters = {asyncio.create_task(self._wake.wait()), asyncio.create_task(stopping.wait())}
+                _done, pending = await asyncio.wait(waiters, timeout=self.poll_s,
+                                                    return_when=asyncio.FIRST_COMPLETED)
+                for task in pending | _done:
+                    task.cancel()
+        finally:
+            await self.close_all()
+
+    async def _reconcile_links(self):
+        targets = await self.db(state.link_targets)
+        for node_id in list(self.links):
+            link, target = self.links[node_id], targets.get(node_id)
+            finished = self.tasks[node_id].done()
+            moved = target is not None and (
+                (target["host"], target["port"], target["thumbprint"])
+                != (link.target["host"], link.target["port"], link.target["thumbprint"]))
+            if target is None or moved or finished:
+                await self._drop(node_id)
+            else:
+                link.target["verifier"] = target["verifier"]  # a rotation: used from the next connect
+        for node_id, target in targets.items():
+            if node_id not in self.links:
+                link = NodeLink(self, target)
+                self.links[node_id] = link
+                self.tasks[node_id] = asyncio.create_task(link.run(), name=f"link-{node_id}")
+
+    async def _drop(self, node_id):
+        link, task = self.links.pop(node_id, None), self.tasks.pop(node_id, None)
+        if link is not None:
+            await link.stop()
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - it is going away
+                pass
+
+    async def close_all(self):
+        for node_id in list(self.links):
+            await self._drop(node_id)
+
+    async def _run_commands(self):
+        for command in await self.db(state.open_commands):
+            node_id, kind = command["node_id"], command["kind"]
+            link = self.links.get(node_id)
+            if kind == "rotate_token":
+                result = await self._push_rotation(link, command["payload"])
+            elif kind in ("drop_link", "reconnect"):
+                await self._drop(node_id)  # "reconnect": the next round links it again
+                result = "link dropped" if kind == "drop_link" else "reconnecting"
+            else:
+                result = f"unknown command {kind!r}"
+            await self.db(state.finish_command, command["id"], result)
+
+    async def _push_rotation(self, link, verifier):
+        if link is None or not link.online:
+            return "node offline: configure the agent with the new token by hand"
+        try:
+            await link.call(protocol.TOKEN_ROTATE, {"verifier": verifier})
+        except (LinkDown, RequestFailed) as exc:
+            return f"could not push the new token ({exc}); configure the agent by hand"
+        link.target["verifier"] = verifier
+        return "pushed to the agent over the live link"
+
+    # --- hooks for deployments (the lifecycle issue fills them in) ------------------------------
+    async def desired_state(self, node_id):
+        """The deployments this node should run, as state.sync entries."""
+        return []
+
+    async def on_event(self, link, frame):
+        """An event from an agent (run progress, step logs, deployment status)."""
+
+    def on_stream(self, link, frame):
+        """A live log line batch for a follower."""
+
+    # --- for others ----------------------------------------------------------------------------
+    def online_node_ids(self):
+        return {node_id for node_id, link in self.links.items() if link.online}

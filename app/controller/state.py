@@ -1,0 +1,138 @@
+"""What the controller reads and writes about nodes. Plain synchronous functions: the link
+manager runs them in worker threads, each inside an app context, one transaction each."""
+import logging
+
+from sqlalchemy import select
+
+from app.extensions import db
+from app.models import Node, NodeCommand
+from app.models.types import utcnow
+from app.services import audit
+from app.services.catalog import keyring
+from app.states import TransitionError, move_node
+
+log = logging.getLogger("nullops.controller")
+
+# Statuses the controller keeps a link for. Untrusted nodes wait for an admin's approval,
+# disabled and revoked ones for an admin; they get no connection attempts at all.
+LINKED_STATUSES = ("pending", "online", "offline", "incompatible")
+
+
+def link_targets():
+    """{node id: target} of every node that should have a link, verifier decrypted."""
+    nodes = db.session.scalars(
+        select(Node).where(Node.enabled.is_(True), Node.verifier_ciphertext.is_not(None),
+                           Node.status.in_(LINKED_STATUSES))
+    ).all()
+    targets = {}
+    for node in nodes:
+        targets[node.id] = {
+            "id": node.id, "name": node.name, "host": node.host, "port": node.port,
+            "thumbprint": node.thumbprint,
+            "verifier": keyring().decrypt(node.verifier_ciphertext, "node.verifier"),
+        }
+    return targets
+
+
+def _node(node_id):
+    return db.session.get(Node, node_id)
+
+
+def _move(node, status, reason):
+    try:
+        return move_node(node, status, reason)
+    except TransitionError as exc:  # an admin changed the node meanwhile: their word wins
+        log.info("not moving node %s: %s", node.name, exc)
+        return False
+
+
+def mark(node_id, status, reason):
+    node = _node(node_id)
+    if node is None:
+        return
+    if _move(node, status, reason) and status in ("offline", "incompatible"):
+        audit.record(None, f"node.{status}", "node", node, {"reason": reason})
+    db.session.commit()
+
+
+def mark_online(node_id, thumbprint, hello):
+    """A good handshake: pin the thumbprint at first contact, record what the agent said."""
+    node = _node(node_id)
+    if node is None:
+        return
+    first = node.thumbprint is None
+    if first:
+        node.thumbprint = thumbprint
+        audit.record(None, "node.thumbprint_pinned", "node", node, {"thumbprint": thumbprint})
+    capacity = hello.get("capacity") or {}
+    node.agent_node_id = str(hello.get("node_id", ""))[:64]
+    node.agent_version = str(hello.get("agent_version", ""))[:32]
+    if isinstance(capacity.get("cpus"), int | float):
+        node.reported_cpus = float(capacity["cpus"])
+    if isinstance(capacity.get("memory_bytes"), int):
+        node.reported_memory_mb = capacity["memory_bytes"] // (1024 * 1024)
+    node.last_seen_at = utcnow()
+    if _move(node, "online", "linked"):
+        audit.record(None, "node.online", "node", node)
+    db.session.commit()
+
+
+def mark_untrusted(node_id, seen):
+    """A different certificate than the pinned one: nothing more goes to this node until an
+    admin compares the thumbprint with the agent's log and approves it."""
+    node = _node(node_id)
+    if node is None:
+        return
+    node.pending_thumbprint = seen
+    reason = ("the agent's certificate changed: compare the new thumbprint with the agent's log "
+              "line and approve it")
+    if _move(node, "untrusted", reason):
+        audit.record(None, "node.untrusted", "node", node,
+                     {"pinned": node.thumbprint, "presented": seen})
+    db.session.commit()
+
+
+def mark_incompatible(node_id, reason, agent_version):
+    node = _node(node_id)
+    if node is None:
+        return
+    node.agent_version = str(agent_version)[:32]
+    mark(node_id, "incompatible", reason)
+
+
+def touch(node_id):
+    node = _node(node_id)
+    if node is not None:
+        node.last_seen_at = utcnow()
+        db.session.commit()
+
+
+def store_resources(node_id, frame):
+    node = _node(node_id)
+    if node is None:
+        return
+    node.resources = {"host": frame.get("host"), "allocated": frame.get("allocated")}
+    node.resources_at = utcnow()
+    node.last_seen_at = node.resources_at
+    db.session.commit()
+
+
+def open_commands():
+    rows = db.session.scalars(select(NodeCommand).where(NodeCommand.done_at.is_(None))
+                              .order_by(NodeCommand.id)).all()
+    result = []
+    for row in rows:
+        payload = None
+        if row.payload_ciphertext:
+            payload = keyring().decrypt(row.payload_ciphertext, "node_command.payload")
+        result.append({"id": row.id, "node_id": row.node_id, "kind": row.kind, "payload": payload})
+    return result
+
+
+def finish_command(command_id, result):
+    row = db.session.get(NodeCommand, command_id)
+    if row is not None:
+        row.done_at = utcnow()
+        row.result = result[:500]
+        row.payload_ciphertext = None  # done: the new verifier need not wait in this table
+        db.session.commit()

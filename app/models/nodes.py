@@ -1,0 +1,72 @@
+"""Nodes (Docker hosts with an agent) and the commands the web tier leaves for the controller."""
+from sqlalchemy import JSON, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.extensions import db
+from app.models.types import UTCDateTime, utcnow
+
+
+class Node(db.Model):
+    __tablename__ = "nodes"
+    __table_args__ = (UniqueConstraint("environment_id", "name", name="uq_nodes_environment_name"),)
+    # The agent token never is stored: only the verifier derived from it (agent.protocol), and
+    # that encrypted under the master key, so a database dump alone cannot command an agent.
+    __encrypted__ = {"verifier_ciphertext": "node.verifier"}
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id", ondelete="CASCADE"),
+                                                index=True)
+    name: Mapped[str] = mapped_column(String(63))
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(default=5000)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    verifier_ciphertext: Mapped[str | None] = mapped_column(Text)  # None once revoked
+    # Pinned at the first good connection; a different one waits in pending_thumbprint.
+    thumbprint: Mapped[str | None] = mapped_column(String(64))
+    pending_thumbprint: Mapped[str | None] = mapped_column(String(64))
+    # app/states.py NODE_TRANSITIONS lists the statuses and how they may change.
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    status_reason: Mapped[str] = mapped_column(String(500), default="")
+    status_changed_at = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+    last_seen_at = mapped_column(UTCDateTime(), nullable=True)
+    agent_node_id: Mapped[str | None] = mapped_column(String(64))
+    agent_version: Mapped[str | None] = mapped_column(String(32))
+    # Capacity as the agent reports it, and an admin's override (None: use the report).
+    reported_cpus: Mapped[float | None] = mapped_column()
+    reported_memory_mb: Mapped[int | None] = mapped_column()
+    cpus_override: Mapped[float | None] = mapped_column()
+    memory_mb_override: Mapped[int | None] = mapped_column()
+    # Latest live figures from the agent (resources frames): what admission compares against.
+    resources = mapped_column(JSON, nullable=True)
+    resources_at = mapped_column(UTCDateTime(), nullable=True)
+    created_at = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+
+    environment = relationship("Environment", back_populates="nodes")
+    commands = relationship("NodeCommand", back_populates="node", cascade="all, delete-orphan",
+                            passive_deletes=True)
+
+    @property
+    def capacity_cpus(self):
+        return self.cpus_override if self.cpus_override is not None else self.reported_cpus
+
+    @property
+    def capacity_memory_mb(self):
+        return self.memory_mb_override if self.memory_mb_override is not None else self.reported_memory_mb
+
+
+class NodeCommand(db.Model):
+    """Work for the controller about one node (the web tier holds no agent links): rotate the
+    token over the live link, drop the link after a revocation, approve a thumbprint."""
+
+    __tablename__ = "node_commands"
+    __encrypted__ = {"payload_ciphertext": "node_command.payload"}
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    payload_ciphertext: Mapped[str | None] = mapped_column(Text)  # e.g. the new verifier
+    created_at = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+    done_at = mapped_column(UTCDateTime(), nullable=True, index=True)
+    result: Mapped[str] = mapped_column(String(500), default="")
+
+    node = relationship("Node", back_populates="commands")

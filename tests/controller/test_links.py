@@ -1,0 +1,159 @@
+"""The controller against real agents: online, offline, trust, tokens, versions."""
+import http.server
+import re
+import signal
+import ssl
+import threading
+import time
+
+import pytest
+
+from agent.protocol import verifier_for
+from agent.tls import ensure_certificate
+from app.extensions import db
+from app.models import AuditEntry, NodeCommand
+from app.services.catalog import keyring
+
+from .conftest import free_port, node_row, wait_for_status
+
+pytestmark = pytest.mark.docker  # the agents drive the local Docker engine
+
+TOKEN = "node-token-controller-test-0001"
+OTHER = "node-token-controller-test-0002"
+
+
+def test_a_node_goes_online_offline_on_sigkill_and_back(agents, add_node, controller):
+    agent = agents.start(TOKEN)
+    node_id = add_node(agent.port_number, TOKEN)
+    controller()
+    node = wait_for_status(node_id, "online")
+    assert node.thumbprint == agent.thumbprint  # pinned at first contact
+    assert node.agent_version and node.reported_cpus >= 1 and node.reported_memory_mb > 0
+    assert node.last_seen_at is not None
+
+    agent.proc.send_signal(signal.SIGKILL)
+    agent.proc.wait(10)
+    killed = time.monotonic()
+    node = wait_for_status(node_id, "offline", timeout=20)
+    assert time.monotonic() - killed < 5, "offline should be noticed within seconds"
+    assert node.status_reason
+
+    agents.restart(agent, TOKEN)
+    wait_for_status(node_id, "online", timeout=30)  # the backoff keeps trying
+
+
+def test_a_new_certificate_makes_the_node_untrusted_until_approved(agents, add_node, controller):
+    agent = agents.start(TOKEN)
+    node_id = add_node(agent.port_number, TOKEN)
+    controller()
+    pinned = wait_for_status(node_id, "online").thumbprint
+    agent.stop()
+    for name in ("agent.crt", "agent.key"):
+        (agent.data_dir / name).unlink()
+    agent = agents.restart(agent, TOKEN)
+    node = wait_for_status(node_id, "untrusted", timeout=30)
+    assert node.thumbprint == pinned and node.pending_thumbprint == agent.thumbprint != pinned
+    assert "approve" in node.status_reason
+    assert db.session.scalars(db.select(AuditEntry).where(AuditEntry.action == "node.untrusted")).one()
+    time.sleep(2)
+    assert node_row(node_id).status == "untrusted"  # nothing more happens until an admin acts
+    assert agent.log.count("control plane link from") == 0  # not even a handshake
+
+    # An admin compares and approves (the API does exactly this through app.services.nodes).
+    node.thumbprint, node.pending_thumbprint = node.pending_thumbprint, None
+    node.status, node.status_reason = "offline", "approved"
+    db.session.commit()
+    assert wait_for_status(node_id, "online").thumbprint == agent.thumbprint
+
+
+def test_a_wrong_token_never_goes_online(agents, add_node, controller):
+    agent = agents.start(OTHER)
+    node_id = add_node(agent.port_number, TOKEN)
+    controller()
+    deadline = time.monotonic() + 15
+    while "could not prove" not in node_row(node_id).status_reason:
+        assert time.monotonic() < deadline, node_row(node_id).status_reason
+        time.sleep(0.1)
+    assert node_row(node_id).status in ("pending", "offline")
+    assert "bad token proof" not in agent.log  # the controller refused first: it sent no proof
+
+
+def test_rotation_over_the_live_link_then_the_old_token_is_refused(agents, add_node, controller):
+    agent = agents.start(TOKEN)
+    node_id = add_node(agent.port_number, TOKEN)
+    controller()
+    wait_for_status(node_id, "online")
+    new_token = "node-token-controller-test-rotated"
+    node = node_row(node_id)
+    node.verifier_ciphertext = keyring().encrypt(verifier_for(new_token), "node.verifier")
+    db.session.add(NodeCommand(node_id=node_id, kind="rotate_token", payload_ciphertext=keyring().encrypt(
+        verifier_for(new_token), "node_command.payload")))
+    db.session.commit()
+    deadline = time.monotonic() + 15
+    while True:
+        db.session.expire_all()
+        command = db.session.scalars(db.select(NodeCommand)).one()
+        if command.done_at is not None:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert command.result == "pushed to the agent over the live link"
+    assert command.payload_ciphertext is None
+    agent.wait_for(re.compile("token verifier rotated"))
+    # The agent restarted with its OLD env token keeps the rotated verifier: it links again.
+    agent = agents.restart(agent, TOKEN)
+    wait_for_status(node_id, "online", timeout=30)
+
+
+def test_revocation_drops_the_link_and_refuses_reconnects(agents, add_node, controller):
+    agent = agents.start(TOKEN)
+    node_id = add_node(agent.port_number, TOKEN)
+    controller()
+    wait_for_status(node_id, "online")
+    node = node_row(node_id)
+    node.verifier_ciphertext, node.status, node.status_reason = None, "revoked", "revoked by an admin"
+    db.session.add(NodeCommand(node_id=node_id, kind="drop_link"))
+    db.session.commit()
+    agent.wait_for(re.compile("control plane link from .* is down"), timeout=10)
+    links_before = agent.log.count("is up")
+    time.sleep(2)
+    assert agent.log.count("is up") == links_before  # no reconnect attempts
+    assert node_row(node_id).status == "revoked"
+
+
+def test_an_agent_of_another_version_is_incompatible(agents, add_node, controller, monkeypatch):
+    import app.controller.links as links
+
+    monkeypatch.setattr(links, "__version__", "9.9.9")
+    agent = agents.start(TOKEN)
+    node_id = add_node(agent.port_number, TOKEN)
+    controller()
+    node = wait_for_status(node_id, "incompatible")
+    assert "differs from the control plane's 9.9.9" in node.status_reason and "upgrade" in node.status_reason
+
+
+@pytest.mark.parametrize("where,reason", [
+    ("nothing", "connection refused"),
+    ("http", "not a NullOps agent"),
+])
+def test_unreachable_and_foreign_endpoints_say_why(add_node, controller, tmp_path, where, reason):
+    port = free_port()
+    server = None
+    if where == "http":  # a TLS server that is not an agent
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), http.server.SimpleHTTPRequestHandler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        cert, key, _pem = ensure_certificate(tmp_path)  # the agent's own self-signed cert maker
+        context.load_cert_chain(cert, key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        node_id = add_node(port, TOKEN)
+        controller()
+        deadline = time.monotonic() + 15
+        while reason not in node_row(node_id).status_reason:
+            assert time.monotonic() < deadline, node_row(node_id).status_reason
+            time.sleep(0.1)
+        assert node_row(node_id).status == "offline"
+    finally:
+        if server is not None:
+            server.shutdown()
