@@ -2,6 +2,7 @@
 commands the web tier left for nodes, and is where later issues hook deployments in
 (`desired_state`, `on_event`)."""
 import asyncio
+import json
 import logging
 
 from agent import protocol
@@ -100,7 +101,15 @@ class LinkManager:
             await self._drop(node_id)
 
     async def _run_commands(self):
-        for command in await self.db(state.open_commands):
+        commands = await self.db(state.open_commands)
+        # Different nodes' commands go out together; one node's run in order.
+        by_node = {}
+        for command in commands:
+            by_node.setdefault(command["node_id"], []).append(command)
+        await asyncio.gather(*(self._run_node_commands(items) for items in by_node.values()))
+
+    async def _run_node_commands(self, commands):
+        for command in commands:
             node_id, kind = command["node_id"], command["kind"]
             link = self.links.get(node_id)
             if kind == "rotate_token":
@@ -108,9 +117,24 @@ class LinkManager:
             elif kind in ("drop_link", "reconnect"):
                 await self._drop(node_id)  # "reconnect": the next round links it again
                 result = "link dropped" if kind == "drop_link" else "reconnecting"
+            elif kind == "prepull":
+                result = await self._prepull(link, command["payload"])
             else:
                 result = f"unknown command {kind!r}"
             await self.db(state.finish_command, command["id"], result)
+
+    async def _prepull(self, link, payload):
+        """A plugin catalog change: the agent pulls the plugin images ahead of any run."""
+        if link is None or not link.online:
+            return "node offline: it pulls the images when a run needs them"
+        try:
+            result = await link.call(protocol.PLUGINS_PREPULL, {"images": json.loads(payload or "[]")},
+                                     timeout=600)
+        except (LinkDown, RequestFailed) as exc:
+            return f"prepull failed: {exc}"
+        failed = result.get("failed") or {}
+        return f"pulled {len(result.get('pulled') or [])}, failed {len(failed)}" + (
+            f": {json.dumps(failed)[:300]}" if failed else "")
 
     async def _push_rotation(self, link, verifier):
         if link is None or not link.online:

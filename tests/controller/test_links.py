@@ -157,3 +157,26 @@ def test_unreachable_and_foreign_endpoints_say_why(add_node, controller, tmp_pat
     finally:
         if server is not None:
             server.shutdown()
+
+
+def test_a_plugin_catalog_change_reaches_the_agent_which_prepulls(agents, add_node, controller,
+                                                                   busybox_image):
+    import json
+
+    agent = agents.start(TOKEN)
+    node_id = add_node(agent.port_number, TOKEN)
+    controller()
+    wait_for_status(node_id, "online")
+    images = [{"image": busybox_image}, {"image": "nullops-test/no-such-plugin:1"}]
+    db.session.add(NodeCommand(node_id=node_id, kind="prepull", payload_ciphertext=keyring().encrypt(
+        json.dumps(images), "node_command.payload")))
+    db.session.commit()
+    deadline = time.monotonic() + 30
+    while True:
+        db.session.expire_all()
+        command = db.session.scalars(db.select(NodeCommand)).one()
+        if command.done_at is not None:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert command.result.startswith("pulled 1, failed 1") and "no-such-plugin" in command.result
