@@ -97,6 +97,9 @@ class Config:
         self.NULLOPS_PASSWORD_MIN_LENGTH = env_int("NULLOPS_PASSWORD_MIN_LENGTH", 12, env, minimum=8)
         self.NULLOPS_HOST = env_str("NULLOPS_HOST", "127.0.0.1", env)
         self.NULLOPS_PORT = env_int("NULLOPS_PORT", 8080, env, minimum=1)
+        # The active controller's internal endpoint for live data (logs, metrics); the web tier
+        # connects to it. Keep it on a private address: it is for NullOps processes only.
+        self.NULLOPS_CONTROLLER_INTERNAL = env_str("NULLOPS_CONTROLLER_INTERNAL", "127.0.0.1:8091", env)
         # Trust X-Forwarded-For from this many proxies when recording client addresses.
         self.NULLOPS_TRUSTED_PROXIES = env_int("NULLOPS_TRUSTED_PROXIES", 0, env, minimum=0)
 
@@ -135,6 +138,7 @@ class TestConfig(Config):
         env.setdefault("NULLOPS_SESSION_SECRET", "test-session-secret-" + "x" * 32)
         env.setdefault("NULLOPS_SECRET_KEY", base64.b64encode(b"k" * 32).decode())
         env.setdefault("NULLOPS_COOKIE_SECURE", "false")
+        env.setdefault("NULLOPS_CONTROLLER_INTERNAL", "127.0.0.1:0")  # never meet a dev instance
         if database_url:
             env["NULLOPS_DATABASE_URL"] = database_url
         super().__init__(env)

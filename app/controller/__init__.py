@@ -9,6 +9,7 @@ import threading
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from app.controller.internal import InternalEndpoint
 from app.controller.leader import LeaderLock
 from app.controller.manager import LinkManager
 
@@ -28,6 +29,7 @@ class Controller:
         self.app = app
         self.poll_s = poll_s
         self.manager = None
+        self.internal = None
         self.active = threading.Event()   # set while this process is the active controller
         self._stopped = threading.Event()
         self._thread = None
@@ -77,6 +79,14 @@ class Controller:
 
     async def _links(self, lock):
         self.manager = LinkManager(self.app, poll_s=self.poll_s)
+        self.internal = InternalEndpoint(self.manager, self.app.config["NULLOPS_CONTROLLER_INTERNAL"],
+                                         self.app.config["SECRET_KEY"])
+        try:
+            await self.internal.start()
+        except OSError as exc:  # the links matter more than live data: keep them going
+            log.error("the internal endpoint cannot listen on %s (%s); live logs and metrics "
+                      "are unavailable until this is fixed", self.app.config["NULLOPS_CONTROLLER_INTERNAL"],
+                      exc.strerror or exc)
         stopping = asyncio.Event()
         links = asyncio.create_task(self.manager.run(stopping))
         while not links.done():
@@ -86,3 +96,4 @@ class Controller:
                 stopping.set()
                 break
         await links
+        await self.internal.stop()

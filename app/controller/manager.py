@@ -29,6 +29,7 @@ class LinkManager:
         self.handshakes = None
         self._wake = None
         self.loop = None
+        self._streams = {}  # (node id, stream id) -> callback(frame)
 
     # --- database from the event loop ----------------------------------------------------------
     def _in_app(self, fn, *args):
@@ -155,7 +156,19 @@ class LinkManager:
         """An event from an agent (run progress, step logs, deployment status)."""
 
     def on_stream(self, link, frame):
-        """A live log line batch for a follower."""
+        """A live log line batch: to whoever follows that stream (the internal endpoint)."""
+        key = (link.node_id, frame.get("stream_id"))
+        callback = self._streams.get(key)
+        if callback is not None:
+            callback(frame)
+            if frame.get("end"):
+                self._streams.pop(key, None)
+
+    def subscribe(self, node_id, stream_id, callback):
+        self._streams[(node_id, stream_id)] = callback
+
+    def unsubscribe(self, node_id, stream_id):
+        self._streams.pop((node_id, stream_id), None)
 
     # --- for others ----------------------------------------------------------------------------
     def online_node_ids(self):

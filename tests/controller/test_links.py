@@ -180,3 +180,84 @@ def test_a_plugin_catalog_change_reaches_the_agent_which_prepulls(agents, add_no
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert command.result.startswith("pulled 1, failed 1") and "no-such-plugin" in command.result
+
+
+def test_live_data_reaches_the_web_tier_through_the_controllers_internal_endpoint(
+        app, agents, add_node, controller, busybox_image, monkeypatch):
+    import asyncio
+    import uuid
+
+    from agent import protocol
+    from app.services import live
+
+    monkeypatch.setitem(app.config, "NULLOPS_CONTROLLER_INTERNAL", "127.0.0.1:0")
+    agent = agents.start(TOKEN)
+    node_id = add_node(agent.port_number, TOKEN)
+    active = controller()
+    wait_for_status(node_id, "online")
+    monkeypatch.setitem(app.config, "NULLOPS_CONTROLLER_INTERNAL", active.internal.address)
+
+    stats = live.node_call(node_id, protocol.STATS_GET)
+    assert stats["host"]["cpus"] >= 1 and stats["engine"]["ok"]
+    with pytest.raises(live.NodeRequestFailed, match="not_found"):
+        live.node_call(node_id, protocol.LOGS_TAIL, {"deployment_id": "ghost", "step_id": "x"})
+    with pytest.raises(live.NodeRequestFailed, match="not relayed"):
+        live.node_call(node_id, protocol.DEPLOYMENT_DELETE, {"deployment_id": "ghost"})
+
+    # A deployment on the agent (sent over the controller's own link, as the lifecycle will).
+    deployment_id = f"dep-{uuid.uuid4().hex[:6]}"
+    talker = 'trap "exit 0" TERM; i=0; while true; do i=$((i+1)); echo "line $i"; sleep 0.1; done & wait'
+    spec = {"deployment_id": deployment_id, "limits": {"cpus": 0.2, "memory_mb": 32}, "steps": [
+        {"id": "talker", "kind": "service", "image": busybox_image, "command": ["sh", "-c", talker],
+         "readiness": {"type": "log", "pattern": "line 1$"}}]}
+    link = active.manager.links[node_id]
+    apply = asyncio.run_coroutine_threadsafe(
+        link.call(protocol.DEPLOYMENT_APPLY, {"deployment": spec, "secrets": {}}), active.manager.loop)
+    run_id = apply.result(30)["run_id"]
+    deadline = time.monotonic() + 60
+    while live.node_call(node_id, protocol.RUN_GET, {"run_id": run_id})["run"]["status"] != "succeeded":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+    lines = []
+    stream = live.follow_logs(node_id, deployment_id, "talker", tail=0, idle_timeout=10)
+    for batch in stream:
+        lines.extend(batch)
+        if len(lines) >= 5:
+            break
+    stream.close()  # the web side goes away: the controller unfollows
+    assert all(line.startswith("line ") for line in lines) and len(lines) >= 5
+    deadline = time.monotonic() + 10
+    while active.manager._streams:
+        assert time.monotonic() < deadline, "the follow was not released"
+        time.sleep(0.1)
+
+
+def test_the_internal_endpoint_refuses_strangers_and_the_web_says_when_it_is_away(
+        app, controller, monkeypatch):
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    from agent import protocol
+    from app.services import live
+
+    from .conftest import free_port
+
+    monkeypatch.setitem(app.config, "NULLOPS_CONTROLLER_INTERNAL", f"127.0.0.1:{free_port()}")
+    with pytest.raises(live.LiveDataUnavailable, match="not reachable"):
+        live.node_call(1, protocol.STATS_GET)
+
+    monkeypatch.setitem(app.config, "NULLOPS_CONTROLLER_INTERNAL", "127.0.0.1:0")
+    active = controller()
+    deadline = time.monotonic() + 10
+    while active.internal is None or active.internal.server is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with connect(f"ws://{active.internal.address}", proxy=None) as ws:
+        ws.send('{"token": "guess"}')
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(5)
+        assert closed.value.rcvd.code == 1008
+    monkeypatch.setitem(app.config, "NULLOPS_CONTROLLER_INTERNAL", active.internal.address)
+    with pytest.raises(live.LiveDataUnavailable, match="offline"):
+        live.node_call(424242, protocol.STATS_GET)
