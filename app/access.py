@@ -5,7 +5,8 @@ Every API route, page and WebSocket asks `can(user, action, obj)`; lists go thro
 callers use `get_visible()` / `require()` which raise NotFound for those (never Forbidden).
 
 Actions:
-  view    read the object (and, for projects and environments, their deployments, logs, metrics)
+  view    read the object (and, for projects and environments, their deployments, logs, metrics;
+          for environments, their nodes' status and capacity)
   deploy  create, change and delete deployments in a project or environment (Full Access)
   manage  change the object itself (admins; users manage their own tokens)
   create  make a new object of a model class (admins, except a user's own tokens)
@@ -19,6 +20,8 @@ from app.models import (
     AuditEntry,
     Environment,
     Grant,
+    Node,
+    NodeCommand,
     Project,
     ProjectSecret,
     Team,
@@ -80,6 +83,9 @@ _USER_RULES = {
     (Project, "deploy"): _granted_target,
     (Environment, "view"): _granted_target,
     (Environment, "deploy"): _granted_target,
+    # Whoever may view an environment sees its nodes' status and capacity; changing a node, and
+    # its connection details (host, port, thumbprints), are admin business.
+    (Node, "view"): lambda u, a, n: level_on(u, n.environment) is not None,
     (Team, "view"): lambda u, a, t: any(m.user_id == u.id for m in t.members),
     # Users change their own name and password through /me, never through user admin.
     (User, "view"): lambda u, a, o: o.id == u.id,
@@ -117,6 +123,10 @@ def visible(user, model):
         return stmt.where(
             Environment.id.in_(_granted_ids(user, Grant.environment_id, ALL_LEVELS))
         )
+    if model is Node:
+        return stmt.where(
+            Node.environment_id.in_(_granted_ids(user, Grant.environment_id, ALL_LEVELS))
+        )
     if model is Team:
         return stmt.where(
             Team.id.in_(select(TeamMember.team_id).where(TeamMember.user_id == user.id))
@@ -125,7 +135,7 @@ def visible(user, model):
         return stmt.where(User.id == user.id)
     if model is ApiToken:
         return stmt.where(ApiToken.user_id == user.id)
-    if model in (AuditEntry, Grant, ProjectSecret):
+    if model in (AuditEntry, Grant, NodeCommand, ProjectSecret):
         return stmt.where(False)
     raise ValueError(f"no visibility rule for {model.__name__}")
 

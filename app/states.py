@@ -24,7 +24,7 @@ NODE_TRANSITIONS = {
     "offline": _LINK_OUTCOMES | {"disabled", "revoked"},
     "untrusted": {"offline", "online", "disabled", "revoked"},  # online only after an approval
     "incompatible": _LINK_OUTCOMES | {"disabled", "revoked"},
-    "disabled": {"pending", "offline", "revoked"},               # enabling starts over
+    "disabled": {"pending", "revoked"},                          # enabling starts over
     "revoked": {"pending", "disabled"},                           # a new token starts over
 }
 

@@ -5,7 +5,7 @@ import pytest
 
 from app.extensions import db
 from app.models import Grant
-from app.services import auth, catalog
+from app.services import auth, catalog, nodes
 from tests.conftest import STRONG_PASSWORD
 
 ROLES = ("anonymous", "outsider", "reader", "writer", "admin")
@@ -23,6 +23,7 @@ ADMIN_CREATE = row(401, 403, 403, 403, 201)
 TARGET_VIEW = row(401, 404, 200, 200, 200)
 TARGET_CHANGE = row(401, 404, 403, 403, 200)
 TARGET_DELETE = row(401, 404, 403, 403, 204)
+TARGET_ADD = row(401, 404, 403, 403, 201)
 # On the QA team: only its member (reader) sees it.
 QA_TEAM_VIEW = row(401, 404, 200, 404, 200)
 QA_TEAM_CHANGE = row(401, 404, 403, 404, 200)
@@ -96,6 +97,26 @@ for plural, key in (("projects", "project"), ("environments", "environment")):
     })
 
 
+# Nodes of the shared environment: whoever may view the environment sees them; admins change them.
+NODE = "/api/v1/nodes/{node}"
+MATRIX.update({
+    ("GET", "/api/v1/environments/<int:environment_id>/nodes"): (
+        "/api/v1/environments/{environment}/nodes", None, TARGET_VIEW),
+    ("POST", "/api/v1/environments/<int:environment_id>/nodes"): (
+        "/api/v1/environments/{environment}/nodes", {"name": "node-2", "host": "10.0.0.2"},
+        TARGET_ADD),
+    ("GET", "/api/v1/nodes/<int:node_id>"): (NODE, None, TARGET_VIEW),
+    ("PATCH", "/api/v1/nodes/<int:node_id>"): (NODE, {"cpus_override": 2.5}, TARGET_CHANGE),
+    ("DELETE", "/api/v1/nodes/<int:node_id>"): (NODE, None, TARGET_DELETE),
+    ("POST", "/api/v1/nodes/<int:node_id>/rotate-token"): (NODE + "/rotate-token", None, TARGET_CHANGE),
+    ("POST", "/api/v1/nodes/<int:node_id>/revoke-token"): (NODE + "/revoke-token", None, TARGET_CHANGE),
+    ("POST", "/api/v1/nodes/<int:node_id>/approve-thumbprint"): (
+        NODE + "/approve-thumbprint", {"thumbprint": "b" * 64}, TARGET_CHANGE),
+    ("POST", "/api/v1/nodes/<int:node_id>/enable"): (NODE + "/enable", None, TARGET_CHANGE),
+    ("POST", "/api/v1/nodes/<int:node_id>/disable"): (NODE + "/disable", None, TARGET_CHANGE),
+})
+
+
 def _api_routes(app):
     return {
         (method, rule.rule)
@@ -119,7 +140,12 @@ def ids(spec_example):
         db.select(Grant).where(Grant.team_id == ex["qa"].id, Grant.project_id == ex["project"].id)
     )
     catalog.put_secret(ex["admin"], ex["project"], "API_KEY", "k-123")
+    # An untrusted node with a changed certificate waiting, so approving it can succeed.
+    node, _token, _command = nodes.add(ex["admin"], ex["environment"], "node-1", "10.0.0.1")
+    node.thumbprint, node.pending_thumbprint, node.status = "a" * 64, "b" * 64, "untrusted"
+    db.session.commit()
     return {
+        "node": node.id,
         "project": ex["project"].id, "other_project": ex["other_project"].id,
         "environment": ex["environment"].id, "qa": ex["qa"].id, "se": ex["se"].id,
         "reader": ex["reader"].id, "writer": ex["writer"].id, "outsider": ex["outsider"].id,

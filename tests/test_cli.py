@@ -6,13 +6,14 @@ import pytest
 from click.testing import CliRunner
 from flask.cli import ScriptInfo
 
+from agent.protocol import verifier_for
 from app import create_app
 from app.cli import cli
 from app.config import TestConfig
 from app.crypto import key_id
 from app.extensions import db
-from app.models import Project, ProjectSecret, User
-from app.services import catalog
+from app.models import Environment, Node, NodeCommand, Project, ProjectSecret, User
+from app.services import catalog, nodes
 
 OLD_KEY = base64.b64encode(b"k" * 32).decode()  # TestConfig's default key
 NEW_KEY = base64.b64encode(b"n" * 32).decode()
@@ -81,6 +82,26 @@ def test_keys_rotate_reencrypts_and_old_data_stays_readable(app, run, admin, mon
         assert catalog.reveal_secret(db.session.get(ProjectSecret, secret.id)) == "hunter2-value"
     rerun = run(["keys", "rotate"], {"NULLOPS_SECRET_KEY": NEW_KEY, "NULLOPS_OLD_SECRET_KEYS": OLD_KEY})
     assert "Re-encrypted 0 value" in rerun.output
+
+
+def test_keys_rotate_reencrypts_node_verifiers_and_queued_commands(app, run, admin):
+    environment = catalog.create(admin, Environment, "staging")
+    node, _old_token, _command = nodes.add(admin, environment, "node-1", "10.0.0.5")
+    node, token, _command = nodes.rotate_token(admin, node)  # queues the verifier, encrypted
+    node_id = node.id
+    result = run(["keys", "rotate"], {"NULLOPS_SECRET_KEY": NEW_KEY, "NULLOPS_OLD_SECRET_KEYS": OLD_KEY})
+    assert result.exit_code == 0, result.output
+    assert "'nodes': 1" in result.output and "'node_commands': 1" in result.output
+    db.session.expire_all()
+    new_id = key_id(b"n" * 32)
+    node = db.session.get(Node, node_id)
+    command = db.session.scalar(db.select(NodeCommand).where(NodeCommand.node_id == node_id))
+    assert node.verifier_ciphertext.startswith(f"nlk1:{new_id}:")
+    assert command.payload_ciphertext.startswith(f"nlk1:{new_id}:")
+    new_app = create_app(TestConfig(database_url=app.config["SQLALCHEMY_DATABASE_URI"]))
+    with new_app.app_context():
+        node = db.session.get(Node, node_id)
+        assert nodes.reveal_verifier(node) == verifier_for(token)
 
 
 def test_keys_rotate_without_the_old_key_stops_with_a_clear_message(run, admin):

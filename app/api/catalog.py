@@ -6,6 +6,9 @@ from app import access
 from app.api.core import dump, operation, paginate
 from app.api.schemas import (
     AccessOut,
+    EnvironmentCreate,
+    EnvironmentOut,
+    EnvironmentUpdate,
     Page,
     Pagination,
     SecretList,
@@ -24,24 +27,31 @@ def _actor():
     return current_user._get_current_object()
 
 
-def _register(model, plural, label):
+def _settings(data):
+    """The model's own settings in a request (environments: base_domain, cleanup_minutes)."""
+    return data.model_dump(exclude={"name", "description"}, exclude_none=True)
+
+
+def _register(model, plural, label, create_schema, update_schema, out):
     """The same five routes for projects and environments, plus the caller's access."""
     tag = plural
 
     def list_(params):
-        return paginate(access.visible(current_user, model).order_by(model.name), params, TargetOut)
+        return paginate(access.visible(current_user, model).order_by(model.name), params, out)
 
     def create(data):
         access.require(current_user, "create", model)
-        return dump(TargetOut, catalog.create(_actor(), model, data.name, data.description))
+        return dump(out, catalog.create(_actor(), model, data.name, data.description,
+                                        **_settings(data)))
 
     def get(obj_id):
-        return dump(TargetOut, access.get_visible(current_user, model, obj_id, label))
+        return dump(out, access.get_visible(current_user, model, obj_id, label))
 
     def update(obj_id, data):
         obj = access.get_visible(current_user, model, obj_id, label)
         access.require(current_user, "manage", obj)
-        return dump(TargetOut, catalog.update(_actor(), obj, data.name, data.description))
+        return dump(out, catalog.update(_actor(), obj, data.name, data.description,
+                                        **_settings(data)))
 
     def delete(obj_id):
         obj = access.get_visible(current_user, model, obj_id, label)
@@ -59,20 +69,22 @@ def _register(model, plural, label):
                      (delete, "delete"), (my_access, "access")):
         fn.__name__ = f"{name}_{label}"
     operation("GET", f"/{plural}", summary=f"{label.title()}s the caller may view", tag=tag,
-              query=Pagination, response=Page[TargetOut])(list_)
-    operation("POST", f"/{plural}", summary=f"Create a {label}", tag=tag, body=TargetCreate,
-              response=TargetOut, status=201)(create)
-    operation("GET", item, summary=f"One {label}", tag=tag, response=TargetOut)(get)
-    operation("PATCH", item, summary=f"Change a {label}", tag=tag, body=TargetUpdate,
-              response=TargetOut)(update)
-    operation("DELETE", item, summary=f"Delete a {label} and its grants", tag=tag,
+              query=Pagination, response=Page[out])(list_)
+    operation("POST", f"/{plural}", summary=f"Create a {label}", tag=tag, body=create_schema,
+              response=out, status=201)(create)
+    operation("GET", item, summary=f"One {label}", tag=tag, response=out)(get)
+    operation("PATCH", item, summary=f"Change a {label}", tag=tag, body=update_schema,
+              response=out)(update)
+    belongings = "grants and nodes" if model is Environment else "grants"
+    operation("DELETE", item, summary=f"Delete a {label} and its {belongings}", tag=tag,
               status=204)(delete)
     operation("GET", f"{item}/access", summary=f"What the caller may do on a {label}", tag=tag,
               response=AccessOut)(my_access)
 
 
-_register(Project, "projects", "project")
-_register(Environment, "environments", "environment")
+_register(Project, "projects", "project", TargetCreate, TargetUpdate, TargetOut)
+_register(Environment, "environments", "environment", EnvironmentCreate, EnvironmentUpdate,
+          EnvironmentOut)
 
 
 def _managed_project(project_id):

@@ -110,14 +110,15 @@ def dump(schema, obj):
     return schema.model_validate(obj, from_attributes=True).model_dump(mode="json")
 
 
-def paginate(stmt, params, schema):
-    """A page of `stmt`'s rows shaped by `schema`; counts over the same filtered query."""
+def paginate(stmt, params, schema=None, shape=None):
+    """A page of `stmt`'s rows shaped by `schema` (or by the function `shape`, for responses
+    that depend on the caller); counts over the same filtered query."""
     total = db.session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
     rows = db.session.scalars(
         stmt.limit(params.per_page).offset((params.page - 1) * params.per_page)
     ).all()
     return {
-        "items": [dump(schema, row) for row in rows],
+        "items": [shape(row) if shape is not None else dump(schema, row) for row in rows],
         "page": params.page,
         "per_page": params.per_page,
         "total": total,

@@ -2,15 +2,21 @@
 from datetime import datetime
 from typing import Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.models.catalog import DEFAULT_CLEANUP_MINUTES
+from app.services.catalog import CLEANUP_MINUTES_MAX, CLEANUP_MINUTES_MIN
 from app.services.names import (
     DNS_LABEL_PATTERN,
+    DNS_NAME_MAX,
+    DNS_NAME_PATTERN,
+    HOST_MAX,
     SECRET_NAME_PATTERN,
     TEAM_NAME_PATTERN,
     USERNAME_PATTERN,
 )
 from app.services.passwords import MAX_LENGTH as PASSWORD_MAX
+from app.states import NODE_STATUSES
 
 
 class Request(BaseModel):
@@ -198,6 +204,31 @@ class TargetOut(Response):
     created_at: datetime
 
 
+_BASE_DOMAIN = {
+    "pattern": DNS_NAME_PATTERN, "max_length": DNS_NAME_MAX,
+    "description": "Ingress host names are <service>.<deployment>.<environment>.<base_domain>",
+}
+_CLEANUP_MINUTES = {
+    "ge": CLEANUP_MINUTES_MIN, "le": CLEANUP_MINUTES_MAX,
+    "description": "Inactivity (minutes) after which a deployment is deleted; projects may override it",
+}
+
+
+class EnvironmentCreate(TargetCreate):
+    base_domain: str = Field("localhost", **_BASE_DOMAIN)
+    cleanup_minutes: int = Field(DEFAULT_CLEANUP_MINUTES, **_CLEANUP_MINUTES)
+
+
+class EnvironmentUpdate(TargetUpdate):
+    base_domain: str | None = Field(None, **_BASE_DOMAIN)
+    cleanup_minutes: int | None = Field(None, **_CLEANUP_MINUTES)
+
+
+class EnvironmentOut(TargetOut):
+    base_domain: str
+    cleanup_minutes: int
+
+
 class AccessOut(BaseModel):
     level: Literal["admin", "read_only", "full"] | None
     view: bool
@@ -219,6 +250,85 @@ class SecretOut(Response):
 
 class SecretList(BaseModel):
     items: list[SecretOut]
+
+
+# Nodes
+_PORT = {"ge": 1, "le": 65535, "description": "The agent's TLS port on the host"}
+_CPUS_OVERRIDE = {"ge": 0.1, "le": 1024, "description": "CPUs NullOps may allocate here; null: as reported"}
+_MEMORY_OVERRIDE = {"ge": 64, "le": 16 * 1024 * 1024,
+                    "description": "Memory (MB) NullOps may allocate here; null: as reported"}
+
+
+class NodeCreate(Request):
+    name: str = Field(pattern=DNS_LABEL_PATTERN, max_length=63)
+    host: str = Field(min_length=1, max_length=HOST_MAX,
+                      description="Host name or IP address the controller dials (no scheme, no path)")
+    port: int = Field(5000, **_PORT)
+
+
+class NodeUpdate(Request):
+    """Only what is given changes; an override set to null goes back to the reported figure."""
+
+    host: str | None = Field(None, min_length=1, max_length=HOST_MAX)
+    port: int | None = Field(None, **_PORT)
+    cpus_override: float | None = Field(None, **_CPUS_OVERRIDE)
+    memory_mb_override: int | None = Field(None, **_MEMORY_OVERRIDE)
+
+    @field_validator("host", "port")
+    @classmethod
+    def not_null(cls, value):
+        # Runs only for fields the caller sent: null is refused, leaving the field out keeps it.
+        if value is None:
+            raise ValueError("cannot be null; leave the field out to keep it")
+        return value
+
+
+class ThumbprintApproval(Request):
+    thumbprint: str = Field(
+        min_length=64, max_length=95,
+        description="The SHA-256 thumbprint from the agent's log line `certificate thumbprint sha256: …`",
+    )
+
+
+class NodeCapacity(BaseModel):
+    cpus: float | None = Field(description="What admission uses: the override, else the report")
+    memory_mb: int | None
+    reported_cpus: float | None
+    reported_memory_mb: int | None
+    cpus_override: float | None
+    memory_mb_override: int | None
+
+
+class NodeOut(Response):
+    """A node as anyone who may view its environment sees it. host, port, thumbprint and
+    pending_thumbprint are connection details: only callers who may manage the node get them."""
+
+    id: int
+    environment_id: int
+    name: str
+    host: str | None = Field(None, description="Managers only")
+    port: int | None = Field(None, description="Managers only")
+    enabled: bool
+    status: Literal[NODE_STATUSES]
+    status_reason: str
+    status_changed_at: datetime
+    last_seen_at: datetime | None
+    thumbprint: str | None = Field(None, description="Managers only: the pinned certificate")
+    pending_thumbprint: str | None = Field(
+        None, description="Managers only: a changed certificate waiting for an admin's approval")
+    agent_version: str | None
+    capacity: NodeCapacity
+    resources: dict | None = Field(description="The agent's latest live figures, or null")
+    resources_at: datetime | None
+
+
+NODE_MANAGER_FIELDS = frozenset({"host", "port", "thumbprint", "pending_thumbprint"})
+
+
+class NodeWithToken(NodeOut):
+    token: str = Field(description="The node token. Shown only in this response; it is never stored.")
+    command: str = Field(description="The docker run command that starts the agent with the token")
+    message: str
 
 
 # Audit

@@ -126,9 +126,10 @@ class NodeLink:
     # --- one connection ----------------------------------------------------------------------
     async def _session(self):
         host, port = self.target["host"], self.target["port"]
+        netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 in brackets
         async with self.manager.handshakes:
             try:
-                ws = await connect(f"wss://{host}:{port}{protocol.WEBSOCKET_PATH}",
+                ws = await connect(f"wss://{netloc}{protocol.WEBSOCKET_PATH}",
                                    ssl=self.manager.ssl_context, open_timeout=OPEN_TIMEOUT_S,
                                    ping_interval=None, compression=None, proxy=None,
                                    max_size=protocol.MAX_FRAME_BYTES, user_agent_header=None)

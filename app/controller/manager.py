@@ -73,9 +73,11 @@ class LinkManager:
         for node_id in list(self.links):
             link, target = self.links[node_id], targets.get(node_id)
             finished = self.tasks[node_id].done()
+            # The thumbprint this link pinned itself is no move: the database has it as soon as
+            # mark_online commits, a moment before the link's own copy is updated.
             moved = target is not None and (
-                (target["host"], target["port"], target["thumbprint"])
-                != (link.target["host"], link.target["port"], link.target["thumbprint"]))
+                (target["host"], target["port"]) != (link.target["host"], link.target["port"])
+                or target["thumbprint"] not in (link.target["thumbprint"], link.thumbprint))
             if target is None or moved or finished:
                 await self._drop(node_id)
             else:

@@ -7,7 +7,7 @@ from sqlalchemy import select
 from app.extensions import db
 from app.models import Node, NodeCommand
 from app.models.types import utcnow
-from app.services import audit
+from app.services import audit, nodes
 from app.services.catalog import keyring
 from app.states import TransitionError, move_node
 
@@ -20,16 +20,16 @@ LINKED_STATUSES = ("pending", "online", "offline", "incompatible")
 
 def link_targets():
     """{node id: target} of every node that should have a link, verifier decrypted."""
-    nodes = db.session.scalars(
+    linked = db.session.scalars(
         select(Node).where(Node.enabled.is_(True), Node.verifier_ciphertext.is_not(None),
                            Node.status.in_(LINKED_STATUSES))
     ).all()
     targets = {}
-    for node in nodes:
+    for node in linked:
         targets[node.id] = {
             "id": node.id, "name": node.name, "host": node.host, "port": node.port,
             "thumbprint": node.thumbprint,
-            "verifier": keyring().decrypt(node.verifier_ciphertext, "node.verifier"),
+            "verifier": nodes.reveal_verifier(node),
         }
     return targets
 

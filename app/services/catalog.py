@@ -3,12 +3,15 @@ from flask import current_app
 from sqlalchemy import select
 
 from app.extensions import db
-from app.models import ProjectSecret
+from app.models import Environment, ProjectSecret
 from app.services import audit
 from app.services.errors import Conflict, NotFound, ValidationFailed
 from app.services.names import (
     DNS_LABEL_HINT,
     DNS_LABEL_PATTERN,
+    DNS_NAME_HINT,
+    DNS_NAME_MAX,
+    DNS_NAME_PATTERN,
     SECRET_NAME_HINT,
     SECRET_NAME_PATTERN,
     check,
@@ -16,6 +19,37 @@ from app.services.names import (
 
 SECRET_MAX_BYTES = 64 * 1024
 SECRET_CONTEXT = ProjectSecret.__encrypted__["value_ciphertext"]
+CLEANUP_MINUTES_MIN = 5
+CLEANUP_MINUTES_MAX = 365 * 24 * 60
+
+
+def _check_base_domain(value):
+    if isinstance(value, str) and len(value) > DNS_NAME_MAX:
+        value = None  # too long: the same message as any other bad name
+    return check("base_domain", value, DNS_NAME_PATTERN, DNS_NAME_HINT)
+
+
+def _check_cleanup_minutes(value):
+    if (isinstance(value, bool) or not isinstance(value, int)
+            or not CLEANUP_MINUTES_MIN <= value <= CLEANUP_MINUTES_MAX):
+        hint = (f"a whole number of minutes from {CLEANUP_MINUTES_MIN} to {CLEANUP_MINUTES_MAX} "
+                "(a year); 10080 is a week")
+        raise ValidationFailed(f"cleanup_minutes is invalid: use {hint}", {"cleanup_minutes": f"use {hint}"})
+    return value
+
+
+# Per-model settings beyond name and description, each with its check.
+_SETTINGS = {
+    Environment: {"base_domain": _check_base_domain, "cleanup_minutes": _check_cleanup_minutes},
+}
+
+
+def _checked_settings(model, settings):
+    rules = _SETTINGS.get(model, {})
+    unknown = settings.keys() - rules.keys()
+    if unknown:
+        raise TypeError(f"{model.__name__} has no settings {sorted(unknown)}")
+    return {key: rules[key](value) for key, value in settings.items()}
 
 
 def _kind(model):
@@ -30,19 +64,25 @@ def _check_unique(model, name, obj_id=None):
         )
 
 
-def create(actor, model, name, description=""):
+def create(actor, model, name, description="", **settings):
+    """A project or an environment. `settings` are the model's own (environments: base_domain,
+    cleanup_minutes); left out, the model's defaults apply."""
     check("name", name, DNS_LABEL_PATTERN, DNS_LABEL_HINT)
+    settings = _checked_settings(model, settings)
     _check_unique(model, name)
-    obj = model(name=name, description=description or "")
+    obj = model(name=name, description=description or "", **settings)
     db.session.add(obj)
     db.session.flush()
-    audit.record(actor, f"{_kind(model)}.create", _kind(model), obj)
+    audit.record(actor, f"{_kind(model)}.create", _kind(model), obj,
+                 {key: getattr(obj, key) for key in _SETTINGS.get(model, {})} or None)
     db.session.commit()
     return obj
 
 
-def update(actor, obj, name=None, description=None):
+def update(actor, obj, name=None, description=None, **settings):
+    """Change what is given; None leaves a field as it is."""
     model = type(obj)
+    settings = _checked_settings(model, {k: v for k, v in settings.items() if v is not None})
     changes = {}
     if name is not None and name != obj.name:
         check("name", name, DNS_LABEL_PATTERN, DNS_LABEL_HINT)
@@ -51,6 +91,10 @@ def update(actor, obj, name=None, description=None):
         obj.name = name
     if description is not None and description != obj.description:
         obj.description = changes["description"] = description
+    for key, value in settings.items():
+        if value != getattr(obj, key):
+            changes[key] = [getattr(obj, key), value]
+            setattr(obj, key, value)
     if changes:
         audit.record(actor, f"{_kind(model)}.update", _kind(model), obj, changes)
     db.session.commit()

@@ -1,8 +1,10 @@
 """Flask-WTF forms: every form carries a CSRF token."""
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, PasswordField, SelectField, StringField
+from wtforms import BooleanField, FloatField, IntegerField, PasswordField, SelectField, StringField
 from wtforms.fields.choices import SelectChoice
-from wtforms.validators import DataRequired, Length, Optional
+from wtforms.validators import DataRequired, InputRequired, Length, Optional
+
+from app.models.catalog import DEFAULT_CLEANUP_MINUTES
 
 
 class LoginForm(FlaskForm):
@@ -40,6 +42,36 @@ class GrantForm(FlaskForm):
 
 class TokenForm(FlaskForm):
     name = StringField("Token name", validators=[DataRequired(), Length(max=64)])
+
+
+class EnvironmentSettingsForm(FlaskForm):
+    description = StringField("Description", validators=[Optional(), Length(max=500)])
+    base_domain = StringField("Base domain", default="localhost",
+                              validators=[DataRequired(), Length(max=200)])
+    cleanup_minutes = IntegerField("Auto-cleanup after (minutes of inactivity)",
+                                   default=DEFAULT_CLEANUP_MINUTES, validators=[InputRequired()])
+
+
+class EnvironmentForm(EnvironmentSettingsForm):
+    name = StringField("Name", validators=[DataRequired(), Length(max=63)])
+
+
+class NodeForm(FlaskForm):
+    name = StringField("Node name", validators=[DataRequired(), Length(max=63)])
+    host = StringField("Host name or IP address", validators=[DataRequired(), Length(max=255)])
+    port = IntegerField("Agent port", default=5000, validators=[InputRequired()])
+
+
+class NodeSettingsForm(FlaskForm):
+    host = StringField("Host name or IP address", validators=[DataRequired(), Length(max=255)])
+    port = IntegerField("Agent port", validators=[InputRequired()])
+    # Empty: use what the agent reports.
+    cpus_override = FloatField("CPUs override", validators=[Optional()])
+    memory_mb_override = IntegerField("Memory override (MB)", validators=[Optional()])
+
+
+class ThumbprintForm(FlaskForm):
+    thumbprint = StringField("Thumbprint from the agent's log", validators=[DataRequired(), Length(max=95)])
 
 
 class EmptyForm(FlaskForm):

@@ -1,0 +1,125 @@
+"""Nodes of an environment: add (token shown once), tokens, certificate trust, enable/disable."""
+from flask_login import current_user
+
+from app import access
+from app.api.core import operation, paginate
+from app.api.schemas import (
+    NODE_MANAGER_FIELDS,
+    NodeCreate,
+    NodeOut,
+    NodeUpdate,
+    NodeWithToken,
+    Page,
+    Pagination,
+    ThumbprintApproval,
+)
+from app.models import Environment, Node
+from app.services import nodes
+from app.services.nodes import UNCHANGED
+
+TAG = "nodes"
+
+
+def _actor():
+    return current_user._get_current_object()
+
+
+def node_out(node, user):
+    """The node as `user` may see it: connection details only for those who may manage it."""
+    data = {
+        column: getattr(node, column)
+        for column in NodeOut.model_fields if column != "capacity"
+    }
+    data["capacity"] = {
+        "cpus": node.capacity_cpus, "memory_mb": node.capacity_memory_mb,
+        "reported_cpus": node.reported_cpus, "reported_memory_mb": node.reported_memory_mb,
+        "cpus_override": node.cpus_override, "memory_mb_override": node.memory_mb_override,
+    }
+    hidden = set() if access.can(user, "manage", node) else NODE_MANAGER_FIELDS
+    return NodeOut.model_validate(data).model_dump(mode="json", exclude=hidden)
+
+
+def _with_token(node, token, command, message):
+    return {**node_out(node, current_user), "token": token, "command": command, "message": message}
+
+
+def _node(node_id, action="manage"):
+    node = access.get_visible(current_user, Node, node_id, "node")
+    access.require(current_user, action, node)
+    return node
+
+
+@operation("GET", "/environments/<int:environment_id>/nodes", summary="An environment's nodes",
+           tag=TAG, query=Pagination, response=Page[NodeOut])
+def list_nodes(environment_id, params):
+    environment = access.get_visible(current_user, Environment, environment_id, "environment")
+    stmt = access.visible(current_user, Node).where(Node.environment_id == environment.id)
+    return paginate(stmt.order_by(Node.name), params, shape=lambda node: node_out(node, current_user))
+
+
+@operation("POST", "/environments/<int:environment_id>/nodes",
+           summary="Add a node; its token and the docker run command are shown only once",
+           tag=TAG, body=NodeCreate, response=NodeWithToken, status=201)
+def create_node(environment_id, data):
+    environment = access.get_visible(current_user, Environment, environment_id, "environment")
+    access.require(current_user, "create", Node)
+    node, token, command = nodes.add(_actor(), environment, data.name, data.host, data.port)
+    return _with_token(node, token, command, nodes.TOKEN_SHOWN_ONCE)
+
+
+@operation("GET", "/nodes/<int:node_id>", summary="One node", tag=TAG, response=NodeOut)
+def get_node(node_id):
+    return node_out(_node(node_id, "view"), current_user)
+
+
+@operation("PATCH", "/nodes/<int:node_id>",
+           summary="Change a node's address or capacity overrides (null clears an override)",
+           tag=TAG, body=NodeUpdate, response=NodeOut)
+def update_node(node_id, data):
+    node = _node(node_id)
+    given = data.model_fields_set
+    nodes.update(
+        _actor(), node, host=data.host, port=data.port,
+        cpus_override=data.cpus_override if "cpus_override" in given else UNCHANGED,
+        memory_mb_override=data.memory_mb_override if "memory_mb_override" in given else UNCHANGED,
+    )
+    return node_out(node, current_user)
+
+
+@operation("DELETE", "/nodes/<int:node_id>", summary="Delete a node", tag=TAG, status=204)
+def delete_node(node_id):
+    nodes.delete(_actor(), _node(node_id))
+
+
+@operation("POST", "/nodes/<int:node_id>/rotate-token",
+           summary="Issue a new token (shown only once); the old one stops working at once",
+           tag=TAG, response=NodeWithToken)
+def rotate_node_token(node_id):
+    node, token, command = nodes.rotate_token(_actor(), _node(node_id))
+    return _with_token(node, token, command, nodes.ROTATED_MESSAGE)
+
+
+@operation("POST", "/nodes/<int:node_id>/revoke-token",
+           summary="Revoke the token: the link drops, reconnects are refused until a new token",
+           tag=TAG, response=NodeOut)
+def revoke_node_token(node_id):
+    return node_out(nodes.revoke_token(_actor(), _node(node_id)), current_user)
+
+
+@operation("POST", "/nodes/<int:node_id>/approve-thumbprint",
+           summary="Trust the changed certificate of an untrusted node (give its thumbprint)",
+           tag=TAG, body=ThumbprintApproval, response=NodeOut)
+def approve_node_thumbprint(node_id, data):
+    return node_out(nodes.approve_thumbprint(_actor(), _node(node_id), data.thumbprint), current_user)
+
+
+@operation("POST", "/nodes/<int:node_id>/enable", summary="Enable a node", tag=TAG, response=NodeOut)
+def enable_node(node_id):
+    return node_out(nodes.set_enabled(_actor(), _node(node_id), True), current_user)
+
+
+@operation("POST", "/nodes/<int:node_id>/disable",
+           summary="Disable a node: no new deployments there; existing ones keep running",
+           tag=TAG, response=NodeOut)
+def disable_node(node_id):
+    return node_out(nodes.set_enabled(_actor(), _node(node_id), False), current_user)

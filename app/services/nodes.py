@@ -1,0 +1,277 @@
+"""Nodes: adding them, their tokens, trust in their certificates, enabling and disabling.
+
+The web tier holds no agent links. What must reach a live link (a rotated token, a dropped link,
+a reconnect after an approval) is left as a NodeCommand for the controller; everything else the
+controller reads from the node row, level-triggered.
+
+A node token is shown once and never stored. The control plane keeps only the token's verifier
+(agent.protocol.verifier_for), encrypted under the master key: the handshake needs no more, and a
+database dump alone cannot command an agent.
+"""
+import re
+import secrets
+
+from sqlalchemy import select
+
+from agent.protocol import verifier_for
+from app import __version__
+from app.extensions import db
+from app.models import Node, NodeCommand
+from app.models.types import utcnow
+from app.services import audit
+from app.services.catalog import keyring
+from app.services.errors import Conflict, ValidationFailed
+from app.services.names import DNS_LABEL_HINT, DNS_LABEL_PATTERN, check, check_host
+from app.states import TransitionError, move_node
+
+AGENT_IMAGE = "nullops/agent"
+AGENT_CONTAINER_PORT = 5000  # the port the agent listens on inside its container
+VERIFIER_CONTEXT = Node.__encrypted__["verifier_ciphertext"]
+PAYLOAD_CONTEXT = NodeCommand.__encrypted__["payload_ciphertext"]
+CPUS_RANGE = (0.1, 1024)
+MEMORY_MB_RANGE = (64, 16 * 1024 * 1024)
+THUMBPRINT = re.compile(r"^[0-9a-f]{64}$")
+
+# NodeCommand kinds the controller carries out.
+ROTATE_TOKEN = "rotate_token"  # push the new verifier (payload) over the live link
+DROP_LINK = "drop_link"        # close the link now: the token was revoked
+RECONNECT = "reconnect"        # close and dial again: a new thumbprint or a new address
+
+TOKEN_SHOWN_ONCE = "Copy the token now: it is shown only once and NullOps does not store it."
+ROTATED_MESSAGE = (
+    "The old token stopped working. An online agent receives the new one over its live link; "
+    "an offline agent must be started with the new token by hand (the command below)."
+)
+UNCHANGED = object()
+
+
+def agent_command(port, token):
+    """The exact command that starts the agent on a node (spec: Agent Installation Process)."""
+    return (
+        f"docker run -d --name nullops-agent --restart unless-stopped -p {port}:{AGENT_CONTAINER_PORT} "
+        f"-e AGENT_TOKEN={token} -v /var/run/docker.sock:/var/run/docker.sock "
+        f"-v /var/lib/nullops-agent:/data {AGENT_IMAGE}:{__version__}"
+    )
+
+
+def reveal_verifier(node):
+    """For the controller's handshake only; never for a response, a log or an audit entry."""
+    if node.verifier_ciphertext is None:
+        return None
+    return keyring().decrypt(node.verifier_ciphertext, VERIFIER_CONTEXT)
+
+
+def _new_token():
+    token = secrets.token_urlsafe(32)
+    return token, verifier_for(token)
+
+
+def _lock(node):
+    """Re-read the row under a row lock: the controller changes status at the same time, and a
+    decision taken on a stale status could undo its change (SQLite ignores the lock; it has
+    one writer anyway)."""
+    db.session.refresh(node, with_for_update=True)
+    return node
+
+
+def _move(node, status, reason):
+    try:
+        return move_node(node, status, reason)
+    except TransitionError as exc:
+        raise Conflict(f"{exc}; reload the node and try again", {"status": node.status}) from None
+
+
+def _queue(node, kind, payload=None):
+    command = NodeCommand(node_id=node.id, kind=kind)
+    if payload is not None:
+        command.payload_ciphertext = keyring().encrypt(payload, PAYLOAD_CONTEXT)
+    db.session.add(command)
+    return command
+
+
+def _check_name(environment, name, node_id=None):
+    check("name", name, DNS_LABEL_PATTERN, DNS_LABEL_HINT)
+    existing = db.session.scalar(
+        select(Node).where(Node.environment_id == environment.id, Node.name == name)
+    )
+    if existing is not None and existing.id != node_id:
+        raise Conflict(
+            f"environment {environment.name!r} has a node named {name!r}; choose another name",
+            {"name": "already taken"},
+        )
+    return name
+
+
+def _check_port(port):
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValidationFailed("port is invalid: use a whole number from 1 to 65535",
+                               {"port": "use a whole number from 1 to 65535"})
+    return port
+
+
+def _check_override(field, value, low, high, integer):
+    if value is None:
+        return None
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+        what = "a whole number" if integer else "a number"
+        hint = f"{what} from {low} to {high}, or null to use what the agent reports"
+        raise ValidationFailed(f"{field} is invalid: use {hint}", {field: f"use {hint}"})
+    return value if integer else float(value)
+
+
+def add(actor, environment, name, host, port=5000):
+    """Returns (node, token, command); the token and the command are shown once."""
+    name = _check_name(environment, name)
+    host = check_host("host", host)
+    port = _check_port(port)
+    token, verifier = _new_token()
+    node = Node(
+        environment_id=environment.id, name=name, host=host, port=port, enabled=True,
+        verifier_ciphertext=keyring().encrypt(verifier, VERIFIER_CONTEXT),
+        status="pending", status_reason="waiting for the first connection to the agent",
+    )
+    db.session.add(node)
+    db.session.flush()
+    audit.record(actor, "node.create", "node", node,
+                 {"environment": environment.name, "host": host, "port": port})
+    db.session.commit()
+    return node, token, agent_command(port, token)
+
+
+def rotate_token(actor, node):
+    """A new token replaces the old one at once. Returns (node, token, command), shown once."""
+    _lock(node)
+    token, verifier = _new_token()
+    node.verifier_ciphertext = keyring().encrypt(verifier, VERIFIER_CONTEXT)
+    _queue(node, ROTATE_TOKEN, verifier)
+    details = {}
+    if node.status == "revoked":
+        # A new token starts over: the controller dials again and proves the new token.
+        if node.enabled:
+            _move(node, "pending", "new token issued; waiting for the agent to be started with it")
+        else:
+            _move(node, "disabled", "disabled by an admin")
+        details["status"] = ["revoked", node.status]
+    audit.record(actor, "node.rotate_token", "node", node, details or None)
+    db.session.commit()
+    return node, token, agent_command(node.port, token)
+
+
+def revoke_token(actor, node):
+    """Drop the link now and refuse reconnects until rotate_token issues a new token."""
+    _lock(node)
+    if node.status == "revoked" and node.verifier_ciphertext is None:
+        return node
+    node.verifier_ciphertext = None
+    _move(node, "revoked", f"token revoked by {getattr(actor, 'username', None) or 'an admin'}; "
+                           "issue a new token to reconnect")
+    # A rotation still waiting would hand the agent a verifier for a token just revoked.
+    waiting = select(NodeCommand).where(NodeCommand.node_id == node.id, NodeCommand.kind == ROTATE_TOKEN,
+                                        NodeCommand.done_at.is_(None))
+    for command in db.session.scalars(waiting):
+        command.done_at = utcnow()
+        command.result = "cancelled: the token was revoked"
+    _queue(node, DROP_LINK)
+    audit.record(actor, "node.revoke_token", "node", node)
+    db.session.commit()
+    return node
+
+
+def normalize_thumbprint(value):
+    """Accept the thumbprint as the agent logs it, and also uppercase or colon-separated."""
+    cleaned = value.replace(":", "").strip().lower() if isinstance(value, str) else ""
+    if not THUMBPRINT.fullmatch(cleaned):
+        raise ValidationFailed(
+            "thumbprint is invalid: use the 64 hex digits of the agent's log line "
+            "'certificate thumbprint sha256: ...'",
+            {"thumbprint": "use the 64 hex digits the agent logs at start"},
+        )
+    return cleaned
+
+
+def approve_thumbprint(actor, node, thumbprint):
+    """Pin the certificate an untrusted node presented, after the admin compared it with the
+    agent's log. The thumbprint must be given, not just confirmed: approving whatever is pending
+    would let an impostor's certificate through on one careless click."""
+    thumbprint = normalize_thumbprint(thumbprint)
+    _lock(node)
+    if node.status != "untrusted" or node.pending_thumbprint is None:
+        raise Conflict(
+            f"node {node.name} has no certificate waiting for approval (status {node.status})",
+            {"thumbprint": "nothing to approve"},
+        )
+    if thumbprint != node.pending_thumbprint:
+        raise Conflict(
+            f"the thumbprint does not match the certificate node {node.name} presented; compare "
+            "it again with the agent's log line and do not approve if they differ",
+            {"thumbprint": "does not match the pending thumbprint"},
+        )
+    old = node.thumbprint
+    node.thumbprint, node.pending_thumbprint = thumbprint, None
+    _move(node, "offline", "approved; reconnecting")
+    _queue(node, RECONNECT)
+    audit.record(actor, "node.approve_thumbprint", "node", node,
+                 {"old_thumbprint": old, "new_thumbprint": thumbprint})
+    db.session.commit()
+    return node
+
+
+def set_enabled(actor, node, enabled):
+    """Disabling stops new deployments on the node; the ones there keep running. Enabling
+    starts over at pending: the controller connects and decides the status."""
+    _lock(node)
+    if node.enabled == bool(enabled):
+        return node
+    node.enabled = bool(enabled)
+    # A revoked node stays revoked either way: only a new token lets it back in.
+    if node.status != "revoked":
+        if enabled and node.status == "disabled":
+            _move(node, "pending", "enabled; waiting for the controller to connect")
+        elif not enabled:
+            _move(node, "disabled", "disabled by an admin; deployments on it keep running")
+    audit.record(actor, "node.enable" if enabled else "node.disable", "node", node)
+    db.session.commit()
+    return node
+
+
+def update(actor, node, host=None, port=None, cpus_override=UNCHANGED, memory_mb_override=UNCHANGED):
+    """None leaves host and port as they are; an override of None clears it (back to what the
+    agent reports), UNCHANGED leaves it."""
+    _lock(node)
+    changes = {}
+    if host is not None:
+        host = check_host("host", host)
+        if host != node.host:
+            changes["host"] = [node.host, host]
+    if port is not None:
+        port = _check_port(port)
+        if port != node.port:
+            changes["port"] = [node.port, port]
+    if cpus_override is not UNCHANGED:
+        cpus_override = _check_override("cpus_override", cpus_override, *CPUS_RANGE, integer=False)
+        if cpus_override != node.cpus_override:
+            changes["cpus_override"] = [node.cpus_override, cpus_override]
+    if memory_mb_override is not UNCHANGED:
+        memory_mb_override = _check_override("memory_mb_override", memory_mb_override,
+                                             *MEMORY_MB_RANGE, integer=True)
+        if memory_mb_override != node.memory_mb_override:
+            changes["memory_mb_override"] = [node.memory_mb_override, memory_mb_override]
+    for key, (_old, new) in changes.items():
+        setattr(node, key, new)
+    if changes.keys() & {"host", "port"}:
+        # The link goes to the old address; the agent at the new one must prove the token, and a
+        # different certificate there makes the node untrusted like any other change.
+        _queue(node, RECONNECT)
+    if changes:
+        audit.record(actor, "node.update", "node", node, changes)
+    db.session.commit()
+    return node
+
+
+def delete(actor, node):
+    """Delete a node and its queued commands; the controller drops its link when the row is
+    gone. The deployments lifecycle adds the refusal (409) while deployments run on it."""
+    audit.record(actor, "node.delete", "node", node, {"environment": node.environment.name})
+    db.session.delete(node)
+    db.session.commit()

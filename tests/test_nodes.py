@@ -1,0 +1,323 @@
+"""The nodes service: tokens shown once and never stored, rotation, revocation, certificate
+approval, enable/disable, overrides, and refusals with clear errors."""
+import pytest
+from sqlalchemy import select
+
+from agent.protocol import verifier_for
+from app import __version__, access
+from app.extensions import db
+from app.models import AuditEntry, Environment, Node, NodeCommand
+from app.services import catalog, nodes
+from app.services.catalog import keyring
+from app.services.errors import Conflict, ValidationFailed
+from app.states import NODE_TRANSITIONS
+
+PINNED = "a" * 64
+PRESENTED = "c0ffee" + "b" * 58
+
+
+@pytest.fixture
+def env(app, admin):
+    return catalog.create(admin, Environment, "staging", base_domain="staging.example.com")
+
+
+@pytest.fixture
+def added(env, admin):
+    """(node, token, command) of a freshly added node."""
+    return nodes.add(admin, env, "node-1", "10.0.0.5")
+
+
+def _database_text():
+    """Every row of every table, as text: what a database dump would hold."""
+    return "\n".join(
+        repr(row) for table in db.metadata.sorted_tables for row in db.session.execute(table.select())
+    )
+
+
+def _audit(action):
+    return db.session.scalars(select(AuditEntry).where(AuditEntry.action == action)).all()
+
+
+def _commands(node, kind=None):
+    stmt = select(NodeCommand).where(NodeCommand.node_id == node.id).order_by(NodeCommand.id)
+    if kind is not None:
+        stmt = stmt.where(NodeCommand.kind == kind)
+    return db.session.scalars(stmt).all()
+
+
+def _make_untrusted(node, pinned=PINNED, presented=PRESENTED):
+    node.thumbprint, node.pending_thumbprint, node.status = pinned, presented, "untrusted"
+    db.session.commit()
+
+
+def test_adding_a_node_stores_only_the_encrypted_verifier(added):
+    node, token, _command = added
+    assert node.status == "pending" and node.enabled and node.port == 5000
+    assert len(token) >= 43  # token_urlsafe(32)
+    assert keyring().decrypt(node.verifier_ciphertext, "node.verifier") == verifier_for(token)
+    assert nodes.reveal_verifier(node) == verifier_for(token)
+    dump = _database_text()
+    assert token not in dump
+    assert verifier_for(token) not in dump
+
+
+def test_the_command_is_the_spec_docker_run_with_this_version(env, admin):
+    _node, token, command = nodes.add(admin, env, "node-2", "node-2.internal", port=5443)
+    assert command == (
+        "docker run -d --name nullops-agent --restart unless-stopped -p 5443:5000 "
+        f"-e AGENT_TOKEN={token} -v /var/run/docker.sock:/var/run/docker.sock "
+        f"-v /var/lib/nullops-agent:/data nullops/agent:{__version__}"
+    )
+
+
+def test_every_token_is_new(env, admin):
+    tokens = {nodes.add(admin, env, f"node-{i}", "10.0.0.5")[1] for i in range(5)}
+    assert len(tokens) == 5
+
+
+@pytest.mark.parametrize("host,why", [
+    ("http://10.0.0.5", "scheme"), ("wss://node", "scheme"), ("node/agent", "path"),
+    ("node:5000", "port field"), ("999.1.1.1", "neither"), ("no de", "neither"),
+    ("-node", "neither"), ("", "1-255"), ("a" * 256, "1-255"),
+])
+def test_bad_hosts_are_refused_with_the_reason(env, admin, host, why):
+    with pytest.raises(ValidationFailed) as caught:
+        nodes.add(admin, env, "node-1", host)
+    assert "host" in caught.value.fields and why in caught.value.message
+    assert db.session.scalar(select(db.func.count()).select_from(Node)) == 0
+
+
+@pytest.mark.parametrize("host,stored", [
+    ("Node-1.Example.COM", "node-1.example.com"), ("10.0.0.5", "10.0.0.5"), ("[::1]", "::1"),
+    ("fe80:0:0::1", "fe80::1"), ("localhost", "localhost"),
+])
+def test_hosts_are_stored_normalised(env, admin, host, stored):
+    node, _token, _command = nodes.add(admin, env, "node-1", host)
+    assert node.host == stored
+
+
+@pytest.mark.parametrize("port", [0, 65536, -1, True, "5000"])
+def test_bad_ports_are_refused(env, admin, port):
+    with pytest.raises(ValidationFailed) as caught:
+        nodes.add(admin, env, "node-1", "10.0.0.5", port=port)
+    assert caught.value.fields == {"port": "use a whole number from 1 to 65535"}
+
+
+def test_node_names_are_dns_labels_unique_per_environment(env, admin, added):
+    with pytest.raises(ValidationFailed) as caught:
+        nodes.add(admin, env, "Node_1", "10.0.0.6")
+    assert "name" in caught.value.fields
+    with pytest.raises(Conflict) as caught:
+        nodes.add(admin, env, "node-1", "10.0.0.6")
+    assert caught.value.fields == {"name": "already taken"}
+    other = catalog.create(admin, Environment, "production")
+    twin, _token, _command = nodes.add(admin, other, "node-1", "10.0.0.6")
+    assert twin.environment_id == other.id
+
+
+def test_rotation_replaces_the_verifier_and_queues_it_encrypted(added, admin):
+    node, old_token, _command = added
+    old_ciphertext = node.verifier_ciphertext
+    node.status = "online"
+    db.session.commit()
+    node, token, command = nodes.rotate_token(admin, node)
+    assert token != old_token and f"AGENT_TOKEN={token}" in command
+    assert node.verifier_ciphertext != old_ciphertext
+    assert nodes.reveal_verifier(node) == verifier_for(token)
+    assert node.status == "online"  # the controller pushes it over the live link
+    (queued,) = _commands(node, nodes.ROTATE_TOKEN)
+    assert queued.done_at is None
+    assert queued.payload_ciphertext.startswith("nlk1:")
+    assert keyring().decrypt(queued.payload_ciphertext, "node_command.payload") == verifier_for(token)
+    dump = _database_text()
+    for secret in (token, old_token, verifier_for(token), verifier_for(old_token)):
+        assert secret not in dump
+
+
+def test_revoking_clears_the_verifier_drops_the_link_and_cancels_a_waiting_rotation(added, admin):
+    node, _token, _command = added
+    nodes.rotate_token(admin, node)
+    node = nodes.revoke_token(admin, node)
+    assert node.verifier_ciphertext is None and node.status == "revoked"
+    assert "issue a new token" in node.status_reason
+    (rotation,) = _commands(node, nodes.ROTATE_TOKEN)
+    assert rotation.done_at is not None and "revoked" in rotation.result
+    (drop,) = _commands(node, nodes.DROP_LINK)
+    assert drop.done_at is None and drop.payload_ciphertext is None
+    # Revoking again changes nothing and writes nothing.
+    entries = len(_audit("node.revoke_token"))
+    nodes.revoke_token(admin, node)
+    assert len(_audit("node.revoke_token")) == entries == 1
+    assert len(_commands(node, nodes.DROP_LINK)) == 1
+
+
+def test_a_new_token_after_revocation_starts_over(added, admin):
+    node, _token, _command = added
+    nodes.revoke_token(admin, node)
+    node, token, _command = nodes.rotate_token(admin, node)
+    assert node.status == "pending" and nodes.reveal_verifier(node) == verifier_for(token)
+
+
+def test_a_disabled_node_stays_disabled_when_its_revoked_token_is_replaced(added, admin):
+    node, _token, _command = added
+    nodes.revoke_token(admin, node)
+    nodes.set_enabled(admin, node, False)
+    assert node.status == "revoked" and not node.enabled  # still refused: revocation wins
+    nodes.set_enabled(admin, node, True)
+    assert node.status == "revoked" and node.enabled
+    nodes.set_enabled(admin, node, False)
+    node, _token, _command = nodes.rotate_token(admin, node)
+    assert node.status == "disabled"
+
+
+def test_approving_pins_the_pending_thumbprint_and_reconnects(added, admin):
+    node, _token, _command = added
+    _make_untrusted(node)
+    node = nodes.approve_thumbprint(admin, node, PRESENTED)
+    assert (node.thumbprint, node.pending_thumbprint) == (PRESENTED, None)
+    assert (node.status, node.status_reason) == ("offline", "approved; reconnecting")
+    (reconnect,) = _commands(node, nodes.RECONNECT)
+    assert reconnect.done_at is None
+    (entry,) = _audit("node.approve_thumbprint")
+    assert entry.details == {"old_thumbprint": PINNED, "new_thumbprint": PRESENTED}
+
+
+def test_thumbprints_are_accepted_in_upper_case_and_with_colons(added, admin):
+    node, _token, _command = added
+    _make_untrusted(node)
+    spaced = ":".join(PRESENTED[i:i + 2] for i in range(0, 64, 2)).upper()
+    assert nodes.approve_thumbprint(admin, node, spaced).thumbprint == PRESENTED
+
+
+def test_a_thumbprint_that_does_not_match_is_refused_and_changes_nothing(added, admin):
+    node, _token, _command = added
+    _make_untrusted(node)
+    with pytest.raises(Conflict) as caught:
+        nodes.approve_thumbprint(admin, node, "d" * 64)
+    assert "does not match" in caught.value.message
+    assert caught.value.fields == {"thumbprint": "does not match the pending thumbprint"}
+    db.session.rollback()
+    assert (node.thumbprint, node.pending_thumbprint, node.status) == (PINNED, PRESENTED, "untrusted")
+    assert _commands(node) == [] and _audit("node.approve_thumbprint") == []
+
+
+def test_only_an_untrusted_node_can_be_approved(added, admin):
+    node, _token, _command = added
+    node.pending_thumbprint = PRESENTED  # pending but online: nothing to approve
+    node.status = "online"
+    db.session.commit()
+    with pytest.raises(Conflict) as caught:
+        nodes.approve_thumbprint(admin, node, PRESENTED)
+    assert "no certificate waiting for approval (status online)" in caught.value.message
+
+
+@pytest.mark.parametrize("value", ["abc", "g" * 64, "a" * 63, None])
+def test_malformed_thumbprints_are_refused(added, admin, value):
+    node, _token, _command = added
+    _make_untrusted(node)
+    with pytest.raises(ValidationFailed) as caught:
+        nodes.approve_thumbprint(admin, node, value)
+    assert "thumbprint" in caught.value.fields
+
+
+def test_a_transition_the_state_machine_refuses_is_a_clear_conflict(added, admin, monkeypatch):
+    node, _token, _command = added
+    _make_untrusted(node)
+    monkeypatch.setitem(NODE_TRANSITIONS, "untrusted", {"disabled", "revoked"})
+    with pytest.raises(Conflict) as caught:
+        nodes.approve_thumbprint(admin, node, PRESENTED)
+    assert caught.value.message.startswith("node node-1 cannot go from untrusted to offline")
+    assert caught.value.fields == {"status": "untrusted"}
+
+
+def test_disabling_and_enabling(added, admin):
+    node, _token, _command = added
+    node.status = "online"
+    db.session.commit()
+    nodes.set_enabled(admin, node, False)
+    assert (node.enabled, node.status) == (False, "disabled")
+    assert "keep running" in node.status_reason
+    nodes.set_enabled(admin, node, False)  # again: nothing to do
+    nodes.set_enabled(admin, node, True)
+    assert (node.enabled, node.status) == (True, "pending")
+    assert [e.action for e in db.session.scalars(select(AuditEntry).order_by(AuditEntry.id))][-2:] == [
+        "node.disable", "node.enable"]
+
+
+def test_overrides_set_and_clear_and_the_address_change_reconnects(added, admin):
+    node, _token, _command = added
+    node.reported_cpus, node.reported_memory_mb = 8.0, 16384
+    db.session.commit()
+    nodes.update(admin, node, cpus_override=4, memory_mb_override=8192)
+    assert (node.capacity_cpus, node.capacity_memory_mb) == (4.0, 8192)
+    assert _commands(node) == []  # capacity needs no new link
+    nodes.update(admin, node, cpus_override=None)
+    assert (node.capacity_cpus, node.capacity_memory_mb) == (8.0, 8192)
+    nodes.update(admin, node, host="node-1.internal", port=5443)
+    assert (node.host, node.port) == ("node-1.internal", 5443)
+    assert [c.kind for c in _commands(node)] == [nodes.RECONNECT]
+    changes = [e.details for e in _audit("node.update")]
+    assert changes == [
+        {"cpus_override": [None, 4.0], "memory_mb_override": [None, 8192]},
+        {"cpus_override": [4.0, None]},
+        {"host": ["10.0.0.5", "node-1.internal"], "port": [5000, 5443]},
+    ]
+
+
+@pytest.mark.parametrize("field,value", [
+    ("cpus_override", 0.05), ("cpus_override", 1025), ("cpus_override", "2"),
+    ("memory_mb_override", 63), ("memory_mb_override", 16 * 1024 * 1024 + 1),
+    ("memory_mb_override", 1.5), ("host", "http://x"), ("port", 0),
+])
+def test_bad_updates_are_refused_with_the_field(added, admin, field, value):
+    node, _token, _command = added
+    with pytest.raises(ValidationFailed) as caught:
+        nodes.update(admin, node, **{field: value})
+    assert field in caught.value.fields
+
+
+def test_deleting_a_node_removes_its_commands(added, admin):
+    node, _token, _command = added
+    nodes.rotate_token(admin, node)
+    node_id = node.id
+    nodes.delete(admin, node)
+    assert db.session.get(Node, node_id) is None
+    assert db.session.scalar(select(db.func.count()).select_from(NodeCommand)) == 0
+    (entry,) = _audit("node.delete")
+    assert entry.target_id == node_id and entry.details == {"environment": "staging"}
+
+
+def test_audit_entries_hold_no_token_and_no_verifier(added, admin):
+    node, token, _command = added
+    tokens = [token]
+    tokens.append(nodes.rotate_token(admin, node)[1])
+    nodes.revoke_token(admin, node)
+    tokens.append(nodes.rotate_token(admin, node)[1])
+    _make_untrusted(node)
+    nodes.approve_thumbprint(admin, node, PRESENTED)
+    nodes.set_enabled(admin, node, False)
+    nodes.update(admin, node, port=5001)
+    entries = db.session.scalars(select(AuditEntry).where(AuditEntry.target_type == "node")).all()
+    assert [e.action for e in entries] == [
+        "node.create", "node.rotate_token", "node.revoke_token", "node.rotate_token",
+        "node.approve_thumbprint", "node.disable", "node.update"]
+    text = repr([(e.action, e.target_name, e.details) for e in entries])
+    for secret in tokens + [verifier_for(t) for t in tokens]:
+        assert secret not in text
+
+
+def test_users_with_a_grant_on_the_environment_may_view_its_nodes(spec_example):
+    ex = spec_example
+    node, _token, _command = nodes.add(ex["admin"], ex["environment"], "node-1", "10.0.0.5")
+    elsewhere = catalog.create(ex["admin"], Environment, "production")
+    hidden, _token, _command = nodes.add(ex["admin"], elsewhere, "node-9", "10.0.0.9")
+    for user in (ex["reader"], ex["writer"]):
+        assert access.can(user, "view", node) and not access.can(user, "view", hidden)
+        assert not access.can(user, "manage", node)
+        assert not access.can(user, "create", Node)
+        assert db.session.scalars(access.visible(user, Node)).all() == [node]
+        assert db.session.scalars(access.visible(user, NodeCommand)).all() == []
+    assert not access.can(ex["outsider"], "view", node)
+    assert db.session.scalars(access.visible(ex["outsider"], Node)).all() == []
+    assert access.can(ex["admin"], "manage", node) and access.can(ex["admin"], "create", Node)
+    assert len(db.session.scalars(access.visible(ex["admin"], Node)).all()) == 2

@@ -1,0 +1,209 @@
+"""Environment and node pages through the test client: forms, the token shown once, and what
+members without admin rights see and may do."""
+import base64
+import re
+import zlib
+
+import pytest
+from sqlalchemy import select
+
+from agent.protocol import verifier_for
+from app.extensions import db
+from app.models import Environment, Node
+from app.services import catalog, nodes
+from tests.conftest import csrf_from
+
+
+def _post(client, page_url, action, **fields):
+    """Submit a form the way the browser does: CSRF token taken from the page it is on."""
+    token = csrf_from(client.get(page_url).text)
+    return client.post(action, data={"csrf_token": token, **fields})
+
+
+def _flashes(html):
+    return re.findall(r'<p class="flash flash-(\w+)"[^>]*>([^<]*)</p>', html)
+
+
+def _cookie_text(client):
+    """The session cookie's payload as anyone holding the cookie can read it (Flask signs the
+    session, it does not encrypt it; a leading '.' marks a zlib-compressed payload)."""
+    raw = client.get_cookie("session").value
+    body = raw.lstrip(".").split(".")[0]
+    data = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    return (zlib.decompress(data) if raw.startswith(".") else data).decode()
+
+
+@pytest.fixture
+def as_admin(client, admin, login):
+    login("admin")
+    return client
+
+
+def test_admin_creates_an_environment_and_bad_values_are_flashed(as_admin):
+    client = as_admin
+    response = _post(client, "/environments", "/environments", name="staging",
+                     base_domain="staging.example.com", cleanup_minutes="60", description="QA")
+    environment = db.session.scalar(select(Environment))
+    assert response.headers["Location"] == f"/environments/{environment.id}"
+    assert (environment.base_domain, environment.cleanup_minutes) == ("staging.example.com", 60)
+
+    bad = _post(client, "/environments", "/environments", name="dev", base_domain="http://x",
+                cleanup_minutes="60")
+    assert bad.headers["Location"] == "/environments"
+    assert ("error", "base_domain is invalid: use a DNS name of at most 200 characters: lowercase "
+            "labels of letters, digits or &#39;-&#39; joined by dots, e.g. staging.example.com or "
+            "localhost") in _flashes(client.get("/environments").text)
+    not_a_number = _post(client, "/environments", "/environments", name="dev", base_domain="x.io",
+                         cleanup_minutes="soon")
+    assert not_a_number.status_code == 302
+    (flash,) = _flashes(client.get("/environments").text)
+    assert flash[0] == "error" and flash[1].startswith("Auto-cleanup after (minutes of inactivity): ")
+
+    page = f"/environments/{environment.id}"
+    _post(client, page, f"{page}/settings", base_domain="localhost", cleanup_minutes="5",
+          description="QA")
+    db.session.refresh(environment)
+    assert (environment.base_domain, environment.cleanup_minutes) == ("localhost", 5)
+
+
+def test_adding_a_node_shows_token_and_command_once_and_never_in_clear_in_the_cookie(as_admin, admin):
+    client = as_admin
+    environment = catalog.create(admin, Environment, "staging")
+    page = f"/environments/{environment.id}"
+    response = _post(client, page, f"{page}/nodes", name="node-1", host="10.0.0.5", port="5000")
+    node = db.session.scalar(select(Node))
+    assert response.headers["Location"] == f"/nodes/{node.id}"
+    shown = client.get(f"/nodes/{node.id}")
+    assert shown.headers["Cache-Control"] == "no-store"
+    token = re.search(r'data-testid="node-token">([^<]+)<', shown.text).group(1)
+    command = re.search(r'data-testid="node-command">([^<]+)<', shown.text).group(1)
+    assert command == nodes.agent_command(5000, token)
+    assert nodes.reveal_verifier(node) == verifier_for(token)
+    again = client.get(f"/nodes/{node.id}")
+    assert token not in again.text and 'data-testid="node-token"' not in again.text
+
+    # Rotation: a confirm dialog in the browser, then the new token once.
+    _post(client, f"/nodes/{node.id}", f"/nodes/{node.id}/rotate-token")
+    assert token not in _cookie_text(client)
+    rotated = client.get(f"/nodes/{node.id}")
+    new_token = re.search(r'data-testid="node-token">([^<]+)<', rotated.text).group(1)
+    assert new_token != token and "old token stopped working" in rotated.text
+    assert 'data-testid="node-token"' not in client.get(f"/nodes/{node.id}").text
+
+
+def test_the_shown_once_token_is_encrypted_in_the_session_cookie(as_admin, admin):
+    client = as_admin
+    environment = catalog.create(admin, Environment, "staging")
+    page = f"/environments/{environment.id}"
+    _post(client, page, f"{page}/nodes", name="node-1", host="10.0.0.5", port="5000")
+    cookie = _cookie_text(client)
+    assert "nlk1:" in cookie and "AGENT_TOKEN" not in cookie and "docker run" not in cookie
+
+
+def test_the_token_of_one_node_is_not_shown_on_another_nodes_page(as_admin, admin):
+    client = as_admin
+    environment = catalog.create(admin, Environment, "staging")
+    other, _token, _command = nodes.add(admin, environment, "node-0", "10.0.0.4")
+    page = f"/environments/{environment.id}"
+    _post(client, page, f"{page}/nodes", name="node-1", host="10.0.0.5", port="5000")
+    assert 'data-testid="node-token"' not in client.get(f"/nodes/{other.id}").text
+
+
+def test_bad_node_input_is_flashed_and_nothing_is_added(as_admin, admin):
+    client = as_admin
+    environment = catalog.create(admin, Environment, "staging")
+    page = f"/environments/{environment.id}"
+    for fields, message in (
+        ({"name": "node-1", "host": "http://10.0.0.5", "port": "5000"}, "leave out the scheme"),
+        ({"name": "node-1", "host": "10.0.0.5", "port": "0"}, "port is invalid"),
+        ({"name": "node-1", "host": "10.0.0.5", "port": "x"}, "Agent port: "),
+    ):
+        response = _post(client, page, f"{page}/nodes", **fields)
+        assert response.headers["Location"] == page
+        (flash,) = _flashes(client.get(page).text)
+        assert flash[0] == "error" and message in flash[1], flash
+    assert db.session.scalar(select(db.func.count()).select_from(Node)) == 0
+
+
+def test_admin_approves_a_changed_certificate_by_typing_its_thumbprint(as_admin, admin):
+    client = as_admin
+    environment = catalog.create(admin, Environment, "staging")
+    node, _token, _command = nodes.add(admin, environment, "node-1", "10.0.0.5")
+    node.thumbprint, node.pending_thumbprint, node.status = "a" * 64, "b" * 64, "untrusted"
+    db.session.commit()
+    url = f"/nodes/{node.id}"
+    page = client.get(url).text
+    assert 'data-testid="thumbprint-pinned">' + "a" * 64 in page
+    assert 'data-testid="thumbprint-pending">' + "b" * 64 in page
+    _post(client, url, f"{url}/approve-thumbprint", thumbprint="c" * 64)
+    (flash,) = _flashes(client.get(url).text)
+    assert flash[0] == "error" and "does not match" in flash[1]
+    _post(client, url, f"{url}/approve-thumbprint", thumbprint="b" * 64)
+    after = client.get(url).text
+    assert ("ok", "The new certificate of node node-1 is trusted; reconnecting.") in _flashes(after)
+    assert "thumbprint-pending" not in after
+    db.session.refresh(node)
+    assert (node.status, node.thumbprint) == ("offline", "b" * 64)
+
+
+def test_revoke_disable_enable_settings_and_delete_from_the_node_page(as_admin, admin):
+    client = as_admin
+    environment = catalog.create(admin, Environment, "staging")
+    node, _token, _command = nodes.add(admin, environment, "node-1", "10.0.0.5")
+    url = f"/nodes/{node.id}"
+    _post(client, url, f"{url}/disable")
+    db.session.refresh(node)
+    assert node.status == "disabled"
+    _post(client, url, f"{url}/enable")
+    db.session.refresh(node)
+    assert node.status == "pending"
+    _post(client, url, f"{url}/settings", host="node-1.internal", port="5001", cpus_override="2.5",
+          memory_mb_override="")
+    db.session.refresh(node)
+    assert (node.host, node.port, node.cpus_override, node.memory_mb_override) == (
+        "node-1.internal", 5001, 2.5, None)
+    _post(client, url, f"{url}/revoke-token")
+    db.session.refresh(node)
+    assert node.status == "revoked" and node.verifier_ciphertext is None
+    response = _post(client, url, f"{url}/delete")
+    assert response.headers["Location"] == f"/environments/{environment.id}"
+    assert db.session.scalar(select(db.func.count()).select_from(Node)) == 0
+
+
+def test_members_see_their_environments_nodes_without_addresses_or_buttons(client, spec_example, login):
+    ex = spec_example
+    node, _token, _command = nodes.add(ex["admin"], ex["environment"], "node-1", "10.0.0.5")
+    hidden_env = catalog.create(ex["admin"], Environment, "secret-env")
+    hidden, _token, _command = nodes.add(ex["admin"], hidden_env, "node-9", "10.0.0.9")
+    login("qa-anna")
+    listing = client.get("/environments").text
+    assert "staging" in listing and "secret-env" not in listing and "New environment" not in listing
+    environment = client.get(f"/environments/{ex['environment'].id}").text
+    assert "node-1" in environment and 'status-pending' in environment
+    assert "Add node" not in environment and "Save settings" not in environment
+    detail = client.get(f"/nodes/{node.id}")
+    assert detail.status_code == 200
+    assert "10.0.0.5" not in detail.text and "Rotate token" not in detail.text
+    assert client.get(f"/nodes/{hidden.id}").status_code == 404
+    assert client.get(f"/environments/{hidden_env.id}").status_code == 404
+
+    # Posting anyway changes nothing.
+    ciphertext = node.verifier_ciphertext
+    revoke = _post(client, f"/nodes/{node.id}", f"/nodes/{node.id}/revoke-token")
+    assert _flashes(client.get(revoke.headers["Location"]).text) == [
+        ("error", "you may not manage this node; ask an admin for access")]
+    refused = client.post(f"/environments/{ex['environment'].id}/nodes", data={
+        "csrf_token": csrf_from(detail.text), "name": "x", "host": "10.0.0.1", "port": "5000",
+    })
+    assert refused.status_code == 302
+    (flash,) = _flashes(client.get(refused.headers["Location"]).text)
+    assert flash == ("error", "you may not create this node; ask an admin for access")
+    db.session.expire_all()
+    assert db.session.get(Node, node.id).verifier_ciphertext == ciphertext
+    assert db.session.scalar(select(db.func.count()).select_from(Node)) == 2
+
+
+def test_the_nav_links_to_environments(client, make_user, login):
+    make_user("anna")
+    login("anna")
+    assert '<a href="/environments">Environments</a>' in client.get("/").text
