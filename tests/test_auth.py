@@ -148,3 +148,21 @@ def test_malformed_authorization_headers_get_a_clear_401(client, admin):
         assert response.status_code == 401, header
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
         assert response.json["error"]["code"] == "unauthorized"
+
+
+def test_a_new_token_waits_for_the_next_page_encrypted_and_is_shown_once(client, admin, login):
+    import base64
+    import re
+    import zlib
+
+    login("admin")
+    page = client.get("/settings")
+    response = client.post("/settings/tokens", data={"name": "ci", "csrf_token": csrf_from(page.text)})
+    cookie = response.headers["Set-Cookie"].split("session=", 1)[1].split(";", 1)[0]
+    body = cookie.lstrip(".").split(".", 1)[0]
+    raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    readable = zlib.decompress(raw) if cookie.startswith(".") else raw  # what anyone can read
+    shown = client.get("/settings").text
+    token = re.search(r'data-testid="new-token">([^<]+)<', shown).group(1)
+    assert token.startswith("nlo_") and token.encode() not in readable
+    assert 'data-testid="new-token"' not in client.get("/settings").text  # once only

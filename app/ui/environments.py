@@ -1,18 +1,15 @@
 """Environments and their nodes. Thin: parse the form, call one service, flash the outcome."""
-import json
 
-from flask import abort, flash, redirect, render_template, session, url_for
+from flask import abort, flash, redirect, render_template, url_for
 from flask_login import current_user
 from sqlalchemy.orm import selectinload
 
 from app import access
-from app.crypto import CryptoError
 from app.extensions import db
 from app.models import Environment, Node
 from app.services import catalog, nodes
-from app.services.catalog import keyring
 from app.services.errors import NotFound, ValidationFailed
-from app.ui import bp
+from app.ui import bp, shown_once
 from app.ui.forms import (
     EmptyForm,
     EnvironmentForm,
@@ -22,11 +19,6 @@ from app.ui.forms import (
     ThumbprintForm,
 )
 from app.ui.pages import _actor, service_call
-
-# A new node token waits in the session for the one page that shows it. Flask's session is a
-# signed, readable cookie: the token goes in encrypted under the master key, never in clear.
-SHOWN_ONCE_KEY = "node_token"
-SHOWN_ONCE_CONTEXT = "ui.node_token"
 
 
 def _load(model, obj_id, action="view"):
@@ -48,19 +40,13 @@ def _valid(form):
 
 
 def _show_once(node, token, command, message):
-    payload = json.dumps({"node_id": node.id, "token": token, "command": command, "message": message})
-    session[SHOWN_ONCE_KEY] = keyring().encrypt(payload, SHOWN_ONCE_CONTEXT)
+    shown_once.remember("node_token", {"node_id": node.id, "token": token, "command": command,
+                                       "message": message})
 
 
 def _pop_shown_once(node):
-    sealed = session.pop(SHOWN_ONCE_KEY, None)
-    if sealed is None:
-        return None
-    try:
-        shown = json.loads(keyring().decrypt(sealed, SHOWN_ONCE_CONTEXT))
-    except (CryptoError, ValueError):
-        return None
-    return shown if shown.get("node_id") == node.id else None
+    shown = shown_once.take("node_token")
+    return shown if shown and shown.get("node_id") == node.id else None
 
 
 def _to_environment(environment_id, **_):

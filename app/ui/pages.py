@@ -12,7 +12,7 @@ from app.extensions import db
 from app.models import ApiToken, Environment, Grant, Project, Team, User
 from app.services import auth, teams, users
 from app.services.errors import NotFound, ServiceError, Throttled
-from app.ui import bp
+from app.ui import bp, shown_once
 from app.ui.forms import EmptyForm, GrantForm, LoginForm, MemberForm, TeamForm, TokenForm, UserForm
 
 
@@ -107,7 +107,7 @@ def settings():
         access.visible(current_user, ApiToken).order_by(ApiToken.id.desc())
     ).all()
     return render_template("ui/settings.html", tokens=tokens, form=TokenForm(), empty=EmptyForm(),
-                           new_token=session.pop("new_token", None))
+                           new_token=(shown_once.take("api_token") or {}).get("token"))
 
 
 @bp.post("/settings/tokens")
@@ -119,8 +119,7 @@ def create_token():
         except ServiceError as exc:
             flash(exc.message, "error")
         else:
-            # Shown once on the next page, then gone from the session.
-            session["new_token"] = raw
+            shown_once.remember("api_token", {"token": raw})  # for the next page only
     else:
         flash("Give the token a name of at most 64 characters.", "error")
     return redirect(url_for("ui.settings"))
