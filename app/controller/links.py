@@ -218,6 +218,15 @@ class NodeLink:
     # --- frames ------------------------------------------------------------------------------
     async def _read(self, ws):
         try:
+            await self._read_frames(ws)
+        finally:
+            # Calls waiting for an answer (the first state.sync, a rotation) fail now rather
+            # than at their own timeouts: nothing will answer them on this link.
+            self.online = False
+            self._fail_pending()
+
+    async def _read_frames(self, ws):
+        try:
             async for raw in ws:
                 self._last_frame = time.monotonic()
                 try:
@@ -295,7 +304,11 @@ class NodeLink:
 
     async def _sync(self):
         desired = await self.manager.desired_state(self.node_id)
-        result = await self.call(protocol.STATE_SYNC, {"deployments": desired}, timeout=120)
+        try:
+            result = await self.call(protocol.STATE_SYNC, {"deployments": desired}, timeout=120)
+        except RequestFailed as exc:  # the link stays; the next connect syncs again
+            log.warning("node %s refused the desired state: %s", self.target["name"], exc.message)
+            return
         if result.get("errors"):
             log.warning("node %s refused part of the desired state: %s", self.target["name"],
                         json.dumps(result["errors"])[:500])

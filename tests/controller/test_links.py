@@ -261,3 +261,27 @@ def test_the_internal_endpoint_refuses_strangers_and_the_web_says_when_it_is_awa
     monkeypatch.setitem(app.config, "NULLOPS_CONTROLLER_INTERNAL", active.internal.address)
     with pytest.raises(live.LiveDataUnavailable, match="offline"):
         live.node_call(424242, protocol.STATS_GET)
+
+
+def test_an_agent_dying_while_it_syncs_goes_offline_at_once(add_node, controller, tmp_path):
+    from tests.agent.link.support import TOKEN as LINK_TOKEN
+    from tests.agent.link.support import AgentProcess
+
+    from .conftest import free_port
+
+    port = free_port()
+    # A stand-in agent (the link layer is real) whose state.sync does not answer for 30 s.
+    agent = AgentProcess(tmp_path / "slow", token=LINK_TOKEN, args=("--port", str(port)))
+    try:
+        agent.wait_for(re.compile("listening on"))
+        node_id = add_node(port, LINK_TOKEN)
+        controller()
+        wait_for_status(node_id, "online")
+        time.sleep(0.5)  # the controller now waits for the sync's answer
+        agent.proc.send_signal(signal.SIGKILL)
+        agent.proc.wait(10)
+        killed = time.monotonic()
+        wait_for_status(node_id, "offline", timeout=10)
+        assert time.monotonic() - killed < 5
+    finally:
+        agent.stop()

@@ -50,8 +50,8 @@ class RecordingService:
         self.calls.append((method, params))
         if method == protocol.DEPLOYMENT_LIST:
             return {"deployments": [], "echo": params}
-        if method == protocol.STATS_GET:
-            self.release.wait(30)
+        if method in (protocol.STATS_GET, protocol.STATE_SYNC):
+            self.release.wait(30)  # slow calls the link must not wait on forever
             return {"slow": "done"}
         if method == protocol.RUN_GET:
             raise protocol.ProtocolError(f"run {params.get('run_id')!r} is unknown", protocol.NOT_FOUND)
