@@ -22,6 +22,21 @@ TOKEN = "node-token-controller-test-0001"
 OTHER = "node-token-controller-test-0002"
 
 
+def run_command(node_id, kind, payload, timeout=15):
+    """Leave a command for the controller, as the web tier does, and wait until it is done."""
+    command = NodeCommand(node_id=node_id, kind=kind,
+                          payload_ciphertext=keyring().encrypt(payload, "node_command.payload"))
+    db.session.add(command)
+    db.session.commit()
+    deadline = time.monotonic() + timeout
+    while True:
+        db.session.expire_all()
+        if db.session.get(NodeCommand, command.id).done_at is not None:
+            return db.session.get(NodeCommand, command.id)
+        assert time.monotonic() < deadline, f"{kind} not done within {timeout}s"
+        time.sleep(0.1)
+
+
 def test_a_node_goes_online_offline_on_sigkill_and_back(agents, add_node, controller):
     agent = agents.start(TOKEN)
     node_id = add_node(agent.port_number, TOKEN)
@@ -86,17 +101,7 @@ def test_rotation_over_the_live_link_then_the_old_token_is_refused(agents, add_n
     new_token = "node-token-controller-test-rotated"
     node = node_row(node_id)
     node.verifier_ciphertext = keyring().encrypt(verifier_for(new_token), "node.verifier")
-    db.session.add(NodeCommand(node_id=node_id, kind="rotate_token", payload_ciphertext=keyring().encrypt(
-        verifier_for(new_token), "node_command.payload")))
-    db.session.commit()
-    deadline = time.monotonic() + 15
-    while True:
-        db.session.expire_all()
-        command = db.session.scalars(db.select(NodeCommand)).one()
-        if command.done_at is not None:
-            break
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    command = run_command(node_id, "rotate_token", verifier_for(new_token))
     assert command.result == "pushed to the agent over the live link"
     assert command.payload_ciphertext is None
     agent.wait_for(re.compile("token verifier rotated"))
@@ -168,17 +173,7 @@ def test_a_plugin_catalog_change_reaches_the_agent_which_prepulls(agents, add_no
     controller()
     wait_for_status(node_id, "online")
     images = [{"image": busybox_image}, {"image": "nullops-test/no-such-plugin:1"}]
-    db.session.add(NodeCommand(node_id=node_id, kind="prepull", payload_ciphertext=keyring().encrypt(
-        json.dumps(images), "node_command.payload")))
-    db.session.commit()
-    deadline = time.monotonic() + 30
-    while True:
-        db.session.expire_all()
-        command = db.session.scalars(db.select(NodeCommand)).one()
-        if command.done_at is not None:
-            break
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    command = run_command(node_id, "prepull", json.dumps(images), timeout=30)
     assert command.result.startswith("pulled 1, failed 1") and "no-such-plugin" in command.result
 
 
