@@ -145,7 +145,7 @@ class NodeLink:
                 raise
         self.online = True
         self._last_frame = time.monotonic()
-        await self.manager.db(state.mark_online, self.node_id, self.thumbprint, hello)
+        await self.manager.mark_online(self.node_id, self.thumbprint, hello)
         self.target["thumbprint"] = self.thumbprint  # pinned now (at first contact) or already
         self._last_seen_written = time.monotonic()
         log.info("node %s online (agent %s)", self.target["name"], hello.get("agent_version"))
@@ -253,7 +253,8 @@ class NodeLink:
                 self._acked = seq
                 asyncio.create_task(self._ack(seq))
         elif kind == protocol.RESOURCES:
-            await self.manager.db(state.store_resources, self.node_id, frame)
+            # Written with other nodes' frames within a second; the reader does not wait for it.
+            self.manager.note_resources(self.node_id, frame)
             self._last_seen_written = time.monotonic()
         elif kind == protocol.STREAM:
             self.manager.on_stream(self, frame)
