@@ -214,13 +214,18 @@ class AgentService:
             raise protocol.ProtocolError(f"run {params.get('run_id')!r} is unknown", protocol.NOT_FOUND)
         return {"run": run}
 
-    def logs_tail(self, params):
+    def _log_request(self, params, default_tail, least_tail):
+        """(deployment id, step id, tail) of a logs request, checked."""
         deployment_id, step_id = params.get("deployment_id"), params.get("step_id")
-        tail = params.get("tail", 200)
-        if not isinstance(tail, int) or not 1 <= tail <= 10000:
-            raise protocol.ProtocolError("tail must be a number from 1 to 10000")
+        tail = params.get("tail", default_tail)
+        if not isinstance(tail, int) or not least_tail <= tail <= 10000:
+            raise protocol.ProtocolError(f"tail must be a number from {least_tail} to 10000")
         if self.store.get_deployment(deployment_id) is None:
             raise protocol.ProtocolError(f"deployment {deployment_id!r} is unknown", protocol.NOT_FOUND)
+        return deployment_id, step_id, tail
+
+    def logs_tail(self, params):
+        deployment_id, step_id, tail = self._log_request(params, default_tail=200, least_tail=1)
         memory = self.memory.get(deployment_id)
         lines = self.executor.logs(deployment_id, step_id, tail=tail)
         return {"lines": [memory.redact(line) for line in lines] if memory else lines}
@@ -228,12 +233,7 @@ class AgentService:
     def follow_logs(self, params, send, batch_s=0.1, max_streams=32):
         """Stream a service's log lines to the link through `send(frame) -> bool` until the
         control plane unfollows, the container ends or the link goes."""
-        deployment_id, step_id = params.get("deployment_id"), params.get("step_id")
-        tail = params.get("tail", 100)
-        if not isinstance(tail, int) or not 0 <= tail <= 10000:
-            raise protocol.ProtocolError("tail must be a number from 0 to 10000")
-        if self.store.get_deployment(deployment_id) is None:
-            raise protocol.ProtocolError(f"deployment {deployment_id!r} is unknown", protocol.NOT_FOUND)
+        deployment_id, step_id, tail = self._log_request(params, default_tail=100, least_tail=0)
         with self._lock:
             if len(self.streams) >= max_streams:
                 raise protocol.ProtocolError(f"at most {max_streams} log streams at once; unfollow one",
