@@ -16,7 +16,7 @@ run: host-run venv assets
 	NULLOPS_DEV=1 exec $(BIN)/nullops dev
 
 ## test: installs and starts Docker and PostgreSQL when missing, builds test images, runs pytest
-test: host-test venv assets images lint pytest
+test: host-run host-test venv assets images lint pytest
 
 host-run:
 	@bash scripts/run-host.sh
