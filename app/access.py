@@ -24,6 +24,7 @@ from app.models import (
     NodeCommand,
     Project,
     ProjectSecret,
+    Registry,
     Team,
     TeamMember,
     User,
@@ -91,6 +92,10 @@ _USER_RULES = {
     (User, "view"): lambda u, a, o: o.id == u.id,
     (ApiToken, "view"): lambda u, a, o: o.user_id == u.id,
     (ApiToken, "manage"): lambda u, a, o: o.user_id == u.id,
+    # Every user sees which registries exist (names, for forms); their URLs, changing them and
+    # listing their tags are admin business (deployers list the tags of the services they may
+    # deploy through the lifecycle's routes).
+    (Registry, "view"): lambda u, a, o: True,
 }
 # Classes a non-admin may create objects of (their own tokens).
 _USER_CREATABLE = {ApiToken}
@@ -135,6 +140,8 @@ def visible(user, model):
         return stmt.where(User.id == user.id)
     if model is ApiToken:
         return stmt.where(ApiToken.user_id == user.id)
+    if model is Registry:
+        return stmt
     if model in (AuditEntry, Grant, NodeCommand, ProjectSecret):
         return stmt.where(False)
     raise ValueError(f"no visibility rule for {model.__name__}")

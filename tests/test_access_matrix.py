@@ -1,11 +1,13 @@
 """Every /api/v1 route against anonymous, a user with no grant, a Read-Only member, a Full
 Access member and an admin (the spec's QA Team / SE Team example). A route registered without
 a row here fails `test_every_api_route_has_a_row`."""
+import socket
+
 import pytest
 
 from app.extensions import db
 from app.models import Grant
-from app.services import auth, catalog, nodes
+from app.services import auth, catalog, nodes, registries
 from tests.conftest import STRONG_PASSWORD
 
 ROLES = ("anonymous", "outsider", "reader", "writer", "admin")
@@ -117,6 +119,22 @@ MATRIX.update({
 })
 
 
+# Registries: every user lists them (names, for forms); admins change them and list tags. The
+# tags row's registry has nothing listening: the admin passes the access check and gets 503.
+REGISTRY = "/api/v1/registries/{registry}"
+USERS_REFUSED = row(401, 403, 403, 403, 200)
+MATRIX.update({
+    ("GET", "/api/v1/registries"): ("/api/v1/registries", None, EVERYONE),
+    ("POST", "/api/v1/registries"): (
+        "/api/v1/registries", {"name": "private", "url": "https://registry.example.com"}, ADMIN_CREATE),
+    ("GET", "/api/v1/registries/<int:registry_id>"): (REGISTRY, None, EVERYONE),
+    ("PATCH", "/api/v1/registries/<int:registry_id>"): (
+        REGISTRY, {"url": "http://127.0.0.1:5001"}, USERS_REFUSED),
+    ("DELETE", "/api/v1/registries/<int:registry_id>"): (REGISTRY, None, row(401, 403, 403, 403, 204)),
+    ("GET", "/api/v1/registries/<int:registry_id>/tags"): (
+        REGISTRY + "/tags?repository=team/app&pattern=v*", None, row(401, 403, 403, 403, 503)),
+})
+
 def _api_routes(app):
     return {
         (method, rule.rule)
@@ -144,13 +162,21 @@ def ids(spec_example):
     node, _token, _command = nodes.add(ex["admin"], ex["environment"], "node-1", "10.0.0.1")
     node.thumbprint, node.pending_thumbprint, node.status = "a" * 64, "b" * 64, "untrusted"
     db.session.commit()
+    registry = registries.create(ex["admin"], "ci-registry", f"http://127.0.0.1:{_closed_port()}",
+                                 "ci", "registry-pass-1")
     return {
-        "node": node.id,
+        "node": node.id, "registry": registry.id,
         "project": ex["project"].id, "other_project": ex["other_project"].id,
         "environment": ex["environment"].id, "qa": ex["qa"].id, "se": ex["se"].id,
         "reader": ex["reader"].id, "writer": ex["writer"].id, "outsider": ex["outsider"].id,
         "writer_token": writer_token.id, "qa_grant": qa_grant.id,
     }
+
+
+def _closed_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _fill(value, ids):

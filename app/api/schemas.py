@@ -16,6 +16,7 @@ from app.services.names import (
     USERNAME_PATTERN,
 )
 from app.services.passwords import MAX_LENGTH as PASSWORD_MAX
+from app.services.registries import NAME_PATTERN as REGISTRY_NAME_PATTERN
 from app.states import NODE_STATUSES
 
 
@@ -329,6 +330,69 @@ class NodeWithToken(NodeOut):
     token: str = Field(description="The node token. Shown only in this response; it is never stored.")
     command: str = Field(description="The docker run command that starts the agent with the token")
     message: str
+
+
+# Registries
+_REGISTRY_NAME = {"pattern": REGISTRY_NAME_PATTERN, "min_length": 1, "max_length": 64}
+_REGISTRY_URL = {"min_length": 1, "max_length": 255,
+                 "description": "Base URL of a Registry HTTP API v2, e.g. https://registry.example.com "
+                                "or http://127.0.0.1:5000 (no path: /v2 is added)"}
+_REGISTRY_USERNAME = {"min_length": 1, "max_length": 255, "description": "Write-only"}
+_REGISTRY_PASSWORD = {"min_length": 1, "max_length": 4096,
+                      "description": "Write-only: stored encrypted, never returned"}
+
+
+class RegistryCreate(Request):
+    name: str = Field(**_REGISTRY_NAME)
+    url: str = Field(**_REGISTRY_URL)
+    username: str | None = Field(None, **_REGISTRY_USERNAME)
+    password: str | None = Field(None, **_REGISTRY_PASSWORD)
+
+
+class RegistryUpdate(Request):
+    """Only what is given changes. username null removes the credentials (anonymous access);
+    a password alone replaces the password and keeps the username."""
+
+    name: str | None = Field(None, **_REGISTRY_NAME)
+    url: str | None = Field(None, **_REGISTRY_URL)
+    username: str | None = Field(None, **_REGISTRY_USERNAME)
+    password: str | None = Field(None, **_REGISTRY_PASSWORD)
+
+    @field_validator("name", "url")
+    @classmethod
+    def not_null(cls, value):
+        if value is None:
+            raise ValueError("cannot be null; leave the field out to keep it")
+        return value
+
+
+class RegistryOut(Response):
+    """A registry. Credentials are write-only: only has_credentials tells they are set.
+    url and has_credentials are for admins; other users get id, name and is_default."""
+
+    id: int
+    name: str
+    is_default: bool
+    url: str | None = Field(None, description="Admins only")
+    has_credentials: bool | None = Field(None, description="Admins only")
+    created_at: datetime | None = Field(None, description="Admins only")
+
+
+REGISTRY_ADMIN_FIELDS = frozenset({"url", "has_credentials", "created_at"})
+
+
+class TagQuery(Query):
+    repository: str = Field(min_length=1, max_length=255,
+                            description="e.g. nginx (Docker Hub's library/nginx) or team/app")
+    pattern: str | None = Field(None, max_length=128,
+                                description="A glob over tags: features-*, v*, 1.2.* (tags contain no '/')")
+
+
+class TagList(BaseModel):
+    registry: str
+    repository: str
+    pattern: str | None
+    tags: list[str] = Field(description="Version-looking tags newest first, then the others in natural order")
 
 
 # Audit

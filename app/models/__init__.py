@@ -3,6 +3,7 @@ from app.models.audit import AuditEntry
 from app.models.catalog import Environment, Project, ProjectSecret
 from app.models.identity import ApiToken, LoginFailure, User
 from app.models.nodes import Node, NodeCommand
+from app.models.registries import Registry
 from app.models.teams import AccessLevel, Grant, Team, TeamMember
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "NodeCommand",
     "Project",
     "ProjectSecret",
+    "Registry",
     "Team",
     "TeamMember",
     "User",
