@@ -35,7 +35,8 @@ def _database_text():
 
 
 def _audit(action):
-    return db.session.scalars(select(AuditEntry).where(AuditEntry.action == action)).all()
+    stmt = select(AuditEntry).where(AuditEntry.action == action).order_by(AuditEntry.id)
+    return db.session.scalars(stmt).all()
 
 
 def _commands(node, kind=None):
@@ -297,7 +298,8 @@ def test_audit_entries_hold_no_token_and_no_verifier(added, admin):
     nodes.approve_thumbprint(admin, node, PRESENTED)
     nodes.set_enabled(admin, node, False)
     nodes.update(admin, node, port=5001)
-    entries = db.session.scalars(select(AuditEntry).where(AuditEntry.target_type == "node")).all()
+    entries = db.session.scalars(
+        select(AuditEntry).where(AuditEntry.target_type == "node").order_by(AuditEntry.id)).all()
     assert [e.action for e in entries] == [
         "node.create", "node.rotate_token", "node.revoke_token", "node.rotate_token",
         "node.approve_thumbprint", "node.disable", "node.update"]
