@@ -8,8 +8,15 @@ NULLOPS_TEST_DOCKER=1 (set by `make test`) makes an unreachable engine or a miss
 an error; without it those tests are skipped. Images come from scripts/build-test-images.sh
 (no registry is reachable, nothing is pulled).
 """
+import contextlib
 import os
+import shutil
 import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
 from docker.errors import APIError, NotFound
@@ -90,3 +97,42 @@ def left_behind(client, selector):
     return [f"{kind} {getattr(obj, 'name', None) or obj.id}"
             for kind, objs in zip(("container", "network", "volume"), labelled(client, selector), strict=True)
             for obj in objs]
+
+
+@contextlib.contextmanager
+def htpasswd_registry(folder, user, password):
+    """A real registry (Debian's docker-registry) with basic auth on a free loopback port;
+    yields "127.0.0.1:<port>". `make test` installs it; a bare pytest run without it skips."""
+    if not (shutil.which("docker-registry") and shutil.which("htpasswd")):
+        message = "docker-registry or htpasswd missing (apt-get install docker-registry apache2-utils)"
+        if os.environ.get("NULLOPS_TEST_DOCKER") == "1":  # make test installs them: a miss fails
+            pytest.fail(message)
+        pytest.skip(message)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    folder = Path(folder)
+    htpasswd = subprocess.run(["htpasswd", "-Bbn", user, password], check=True, capture_output=True).stdout
+    (folder / "htpasswd").write_bytes(htpasswd)
+    (folder / "config.yml").write_text(
+        "version: 0.1\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {folder / 'data'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+        f"auth:\n  htpasswd:\n    realm: test\n    path: {folder / 'htpasswd'}\n")
+    with open(folder / "registry.log", "wb") as log:
+        process = subprocess.Popen(["docker-registry", "serve", str(folder / "config.yml")],
+                                   stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
+            except urllib.error.HTTPError:
+                break  # 401: up, and asking for credentials
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, "registry did not start"
+                time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -4,14 +4,9 @@ speaks the bearer-token challenge flow and paginates with `Link` headers."""
 import base64
 import json
 import logging
-import os
-import shutil
 import socket
-import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -28,6 +23,7 @@ from app.models.registries import DOCKER_HUB_NAME, DOCKER_HUB_URL
 from app.services import registries
 from app.services.errors import Conflict, ValidationFailed
 from app.services.registries import RegistryDenied, RegistryUnreachable, RepositoryNotFound
+from tests.dockertools import htpasswd_registry
 
 USER, PASSWORD = "puller", "registry-secret-PW-987"
 PUSHED_TAGS = ("features-login", "features-search", "v1.2.0", "v1.3.0", "1.2.5")
@@ -369,36 +365,8 @@ def test_pattern_checks_and_tag_order():
 # --- a real registry: Debian's docker-registry with htpasswd ---------------------------------
 @pytest.fixture
 def real_registry(tmp_path):
-    if not (shutil.which("docker-registry") and shutil.which("htpasswd")):
-        message = "docker-registry or htpasswd missing (apt-get install docker-registry apache2-utils)"
-        if os.environ.get("NULLOPS_TEST_DOCKER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    port = free_port()
-    htpasswd = subprocess.run(["htpasswd", "-Bbn", USER, PASSWORD], check=True, capture_output=True).stdout
-    (tmp_path / "htpasswd").write_bytes(htpasswd)
-    (tmp_path / "config.yml").write_text(
-        "version: 0.1\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'data'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-        f"auth:\n  htpasswd:\n    realm: test\n    path: {tmp_path / 'htpasswd'}\n")
-    with open(tmp_path / "registry.log", "wb") as log:
-        process = subprocess.Popen(["docker-registry", "serve", str(tmp_path / "config.yml")],
-                                   stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
-            except urllib.error.HTTPError:
-                break  # 401: up, and asking for credentials
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, "registry did not start"
-                time.sleep(0.05)
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with htpasswd_registry(tmp_path, USER, PASSWORD) as address:
+        yield address
 
 
 @pytest.fixture

@@ -1,17 +1,13 @@
 """Image pulls: a no-op when the image is present; failures say which of not found, denied or
 unreachable it was. Uses a real registry (Debian's docker-registry) on loopback with basic
 auth; `make test` installs it, a bare pytest run without it skips."""
-import os
-import shutil
-import subprocess
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from docker.errors import ImageNotFound
 
 from agent.errors import ImageError
+from tests.dockertools import htpasswd_registry
 
 from .helpers import free_port
 
@@ -22,36 +18,8 @@ USER, PASSWORD = "agent", "pull-secret-123"
 
 @pytest.fixture
 def registry(tmp_path):
-    if not (shutil.which("docker-registry") and shutil.which("htpasswd")):
-        message = "docker-registry or htpasswd missing (apt-get install docker-registry apache2-utils)"
-        if os.environ.get("NULLOPS_TEST_DOCKER") == "1":  # make test installs them: a miss is a failure
-            pytest.fail(message)
-        pytest.skip(message)
-    port = free_port()
-    htpasswd = subprocess.run(["htpasswd", "-Bbn", USER, PASSWORD], check=True, capture_output=True).stdout
-    (tmp_path / "htpasswd").write_bytes(htpasswd)
-    (tmp_path / "config.yml").write_text(
-        "version: 0.1\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'data'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-        f"auth:\n  htpasswd:\n    realm: test\n    path: {tmp_path / 'htpasswd'}\n")
-    with open(tmp_path / "registry.log", "wb") as log:
-        process = subprocess.Popen(["docker-registry", "serve", str(tmp_path / "config.yml")],
-                                   stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
-            except urllib.error.HTTPError:
-                break  # 401: up, and asking for credentials
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, "registry did not start"
-                time.sleep(0.05)
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with htpasswd_registry(tmp_path, USER, PASSWORD) as address:
+        yield address
 
 
 def _remove_image(client, name):
