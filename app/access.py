@@ -10,6 +10,10 @@ Actions:
   deploy  create, change and delete deployments in a project or environment (Full Access)
   manage  change the object itself (admins; users manage their own tokens)
   create  make a new object of a model class (admins, except a user's own tokens)
+
+Deployments belong to a project and an environment; a user's level on a deployment is the
+stronger of their levels on the two. Creating one (`can_deploy_to`) needs Full Access on
+either and sight of both, so nobody deploys into an environment they cannot see.
 """
 from sqlalchemy import select
 
@@ -18,13 +22,18 @@ from app.models import (
     AccessLevel,
     ApiToken,
     AuditEntry,
+    Deployment,
+    DeploymentEvent,
     Environment,
     Grant,
     Node,
     NodeCommand,
+    PipelineVersion,
+    Plugin,
     Project,
     ProjectSecret,
     Registry,
+    Service,
     Team,
     TeamMember,
     User,
@@ -78,6 +87,35 @@ def _granted_target(user, action, obj):
     return False
 
 
+def _strongest(*levels):
+    if AccessLevel.FULL in levels:
+        return AccessLevel.FULL
+    return AccessLevel.READ_ONLY if AccessLevel.READ_ONLY in levels else None
+
+
+def deployment_level(user, deployment):
+    """A non-admin's level on a deployment: the stronger of project's and environment's."""
+    return _strongest(level_on(user, deployment.project), level_on(user, deployment.environment))
+
+
+def _deployment_rule(user, action, deployment):
+    level = deployment_level(user, deployment)
+    if action == "view":
+        return level is not None
+    return action == "deploy" and level == AccessLevel.FULL
+
+
+def can_deploy_to(user, project, environment):
+    """May the user create a deployment of `project` in `environment`?"""
+    if not _is_user(user):
+        return False
+    if user.is_admin:
+        return True
+    on_project, on_environment = level_on(user, project), level_on(user, environment)
+    return (on_project is not None and on_environment is not None
+            and AccessLevel.FULL in (on_project, on_environment))
+
+
 # (model, action) -> rule for a non-admin active user. Admins may do everything.
 _USER_RULES = {
     (Project, "view"): _granted_target,
@@ -96,6 +134,13 @@ _USER_RULES = {
     # listing their tags are admin business (deployers list the tags of the services they may
     # deploy through the lifecycle's routes).
     (Registry, "view"): lambda u, a, o: True,
+    # Services and plugins are configuration every user may read (deploy forms show them);
+    # they hold no secret values, only `${secrets.NAME}` references.
+    (Service, "view"): lambda u, a, o: True,
+    (Plugin, "view"): lambda u, a, o: True,
+    (PipelineVersion, "view"): lambda u, a, o: level_on(u, o.project) is not None,
+    (Deployment, "view"): _deployment_rule,
+    (Deployment, "deploy"): _deployment_rule,
 }
 # Classes a non-admin may create objects of (their own tokens).
 _USER_CREATABLE = {ApiToken}
@@ -140,8 +185,18 @@ def visible(user, model):
         return stmt.where(User.id == user.id)
     if model is ApiToken:
         return stmt.where(ApiToken.user_id == user.id)
-    if model is Registry:
+    if model in (Registry, Service, Plugin):
         return stmt
+    if model is PipelineVersion:
+        return stmt.where(
+            PipelineVersion.project_id.in_(_granted_ids(user, Grant.project_id, ALL_LEVELS)))
+    if model is Deployment:
+        return stmt.where(
+            Deployment.project_id.in_(_granted_ids(user, Grant.project_id, ALL_LEVELS))
+            | Deployment.environment_id.in_(_granted_ids(user, Grant.environment_id, ALL_LEVELS)))
+    if model is DeploymentEvent:
+        return stmt.where(DeploymentEvent.deployment_id.in_(
+            visible(user, Deployment).with_only_columns(Deployment.id)))
     if model in (AuditEntry, Grant, NodeCommand, ProjectSecret):
         return stmt.where(False)
     raise ValueError(f"no visibility rule for {model.__name__}")

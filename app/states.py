@@ -8,6 +8,18 @@ Node statuses (issue: controller and nodes):
   incompatible  the agent's version differs from the control plane's; it gets no work
   disabled      an admin disabled it; no new deployments, existing ones keep running
   revoked       its token was revoked; reconnects are refused until a new token is issued
+
+Deployment statuses (issue: catalog and deployment lifecycle):
+  pending         admitted and placed; the controller has not yet handed it to the agent
+  deploying       the agent runs its pipeline
+  ready           every step done, services running
+  degraded        a service stopped; the agent restarts it (back to ready when healed)
+  failed          the pipeline failed or was refused; the agent rolled everything back
+  offline         its node's link is lost; not reachable, not migrated (the spec)
+  deleting        delete or cancel requested; the agent removes it, then the controller checks
+                  that nothing with its labels is left
+  cleanup_failed  removal failed or left something behind; shown as such and retried
+  deleted         removed and checked; the row stays for the history
 """
 from app.models.types import utcnow
 
@@ -45,4 +57,41 @@ def move_node(node, new, reason=""):
     if changed:
         node.status = new
         node.status_changed_at = utcnow()
+    return changed
+
+
+DEPLOYMENT_STATUSES = ("pending", "deploying", "ready", "degraded", "failed", "offline", "deleting",
+                       "cleanup_failed", "deleted")
+# Live: holds resources on its node and counts for admission.
+LIVE_DEPLOYMENT_STATUSES = ("pending", "deploying", "ready", "degraded", "failed", "offline",
+                            "deleting", "cleanup_failed")
+DEPLOYMENT_TRANSITIONS = {
+    "pending": {"deploying", "ready", "failed", "offline", "deleting"},
+    "deploying": {"ready", "failed", "degraded", "offline", "deleting"},
+    "ready": {"deploying", "degraded", "failed", "offline", "deleting"},
+    "degraded": {"ready", "deploying", "failed", "offline", "deleting"},
+    "failed": {"pending", "deleting"},                      # pending: a retry
+    "offline": {"pending", "deploying", "ready", "degraded", "failed", "deleting"},
+    "deleting": {"deleted", "cleanup_failed"},
+    "cleanup_failed": {"deleting", "deleted"},
+    "deleted": set(),
+}
+
+
+def can_move_deployment(current, new):
+    return new == current or new in DEPLOYMENT_TRANSITIONS.get(current, ())
+
+
+def move_deployment(deployment, new, message=""):
+    """Change a deployment's status (the caller commits and records the event).
+    Same status: only the message changes. Returns True when the status changed."""
+    if new not in DEPLOYMENT_STATUSES:
+        raise TransitionError(f"unknown deployment status {new!r}")
+    if not can_move_deployment(deployment.status, new):
+        raise TransitionError(f"deployment {deployment.name} cannot go from {deployment.status} to {new}")
+    changed = deployment.status != new
+    deployment.status_message = (message or "")[:1000]
+    if changed:
+        deployment.status = new
+        deployment.status_changed_at = utcnow()
     return changed

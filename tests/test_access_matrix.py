@@ -8,6 +8,7 @@ import pytest
 from app.extensions import db
 from app.models import Grant
 from app.services import auth, catalog, nodes, registries
+from tests.access import AREAS
 from tests.conftest import STRONG_PASSWORD
 
 ROLES = ("anonymous", "outsider", "reader", "writer", "admin")
@@ -135,6 +136,11 @@ MATRIX.update({
         REGISTRY + "/tags?repository=team/app&pattern=v*", None, row(401, 403, 403, 403, 503)),
 })
 
+for _area in AREAS:
+    assert not _area.ROWS.keys() & MATRIX.keys(), f"{_area.__name__} repeats rows"
+    MATRIX.update(_area.ROWS)
+
+
 def _api_routes(app):
     return {
         (method, rule.rule)
@@ -164,13 +170,16 @@ def ids(spec_example):
     db.session.commit()
     registry = registries.create(ex["admin"], "ci-registry", f"http://127.0.0.1:{_closed_port()}",
                                  "ci", "registry-pass-1")
-    return {
+    result = {
         "node": node.id, "registry": registry.id,
         "project": ex["project"].id, "other_project": ex["other_project"].id,
         "environment": ex["environment"].id, "qa": ex["qa"].id, "se": ex["se"].id,
         "reader": ex["reader"].id, "writer": ex["writer"].id, "outsider": ex["outsider"].id,
         "writer_token": writer_token.id, "qa_grant": qa_grant.id,
     }
+    for area in AREAS:
+        result.update(area.make_ids(ex, dict(result)))
+    return result
 
 
 def _closed_port():

@@ -1,8 +1,10 @@
 """Plain models: data and small invariants only. Rules live in app/services/."""
 from app.models.audit import AuditEntry
-from app.models.catalog import Environment, Project, ProjectSecret
+from app.models.catalog import Environment, Plugin, Project, ProjectSecret, Service
+from app.models.deployments import Deployment, DeploymentEvent
 from app.models.identity import ApiToken, LoginFailure, User
 from app.models.nodes import Node, NodeCommand
+from app.models.pipelines import PipelineVersion
 from app.models.registries import Registry
 from app.models.teams import AccessLevel, Grant, Team, TeamMember
 
@@ -10,14 +12,19 @@ __all__ = [
     "AccessLevel",
     "ApiToken",
     "AuditEntry",
+    "Deployment",
+    "DeploymentEvent",
     "Environment",
     "Grant",
     "LoginFailure",
     "Node",
     "NodeCommand",
+    "PipelineVersion",
+    "Plugin",
     "Project",
     "ProjectSecret",
     "Registry",
+    "Service",
     "Team",
     "TeamMember",
     "User",

@@ -1,0 +1,113 @@
+"""From a deployment row to what its agent runs: the spec of agent/spec.py, the secrets it
+references and the registry credentials its images need.
+
+The pipeline version's `resolved` graph (app/services/pipelines.py writes it) has one entry
+per step:
+
+    {"id": "db", "kind": "service", "service": "postgres", "registry_id": 1,
+     "image": "postgres", "tag_mode": "pinned", "tag": "15", "tag_pattern": null,
+     "ports": [5432], "exposed_ports": [], "env": {"POSTGRES_PASSWORD": "${secrets.DB_PASSWORD}"},
+     "command": null, "health_check": {"type": "tcp", "port": 5432}, "depends_on": []}
+    {"id": "mkdb", "kind": "plugin", "plugin": "postgres-database", "registry_id": 1,
+     "image": "nullops/postgres-database", "tag": "1.0", "params": {...}, "cpus": 0.5,
+     "memory_mb": 256, "timeout_s": 300, "network": true, "depends_on": ["db"]}
+
+A deployment's `tags` hold the tag of every service step (pinned ones copied in at creation).
+Secrets are decrypted here, only when the controller is about to send them to the agent.
+"""
+from urllib.parse import urlsplit
+
+from app.extensions import db
+from app.models import ProjectSecret, Registry
+from app.models.registries import DOCKER_HUB_URL
+from app.services.catalog import reveal_secret
+from app.services.registries import reveal_password
+
+
+def image_reference(registry, image, tag):
+    """What `docker pull` takes: Docker Hub images by their short name, others prefixed with
+    the registry's host (and port)."""
+    host = urlsplit(registry.url).netloc
+    if host == urlsplit(DOCKER_HUB_URL).netloc:
+        return f"{image}:{tag}"
+    return f"{host}/{image}:{tag}"
+
+
+def service_host(deployment, step_id):
+    environment = deployment.environment
+    return f"{step_id}.{deployment.name}.{environment.name}.{environment.base_domain}"
+
+
+def service_urls(deployment, resolved=None):
+    """{step id: stable URL} of the services the ingress exposes (those with exposed ports)."""
+    steps = (resolved or deployment.pipeline_version.resolved)["steps"]
+    return {step["id"]: f"http://{service_host(deployment, step['id'])}"
+            for step in steps if step["kind"] == "service" and step.get("exposed_ports")}
+
+
+def compile_spec(deployment):
+    """(spec, secret names) for `deployment.apply`; registries come from `registry_credentials`."""
+    resolved = deployment.pipeline_version.resolved
+    registries = {r.id: r for r in db.session.scalars(
+        db.select(Registry).where(Registry.id.in_({s["registry_id"] for s in resolved["steps"]})))}
+    steps = []
+    for step in resolved["steps"]:
+        registry = registries[step["registry_id"]]
+        tag = deployment.tags.get(step["id"]) if step["kind"] == "service" else step["tag"]
+        out = {"id": step["id"], "kind": step["kind"],
+               "image": image_reference(registry, step["image"], tag)}
+        if registry.has_credentials:
+            out["registry"] = registry.name
+        if step.get("depends_on"):
+            out["depends_on"] = sorted(step["depends_on"])
+        if step["kind"] == "service":
+            out["env"] = dict(step.get("env") or {})
+            if step.get("command"):
+                out["command"] = list(step["command"])
+            out["ports"] = list(step.get("ports") or [])
+            out["expose"] = list(step.get("exposed_ports") or [])
+            if step.get("health_check"):
+                out["readiness"] = dict(step["health_check"])
+        else:
+            out["params"] = step.get("params") or {}
+            out["cpus"] = step["cpus"]
+            out["memory_mb"] = step["memory_mb"]
+            out["timeout_s"] = step["timeout_s"]
+            out["network"] = bool(step.get("network"))
+        steps.append(out)
+    spec = {
+        "deployment_id": deployment.agent_id,
+        "name": deployment.name,
+        "pipeline_version": deployment.pipeline_version.number,
+        "limits": {"cpus": deployment.cpus, "memory_mb": deployment.memory_mb},
+        "urls": service_urls(deployment, resolved),
+        "steps": steps,
+    }
+    return spec
+
+
+def secrets_for(deployment, names):
+    """{name: value} of the project's secrets a spec references (decrypted now, for the link)."""
+    if not names:
+        return {}
+    rows = db.session.scalars(db.select(ProjectSecret).where(
+        ProjectSecret.project_id == deployment.project_id, ProjectSecret.name.in_(names)))
+    return {row.name: reveal_secret(row) for row in rows}
+
+
+def registry_credentials(spec):
+    """{registry name: {"username", "password"}} for the steps that name a registry."""
+    names = {step["registry"] for step in spec["steps"] if "registry" in step}
+    if not names:
+        return {}
+    rows = db.session.scalars(db.select(Registry).where(Registry.name.in_(names)))
+    return {r.name: {"username": r.username, "password": reveal_password(r)} for r in rows}
+
+
+def apply_params(deployment):
+    """The full `deployment.apply` / `state.sync` entry for a deployment."""
+    from agent.spec import secret_names
+
+    spec = compile_spec(deployment)
+    return {"deployment": spec, "secrets": secrets_for(deployment, secret_names(spec)),
+            "registries": registry_credentials(spec)}
