@@ -45,7 +45,7 @@ $(VENDOR)/.stamp: package.json package-lock.json
 	touch $@
 
 lint: venv
-	$(BIN)/ruff check app tests scripts wsgi.py migrations
+	$(BIN)/ruff check app agent client tests scripts benchmarks wsgi.py migrations
 
 pytest:
 	NULLOPS_TEST_DATABASE_URL=$(TEST_DB_URL) NULLOPS_TEST_DOCKER=1 NULLOPS_TEST_BROWSER=1 $(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS)

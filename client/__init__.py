@@ -1,0 +1,1 @@
+"""nullopsctl: the NullOps command-line client for CI jobs (standard library only)."""
