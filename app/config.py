@@ -100,6 +100,8 @@ class Config:
         # The active controller's internal endpoint for live data (logs, metrics); the web tier
         # connects to it. Keep it on a private address: it is for NullOps processes only.
         self.NULLOPS_CONTROLLER_INTERNAL = env_str("NULLOPS_CONTROLLER_INTERNAL", "127.0.0.1:8091", env)
+        # How often the controller looks for deployments whose inactivity period ran out.
+        self.NULLOPS_CLEANUP_INTERVAL_S = env_int("NULLOPS_CLEANUP_INTERVAL_S", 30, env, minimum=1)
         # Trust X-Forwarded-For from this many proxies when recording client addresses.
         self.NULLOPS_TRUSTED_PROXIES = env_int("NULLOPS_TRUSTED_PROXIES", 0, env, minimum=0)
 
