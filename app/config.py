@@ -100,6 +100,10 @@ class Config:
         # The active controller's internal endpoint for live data (logs, metrics); the web tier
         # connects to it. Keep it on a private address: it is for NullOps processes only.
         self.NULLOPS_CONTROLLER_INTERNAL = env_str("NULLOPS_CONTROLLER_INTERNAL", "127.0.0.1:8091", env)
+        # The ingress: Caddy's admin API (localhost only; empty turns the ingress off) and the
+        # address NullOps's Caddy server listens on for deployment URLs.
+        self.NULLOPS_CADDY_ADMIN_URL = env_str("NULLOPS_CADDY_ADMIN_URL", "http://127.0.0.1:2019", env)
+        self.NULLOPS_INGRESS_LISTEN = env_str("NULLOPS_INGRESS_LISTEN", ":80", env)
         # How often the controller looks for deployments whose inactivity period ran out.
         self.NULLOPS_CLEANUP_INTERVAL_S = env_int("NULLOPS_CLEANUP_INTERVAL_S", 30, env, minimum=1)
         # Trust X-Forwarded-For from this many proxies when recording client addresses.
@@ -141,6 +145,7 @@ class TestConfig(Config):
         env.setdefault("NULLOPS_SECRET_KEY", base64.b64encode(b"k" * 32).decode())
         env.setdefault("NULLOPS_COOKIE_SECURE", "false")
         env.setdefault("NULLOPS_CONTROLLER_INTERNAL", "127.0.0.1:0")  # never meet a dev instance
+        env.setdefault("NULLOPS_CADDY_ADMIN_URL", "")  # tests start their own Caddy
         if database_url:
             env["NULLOPS_DATABASE_URL"] = database_url
         super().__init__(env)

@@ -8,8 +8,8 @@
 set -euo pipefail
 
 # Debian packages the test suite needs. Later work adds to this list
-# (e.g. caddy, docker-registry, apache2-utils).
-APT_PACKAGES="docker.io postgresql debootstrap busybox-static nodejs npm chromium docker-registry apache2-utils"
+# (caddy, docker-registry, apache2-utils came with the lifecycle and ingress work).
+APT_PACKAGES="docker.io postgresql debootstrap busybox-static nodejs npm chromium docker-registry apache2-utils caddy"
 
 # Test database credentials (must match what the tests use).
 PG_ROLE=nullops_test

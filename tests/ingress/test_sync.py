@@ -1,0 +1,155 @@
+"""The ingress sync against a real Caddy, with deployment rows written directly and a plain
+HTTP server on loopback standing in for a published container port (the agent-driven path is
+in test_ingress_e2e.py)."""
+import asyncio
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from app.extensions import db
+from app.ingress import caddy as caddy_api
+from app.ingress.sync import IngressSync
+from app.models import Deployment, Environment, Node, PipelineVersion, Project
+from app.states import move_deployment, move_node
+
+RESOLVED = {"steps": [
+    {"id": "web", "kind": "service", "registry_id": 1, "image": "shop/web", "tag_mode": "pinned",
+     "tag": "1", "ports": [8000], "exposed_ports": [8000], "depends_on": []},
+    {"id": "db", "kind": "service", "registry_id": 1, "image": "shop/db", "tag_mode": "pinned",
+     "tag": "1", "ports": [5432], "exposed_ports": [], "depends_on": []},
+]}
+
+
+@pytest.fixture
+def upstream():
+    class Hello(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            body = b"hello from web"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def deployment(app, upstream):
+    environment = Environment(name="staging", base_domain="ingress.test")
+    project = Project(name="shop")
+    db.session.add_all([environment, project])
+    db.session.flush()
+    node = Node(environment_id=environment.id, name="node-1", host="127.0.0.1", status="online")
+    version = PipelineVersion(project_id=project.id, number=1, definition={}, resolved=RESOLVED)
+    db.session.add_all([node, version])
+    db.session.flush()
+    row = Deployment(name="pr-1", project_id=project.id, environment_id=environment.id,
+                     node_id=node.id, pipeline_version_id=version.id, tags={}, cpus=0.5,
+                     memory_mb=128, status="ready",
+                     published={"web": {"ports": {"8000": upstream}}})
+    db.session.add(row)
+    db.session.commit()
+    return row
+
+
+def _change(obj, move, status):
+    move(obj, status, "test")
+    db.session.commit()
+
+
+@pytest.fixture
+def running_sync(app, caddy):
+    sync = IngressSync(app, caddy.admin_url, caddy.listen)
+    stopping = None
+    loop = asyncio.new_event_loop()
+
+    def run():
+        nonlocal stopping
+        asyncio.set_event_loop(loop)
+        stopping = asyncio.Event()
+        loop.run_until_complete(sync.run(stopping))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield sync
+    finally:
+        loop.call_soon_threadsafe(stopping.set)
+        thread.join(10)
+        loop.close()
+
+
+def eventually(check, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_ready_deployment_answers_through_caddy_and_pages_follow_its_state(
+        app, caddy, deployment, running_sync):
+    host = "web.pr-1.staging.ingress.test"
+    eventually(lambda: caddy.get(host) == (200, "hello from web"))
+
+    landing = caddy.get("pr-1.staging.ingress.test")
+    assert landing[0] == 200 and f"http://{host}" in landing[1]
+    assert "db" in landing[1] and "exposes no port" in landing[1]   # says why db has no URL
+    assert caddy.get("db.pr-1.staging.ingress.test")[0] == 404       # no route: no published port
+
+    caddy.add_foreign_route()
+    node = db.session.get(Node, deployment.node_id)
+    _change(node, move_node, "offline")
+    running_sync.wake()
+    status, body = eventually(lambda: (r := caddy.get(host))[0] == 503 and r)
+    assert "offline" in body and "since" in body
+
+    _change(node, move_node, "online")
+    running_sync.wake()
+    eventually(lambda: caddy.get(host) == (200, "hello from web"))
+
+    _change(deployment, move_deployment, "deleting")
+    running_sync.wake()
+    status, body = eventually(lambda: (r := caddy.get(host))[0] == 404 and r)
+    assert "No deployment answers at this address" in body
+    assert caddy.get("status.example.test") == (200, "operator ok")   # the operator's route stays
+
+
+def test_caddy_restarted_without_config_gets_a_full_sync(app, caddy, deployment, running_sync):
+    host = "web.pr-1.staging.ingress.test"
+    eventually(lambda: caddy.get(host) == (200, "hello from web"))
+    caddy.stop()
+    caddy.start()          # empty config: our server and routes are gone
+    eventually(lambda: caddy.get(host) == (200, "hello from web"), timeout=20)
+
+
+def test_a_new_controller_rebuilds_the_table_and_keeps_foreign_routes(app, caddy, deployment):
+    first = IngressSync(app, caddy.admin_url, caddy.listen)
+    first.round()
+    caddy.add_foreign_route()
+    second = IngressSync(app, caddy.admin_url, caddy.listen)   # a restarted controller
+    second.round()
+    routes = caddy.config("/config/apps/http/servers/nullops/routes")
+    ids = [route.get("@id") for route in routes]
+    assert ids == [caddy_api.route_id("pr-1.staging.ingress.test"),
+                   caddy_api.route_id("web.pr-1.staging.ingress.test"),
+                   "operator-status", caddy_api.CATCH_ALL_ID]
+    assert caddy.get("status.example.test") == (200, "operator ok")
+
+
+def test_caddy_down_is_retried(app, tmp_path, deployment):
+    sync = IngressSync(app, "http://127.0.0.1:9", "127.0.0.1:9")
+    with pytest.raises(caddy_api.CaddyUnavailable, match="unreachable"):
+        sync.round()
