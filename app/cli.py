@@ -44,9 +44,12 @@ def dev(host, port):
     os.environ["NULLOPS_DEV"] = "1"
     from werkzeug.serving import run_simple
 
+    from app import devstack
     from app.controller import Controller
 
     app = build_app()
+    agent = devstack.start_agent(app)
+    caddy = devstack.start_caddy(app)
     controller = Controller(app)
     controller.start()
     host = host or app.config["NULLOPS_HOST"]
@@ -58,6 +61,7 @@ def dev(host, port):
         run_simple(host, port, app, threaded=True, use_reloader=False, use_debugger=False)
     finally:
         controller.stop()
+        devstack.stop(agent, caddy)
 
 
 @cli.command("web", with_appcontext=False)

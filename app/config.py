@@ -133,6 +133,12 @@ class DevConfig(Config):
 
     DEV_MODE = True
 
+    def __init__(self, environ=None):
+        env = dict(os.environ if environ is None else environ)
+        # Port 80 is for production; the quickstart's URLs are http://<service>.<deployment>.local.localhost:8081
+        env.setdefault("NULLOPS_INGRESS_LISTEN", "127.0.0.1:8081")
+        super().__init__(env)
+
 
 class TestConfig(Config):
     __test__ = False  # not a pytest test class

@@ -1,0 +1,141 @@
+"""`nullops dev` only: the local parts of the quickstart. A local agent on the local Docker
+engine, registered as node "local" of environment "local" (base domain `localhost`, so URLs
+like http://web.demo.local.localhost:8081 reach this machine), and Caddy as the ingress when it
+is installed. Production runs agents and Caddy as their own services (docs/install.md)."""
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from sqlalchemy import select
+
+from agent.protocol import verifier_for
+from app.config import VAR_DIR
+from app.extensions import db
+from app.models import Environment, Node
+from app.services import nodes
+from app.services.catalog import keyring
+
+AGENT_DIR = VAR_DIR / "agent"
+CADDY_DIR = VAR_DIR / "caddy"
+LOCAL = "local"
+AGENT_PORT = int(os.environ.get("NULLOPS_DEV_AGENT_PORT", "8092"))
+
+
+def _say(message):
+    print(f"[nullops dev] {message}", flush=True)
+
+
+def _token():
+    """The local agent's token: made once, kept 0600 under var/ like the dev secrets."""
+    AGENT_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = AGENT_DIR / "token"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def _docker_answers():
+    try:
+        import docker
+
+        docker.from_env(timeout=5).ping()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means: no local engine
+        return False
+
+
+def register_local_node(app, token):
+    """Environment "local" and its node "local" pointing at the local agent (idempotent)."""
+    with app.app_context():
+        environment = db.session.scalar(select(Environment).where(Environment.name == LOCAL))
+        if environment is None:
+            environment = Environment(name=LOCAL, base_domain="localhost",
+                                      description="this machine (nullops dev)")
+            db.session.add(environment)
+            db.session.flush()
+        node = db.session.scalar(select(Node).where(Node.environment_id == environment.id,
+                                                    Node.name == LOCAL))
+        if node is None:
+            node = Node(environment_id=environment.id, name=LOCAL, host="127.0.0.1", port=AGENT_PORT)
+            db.session.add(node)
+        current = nodes.reveal_verifier(node) if node.verifier_ciphertext else None
+        if current != verifier_for(token):
+            node.verifier_ciphertext = keyring().encrypt(verifier_for(token), "node.verifier")
+        node.host, node.port = "127.0.0.1", AGENT_PORT
+        db.session.commit()
+
+
+def start_agent(app):
+    if not _docker_answers():
+        _say("the Docker engine does not answer: no local agent, so no deployments "
+             "(start dockerd, then restart `make run`)")
+        return None
+    token = _token()
+    register_local_node(app, token)
+    env = {**os.environ, "AGENT_TOKEN": token}
+    log = open(AGENT_DIR / "agent.log", "ab")  # noqa: SIM115 - lives as long as the agent
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent", "--data-dir", str(AGENT_DIR / "data"), "--host", "127.0.0.1",
+         "--port", str(AGENT_PORT), "--node-id", "nullops-dev", "--publish-host", "127.0.0.1"],
+        env=env, stdout=log, stderr=subprocess.STDOUT)
+    _say(f"local agent on https://127.0.0.1:{AGENT_PORT} (log: {AGENT_DIR / 'agent.log'})")
+    return process
+
+
+def _admin_answers(admin_url):
+    try:
+        urllib.request.urlopen(f"{admin_url}/config/", timeout=1).read()
+        return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start_caddy(app):
+    """Caddy with its admin API on localhost, when installed and not already running."""
+    admin_url = app.config["NULLOPS_CADDY_ADMIN_URL"]
+    if not admin_url:
+        return None
+    if _admin_answers(admin_url):
+        _say(f"using the Caddy already running at {admin_url}")
+        return None
+    if not shutil.which("caddy"):
+        _say("Caddy is not installed: deployments run, but their URLs do not answer "
+             "(apt-get install caddy, then restart `make run`)")
+        return None
+    CADDY_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    admin = admin_url.split("://", 1)[-1]
+    config = CADDY_DIR / "caddy.json"
+    config.write_text(json.dumps({"admin": {"listen": admin}}))
+    env = {**os.environ, "XDG_DATA_HOME": str(CADDY_DIR / "data"),
+           "XDG_CONFIG_HOME": str(CADDY_DIR / "config")}
+    log = open(CADDY_DIR / "caddy.log", "ab")  # noqa: SIM115 - lives as long as Caddy
+    process = subprocess.Popen(["caddy", "run", "--config", str(config)], env=env, stdout=log,
+                               stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while not _admin_answers(admin_url):
+        if process.poll() is not None or time.monotonic() > deadline:
+            _say(f"Caddy did not start; see {CADDY_DIR / 'caddy.log'}")
+            return None
+        time.sleep(0.1)
+    listen = app.config["NULLOPS_INGRESS_LISTEN"]
+    _say(f"Caddy ingress on {listen}: a deployment `demo` of environment `local` answers at "
+         f"http://<service>.demo.local.localhost:{listen.rsplit(':', 1)[-1]}/")
+    return process
+
+
+def stop(*processes):
+    for process in processes:
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
