@@ -115,7 +115,7 @@ def _limits(obj, where):
 def _readiness(obj, ports, where):
     if obj is None:
         return
-    if not isinstance(obj, dict) or obj.get("type") not in READINESS:
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str) or obj["type"] not in READINESS:
         _fail(where, f"type must be one of {', '.join(sorted(READINESS))}")
     kind = obj["type"]
     _keys(obj, READINESS[kind] | {"type", "timeout_s"}, where)
@@ -138,6 +138,13 @@ def _readiness(obj, ports, where):
             _fail(where, "pattern must be a regular expression")
     if kind == "exec":
         _strings(obj["command"], f"{where}.command", 64)
+
+
+def check_readiness(obj, where):
+    """A service's readiness check (None: none), by the rules `validate` applies; the control
+    plane uses it to refuse a health check before it could reach an agent. Raises SpecError."""
+    _readiness(obj, None, where)
+    return obj
 
 
 def validate(spec):

@@ -1,4 +1,4 @@
-"""Projects and environments (as far as grants need them) and project secrets."""
+"""Projects (with their limits) and environments, and project secrets."""
 from flask_login import current_user
 from sqlalchemy import select
 
@@ -11,12 +11,12 @@ from app.api.schemas import (
     EnvironmentUpdate,
     Page,
     Pagination,
+    ProjectCreate,
+    ProjectOut,
+    ProjectUpdate,
     SecretList,
     SecretOut,
     SecretPut,
-    TargetCreate,
-    TargetOut,
-    TargetUpdate,
 )
 from app.extensions import db
 from app.models import Environment, Project, ProjectSecret
@@ -28,8 +28,15 @@ def _actor():
 
 
 def _settings(data):
-    """The model's own settings in a request (environments: base_domain, cleanup_minutes)."""
+    """The model's own settings a create request gives (projects: cpus, memory_mb,
+    cleanup_minutes; environments: base_domain, cleanup_minutes)."""
     return data.model_dump(exclude={"name", "description"}, exclude_none=True)
+
+
+def _changed_settings(data):
+    """The settings a change request names, null included: a project's cleanup_minutes null
+    means the environment's default (the service ignores null for the others)."""
+    return {key: getattr(data, key) for key in data.model_fields_set - {"name", "description"}}
 
 
 def _register(model, plural, label, create_schema, update_schema, out):
@@ -51,7 +58,7 @@ def _register(model, plural, label, create_schema, update_schema, out):
         obj = access.get_visible(current_user, model, obj_id, label)
         access.require(current_user, "manage", obj)
         return dump(out, catalog.update(_actor(), obj, data.name, data.description,
-                                        **_settings(data)))
+                                        **_changed_settings(data)))
 
     def delete(obj_id):
         obj = access.get_visible(current_user, model, obj_id, label)
@@ -82,7 +89,7 @@ def _register(model, plural, label, create_schema, update_schema, out):
               response=AccessOut)(my_access)
 
 
-_register(Project, "projects", "project", TargetCreate, TargetUpdate, TargetOut)
+_register(Project, "projects", "project", ProjectCreate, ProjectUpdate, ProjectOut)
 _register(Environment, "environments", "environment", EnvironmentCreate, EnvironmentUpdate,
           EnvironmentOut)
 

@@ -1,9 +1,9 @@
-"""Projects and environments as far as grants need them, and project secrets."""
+"""Projects (with their resource limits) and environments, and project secrets."""
 from flask import current_app
 from sqlalchemy import select
 
 from app.extensions import db
-from app.models import Environment, ProjectSecret
+from app.models import Environment, Project, ProjectSecret
 from app.services import audit
 from app.services.errors import Conflict, NotFound, ValidationFailed
 from app.services.names import (
@@ -21,6 +21,9 @@ SECRET_MAX_BYTES = 64 * 1024
 SECRET_CONTEXT = ProjectSecret.__encrypted__["value_ciphertext"]
 CLEANUP_MINUTES_MIN = 5
 CLEANUP_MINUTES_MAX = 365 * 24 * 60
+# What each deployment of a project may use (and admission reserves on a node for it).
+PROJECT_CPUS_RANGE = (0.05, 256)
+PROJECT_MEMORY_MB_RANGE = (16, 4 * 1024 * 1024)
 
 
 def _check_base_domain(value):
@@ -38,10 +41,36 @@ def _check_cleanup_minutes(value):
     return value
 
 
+def _check_limit(field, value, bounds, integer):
+    low, high = bounds
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+        hint = f"{'a whole number' if integer else 'a number'} from {low} to {high}"
+        raise ValidationFailed(f"{field} is invalid: use {hint}", {field: f"use {hint}"})
+    return value if integer else float(value)
+
+
+def _check_project_cpus(value):
+    return _check_limit("cpus", value, PROJECT_CPUS_RANGE, integer=False)
+
+
+def _check_project_memory_mb(value):
+    return _check_limit("memory_mb", value, PROJECT_MEMORY_MB_RANGE, integer=True)
+
+
+def _check_project_cleanup_minutes(value):
+    """None: the environment's cleanup_minutes applies."""
+    return None if value is None else _check_cleanup_minutes(value)
+
+
 # Per-model settings beyond name and description, each with its check.
 _SETTINGS = {
+    Project: {"cpus": _check_project_cpus, "memory_mb": _check_project_memory_mb,
+              "cleanup_minutes": _check_project_cleanup_minutes},
     Environment: {"base_domain": _check_base_domain, "cleanup_minutes": _check_cleanup_minutes},
 }
+# Settings where None is a value (not "leave it as it is") when given to update().
+_NULLABLE = {(Project, "cleanup_minutes")}
 
 
 def _checked_settings(model, settings):
@@ -65,8 +94,9 @@ def _check_unique(model, name, obj_id=None):
 
 
 def create(actor, model, name, description="", **settings):
-    """A project or an environment. `settings` are the model's own (environments: base_domain,
-    cleanup_minutes); left out, the model's defaults apply."""
+    """A project or an environment. `settings` are the model's own (projects: cpus, memory_mb,
+    cleanup_minutes; environments: base_domain, cleanup_minutes); left out, the model's
+    defaults apply."""
     check("name", name, DNS_LABEL_PATTERN, DNS_LABEL_HINT)
     settings = _checked_settings(model, settings)
     _check_unique(model, name)
@@ -80,9 +110,11 @@ def create(actor, model, name, description="", **settings):
 
 
 def update(actor, obj, name=None, description=None, **settings):
-    """Change what is given; None leaves a field as it is."""
+    """Change what is given; None leaves a field as it is, except a project's cleanup_minutes,
+    which None sets back to the environment's default."""
     model = type(obj)
-    settings = _checked_settings(model, {k: v for k, v in settings.items() if v is not None})
+    settings = _checked_settings(model, {k: v for k, v in settings.items()
+                                         if v is not None or (model, k) in _NULLABLE})
     changes = {}
     if name is not None and name != obj.name:
         check("name", name, DNS_LABEL_PATTERN, DNS_LABEL_HINT)

@@ -18,7 +18,7 @@ import requests
 from sqlalchemy import select
 
 from app.extensions import db
-from app.models import Registry
+from app.models import Plugin, Registry, Service
 from app.models.registries import DOCKER_HUB_URL
 from app.services import audit
 from app.services.catalog import keyring
@@ -216,10 +216,25 @@ def update(actor, registry, name=None, url=None, username=UNCHANGED, password=UN
     return registry
 
 
+def _refuse_if_used(registry):
+    """Services and plugins keep their registry (the foreign keys RESTRICT): name them first."""
+    users = []
+    for model, kind in ((Service, "services"), (Plugin, "plugins")):
+        names = db.session.scalars(select(model.name).where(model.registry_id == registry.id)
+                                   .order_by(model.name)).all()
+        if names:
+            users.append(f"{kind} {', '.join(names)}")
+    if users:
+        used_by = "; ".join(users)
+        raise Conflict(f"registry {registry.name} is used by {used_by}; move them to another "
+                       "registry or delete them first", {"registry": f"used by {used_by}"})
+
+
 def delete(actor, registry):
     if registry.is_default:
         raise Conflict("Docker Hub is the default registry and cannot be deleted; "
                        "it stays available for public images", {"registry": "the default registry"})
+    _refuse_if_used(registry)
     audit.record(actor, "registry.delete", "registry", registry, {"url": registry.url})
     db.session.delete(registry)
     db.session.commit()

@@ -4,8 +4,13 @@ from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.models.catalog import DEFAULT_CLEANUP_MINUTES
-from app.services.catalog import CLEANUP_MINUTES_MAX, CLEANUP_MINUTES_MIN
+from app.models.catalog import DEFAULT_CLEANUP_MINUTES, DEFAULT_PROJECT_CPUS, DEFAULT_PROJECT_MEMORY_MB
+from app.services.catalog import (
+    CLEANUP_MINUTES_MAX,
+    CLEANUP_MINUTES_MIN,
+    PROJECT_CPUS_RANGE,
+    PROJECT_MEMORY_MB_RANGE,
+)
 from app.services.names import (
     DNS_LABEL_PATTERN,
     DNS_NAME_MAX,
@@ -213,6 +218,45 @@ _CLEANUP_MINUTES = {
     "ge": CLEANUP_MINUTES_MIN, "le": CLEANUP_MINUTES_MAX,
     "description": "Inactivity (minutes) after which a deployment is deleted; projects may override it",
 }
+
+
+_PROJECT_CPUS = {"ge": PROJECT_CPUS_RANGE[0], "le": PROJECT_CPUS_RANGE[1],
+                 "description": "CPUs each deployment of the project may use (and admission reserves)"}
+_PROJECT_MEMORY_MB = {"ge": PROJECT_MEMORY_MB_RANGE[0], "le": PROJECT_MEMORY_MB_RANGE[1],
+                      "description": "Memory (MB) each deployment of the project may use "
+                                     "(and admission reserves)"}
+_PROJECT_CLEANUP_MINUTES = {
+    "ge": CLEANUP_MINUTES_MIN, "le": CLEANUP_MINUTES_MAX,
+    "description": "Inactivity (minutes) after which the project's deployments are deleted; "
+                   "null: the environment's cleanup_minutes",
+}
+
+
+class ProjectCreate(TargetCreate):
+    cpus: float = Field(DEFAULT_PROJECT_CPUS, **_PROJECT_CPUS)
+    memory_mb: int = Field(DEFAULT_PROJECT_MEMORY_MB, **_PROJECT_MEMORY_MB)
+    cleanup_minutes: int | None = Field(None, **_PROJECT_CLEANUP_MINUTES)
+
+
+class ProjectUpdate(TargetUpdate):
+    """Only what is given changes; cleanup_minutes null goes back to the environment's default."""
+
+    cpus: float | None = Field(None, **_PROJECT_CPUS)
+    memory_mb: int | None = Field(None, **_PROJECT_MEMORY_MB)
+    cleanup_minutes: int | None = Field(None, **_PROJECT_CLEANUP_MINUTES)
+
+    @field_validator("cpus", "memory_mb")
+    @classmethod
+    def not_null(cls, value):
+        if value is None:
+            raise ValueError("cannot be null; leave the field out to keep it")
+        return value
+
+
+class ProjectOut(TargetOut):
+    cpus: float
+    memory_mb: int
+    cleanup_minutes: int | None = Field(description="null: the environment's cleanup_minutes applies")
 
 
 class EnvironmentCreate(TargetCreate):
