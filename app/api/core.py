@@ -6,7 +6,7 @@ models validate requests and generate /api/v1/openapi.json, so the two cannot dr
 from dataclasses import dataclass, field
 from functools import wraps
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 from flask_login import current_user
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import func, select
@@ -57,6 +57,8 @@ def operation(method, rule, *, summary, tag, body=None, query=None, response=Non
             result = fn(**kwargs)
             if result is None:
                 return "", 204
+            if isinstance(result, Response):  # a view that answers in another format (YAML)
+                return result
             return jsonify(result), status
 
         bp.add_url_rule(rule, endpoint=endpoint, view_func=view, methods=[method])
