@@ -17,6 +17,7 @@ def create_app(config=None):
     from app.api import bp as api_bp
     from app.extensions import csrf, db, login_manager, migrate, sock
     from app.health import bp as health_bp
+    from app.ingress.page_view import bp as ingress_pages_bp
     from app.ui import bp as ui_bp
 
     db.init_app(app)
@@ -34,6 +35,7 @@ def create_app(config=None):
     app.register_blueprint(health_bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(ui_bp)
+    app.register_blueprint(ingress_pages_bp)
     errors.register(app)
     return app
 

@@ -104,6 +104,9 @@ class Config:
         # address NullOps's Caddy server listens on for deployment URLs.
         self.NULLOPS_CADDY_ADMIN_URL = env_str("NULLOPS_CADDY_ADMIN_URL", "http://127.0.0.1:2019", env)
         self.NULLOPS_INGRESS_LISTEN = env_str("NULLOPS_INGRESS_LISTEN", ":80", env)
+        # Where Caddy reaches the web tier for the pages it does not proxy (landing, offline, 404).
+        self.NULLOPS_INGRESS_PAGES_UPSTREAM = env_str(
+            "NULLOPS_INGRESS_PAGES_UPSTREAM", f"{self.NULLOPS_HOST}:{self.NULLOPS_PORT}", env)
         # How often the controller looks for deployments whose inactivity period ran out.
         self.NULLOPS_CLEANUP_INTERVAL_S = env_int("NULLOPS_CLEANUP_INTERVAL_S", 30, env, minimum=1)
         # Trust X-Forwarded-For from this many proxies when recording client addresses.

@@ -1,19 +1,23 @@
 """Caddy's admin API (https://caddyserver.com/docs/api), as far as the ingress needs it.
 
-NullOps owns one HTTP server in Caddy's config (`apps.http.servers.nullops`) and, inside it,
-only the routes whose `@id` starts with ROUTE_PREFIX; every other route and server is left as
-it is. The admin API listens on localhost only (ARCHITECTURE.md).
+NullOps owns one HTTP server in Caddy's config (`apps.http.servers.nullops`) and in it only the
+routes whose `@id` starts with "nullops-"; every other route and server is left as it is.
+
+The table is one `map` handler from the request's host to an upstream, followed by two fixed
+routes: no upstream, the web tier's page view (landing, offline, not ready, unknown); else the
+proxy. One map rather than a route per host keeps each change small for Caddy, which provisions
+its whole config again on every change. The admin API listens on localhost only.
 """
 import json
 import urllib.error
 import urllib.request
 
-from app.ingress.routes import Route
-
 SERVER = "nullops"
-ROUTE_PREFIX = "nullops-route-"
-CATCH_ALL_ID = "nullops-catch-all"
-TIMEOUT_S = 5
+PREFIX = "nullops-"
+MAP_ID = "nullops-map"
+PAGE_PATH = "/_nullops/ingress-page"
+TIMEOUT_S = 30
+DIAL = "{nullops.dial}"
 
 
 class CaddyUnavailable(Exception):
@@ -21,9 +25,10 @@ class CaddyUnavailable(Exception):
 
 
 class CaddyAdmin:
-    def __init__(self, admin_url, listen):
+    def __init__(self, admin_url, listen, pages_upstream):
         self.base = admin_url.rstrip("/")
         self.listen = listen
+        self.pages_upstream = pages_upstream
 
     def _call(self, method, path, body=None):
         data = json.dumps(body).encode() if body is not None else None
@@ -42,65 +47,59 @@ class CaddyAdmin:
                                    f"{getattr(exc, 'reason', exc)}") from None
         return json.loads(raw) if raw.strip() else None
 
-    # --- reading -----------------------------------------------------------------------------
     def has_our_routes(self):
-        """False after Caddy restarted without its config (our catch-all is gone)."""
-        return self._call("GET", f"/id/{CATCH_ALL_ID}") is not None
+        """False after Caddy restarted without its config (our map is gone)."""
+        return self._call("GET", f"/id/{MAP_ID}/source") is not None
 
-    def server_routes(self):
-        return self._call("GET", f"/config/apps/http/servers/{SERVER}/routes") or []
-
-    # --- writing -----------------------------------------------------------------------------
-    def ensure_server(self):
-        """Create our server if Caddy has none, keeping the rest of its config."""
+    def full_sync(self, table):
+        """Our server and routes with the table. Other routes in the server stay between our
+        lookup (first; it only sets a placeholder) and our page and proxy routes (last).
+        Returns how many foreign routes were kept."""
         config = self._call("GET", "/config/") or {}
         servers = ((config.get("apps") or {}).get("http") or {}).get("servers") or {}
-        if SERVER in servers:
-            return
-        servers[SERVER] = {"listen": [self.listen], "routes": [catch_all()],
-                           # Certificates are the operator's choice (docs/ingress.md), not automatic.
-                           "automatic_https": {"disable": True}}
-        config.setdefault("apps", {}).setdefault("http", {})["servers"] = servers
-        self._call("POST", "/load", config)
+        ours_before = servers.get(SERVER)
+        foreign = [r for r in (ours_before or {}).get("routes") or [] if not ours(r)]
+        server = {**(ours_before or {}), "listen": [self.listen],
+                  "routes": self.server_routes(table, foreign),
+                  "errors": {"routes": [self.error_route()]},
+                  # Certificates are the operator's choice (docs/ingress.md), never automatic.
+                  "automatic_https": {"disable": True}}
+        if ours_before is None:
+            servers[SERVER] = server
+            config.setdefault("apps", {}).setdefault("http", {})["servers"] = servers
+            self._call("POST", "/load", config)
+        else:
+            self._call("PATCH", f"/config/apps/http/servers/{SERVER}", server)
+        return len(foreign)
 
-    def replace_routes(self, routes):
-        self._call("PATCH", f"/config/apps/http/servers/{SERVER}/routes", routes)
+    def set_table(self, table):
+        self._call("PATCH", f"/id/{MAP_ID}/mappings", mappings(table))
 
-    def insert(self, route):
-        self._call("PUT", f"/config/apps/http/servers/{SERVER}/routes/0", caddy_route(route))
+    def server_routes(self, table, foreign):
+        lookup = {"@id": "nullops-lookup", "handle": [{
+            "@id": MAP_ID, "handler": "map", "source": "{http.request.host}", "destinations": [DIAL],
+            "mappings": mappings(table), "defaults": [""]}]}
+        page = {"@id": "nullops-page", "match": [{"vars": {DIAL: [""]}}], "terminal": True, "handle": [
+            {"handler": "rewrite", "uri": PAGE_PATH},
+            {"handler": "reverse_proxy", "upstreams": [{"dial": self.pages_upstream}]}]}
+        proxy = {"@id": "nullops-proxy", "terminal": True,
+                 "handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": DIAL}]}]}
+        return [lookup, *foreign, page, proxy]
 
-    def change(self, route):
-        self._call("PATCH", f"/id/{route_id(route.host)}", caddy_route(route))
+    @staticmethod
+    def error_route():
+        """A service or the page view not answering: a page that says so, not an empty 502."""
+        from app.ingress import pages
 
-    def remove(self, host):
-        try:
-            self._call("DELETE", f"/id/{route_id(host)}")
-        except CaddyUnavailable:
-            if self._call("GET", f"/id/{route_id(host)}") is not None:
-                raise  # still there: a real failure
-
-
-def route_id(host):
-    return ROUTE_PREFIX + host
+        return {"@id": "nullops-error", "handle": [{
+            "handler": "static_response", "status_code": "{http.error.status_code}",
+            "body": pages.unreachable().replace("{", "&#123;").replace("}", "&#125;"),
+            "headers": {"Content-Type": ["text/html; charset=utf-8"], "Cache-Control": ["no-store"]}}]}
 
 
 def ours(route):
-    return str(route.get("@id", "")).startswith((ROUTE_PREFIX, CATCH_ALL_ID))
+    return str(route.get("@id", "")).startswith(PREFIX)
 
 
-def _html(status, body):
-    return {"handler": "static_response", "status_code": status, "body": body,
-            "headers": {"Content-Type": ["text/html; charset=utf-8"], "Cache-Control": ["no-store"]}}
-
-
-def caddy_route(route: Route):
-    handler = ({"handler": "reverse_proxy", "upstreams": [{"dial": route.dial}]} if route.dial
-               else _html(route.status, route.body))
-    return {"@id": route_id(route.host), "match": [{"host": [route.host]}], "handle": [handler],
-            "terminal": True}
-
-
-def catch_all():
-    from app.ingress import pages
-
-    return {"@id": CATCH_ALL_ID, "handle": [_html(404, pages.unknown())], "terminal": True}
+def mappings(table):
+    return [{"input": host, "outputs": [dial]} for host, dial in sorted(table.items())]

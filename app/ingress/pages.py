@@ -1,5 +1,6 @@
-"""The pages Caddy answers with when it cannot proxy: static HTML, rendered by the controller
-whenever the route table changes. Everything shown is escaped."""
+"""The pages the ingress answers with when it does not proxy: a deployment's landing page, its
+offline and not-ready pages, the unknown-name page and the not-answering page. Rendered by the
+web tier's page view (and the last one into Caddy's config). Everything shown is escaped."""
 from html import escape
 
 _STYLE = ("body{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;"
@@ -30,7 +31,13 @@ def not_ready(deployment, status, message):
     return _page(f"{deployment} is {status}", (
         f"<h1>Deployment <code>{escape(deployment)}</code> is {escape(status)}</h1>"
         f"<p>The service answers here once the deployment is ready.</p>{detail}"),
-        refresh=5 if status in ("pending", "deploying", "degraded") else None)
+        refresh=5 if status in ("pending", "deploying", "degraded", "starting") else None)
+
+
+def not_exposed(deployment, step):
+    return _page(f"{step} has no URL", (
+        f"<h1><code>{escape(step)}</code> of <code>{escape(deployment)}</code> has no URL</h1>"
+        "<p>The service exposes no port, so it is reachable only from inside the deployment.</p>"))
 
 
 def unknown():
@@ -55,3 +62,10 @@ def landing(deployment, environment, status, services):
         f"<h1>Deployment <code>{escape(deployment)}</code> in {escape(environment)}</h1>"
         f"<p>Status: <strong>{escape(status)}</strong></p>{listing}"),
         refresh=5 if status in ("pending", "deploying") else None)
+
+
+def unreachable():
+    return _page("Not answering", (
+        "<h1>The service is not answering</h1>"
+        "<p>The deployment is there but did not answer this request (it may be restarting). "
+        "Try again in a moment; the deployment's page shows its status.</p>"), refresh=10)

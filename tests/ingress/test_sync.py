@@ -1,12 +1,13 @@
-"""The ingress sync against a real Caddy, with deployment rows written directly and a plain
-HTTP server on loopback standing in for a published container port (the agent-driven path is
-in test_ingress_e2e.py)."""
+"""The ingress sync against a real Caddy and the web tier's page view over HTTP, with
+deployment rows written directly and a plain HTTP server on loopback standing in for a
+published container port (the path through a real agent is in test_ingress_e2e.py)."""
 import asyncio
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from werkzeug.serving import make_server
 
 from app.extensions import db
 from app.ingress import caddy as caddy_api
@@ -44,6 +45,17 @@ def upstream():
 
 
 @pytest.fixture
+def web(app):
+    """The web tier over HTTP, for the pages Caddy does not proxy: "host:port"."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
 def deployment(app, upstream):
     environment = Environment(name="staging", base_domain="ingress.test")
     project = Project(name="shop")
@@ -68,8 +80,8 @@ def _change(obj, move, status):
 
 
 @pytest.fixture
-def running_sync(app, caddy):
-    sync = IngressSync(app, caddy.admin_url, caddy.listen)
+def running_sync(app, caddy, web):
+    sync = IngressSync(app, caddy.admin_url, caddy.listen, web)
     stopping = None
     loop = asyncio.new_event_loop()
 
@@ -108,6 +120,7 @@ def test_ready_deployment_answers_through_caddy_and_pages_follow_its_state(
     assert landing[0] == 200 and f"http://{host}" in landing[1]
     assert "db" in landing[1] and "exposes no port" in landing[1]   # says why db has no URL
     assert caddy.get("db.pr-1.staging.ingress.test")[0] == 404       # no route: no published port
+    assert caddy.get("nobody.staging.ingress.test")[0] == 404
 
     caddy.add_foreign_route()
     node = db.session.get(Node, deployment.node_id)
@@ -135,21 +148,38 @@ def test_caddy_restarted_without_config_gets_a_full_sync(app, caddy, deployment,
     eventually(lambda: caddy.get(host) == (200, "hello from web"), timeout=20)
 
 
-def test_a_new_controller_rebuilds_the_table_and_keeps_foreign_routes(app, caddy, deployment):
-    first = IngressSync(app, caddy.admin_url, caddy.listen)
+def test_a_new_controller_rebuilds_the_table_and_keeps_foreign_routes(app, caddy, deployment, web):
+    first = IngressSync(app, caddy.admin_url, caddy.listen, web)
     first.round()
     caddy.add_foreign_route()
-    second = IngressSync(app, caddy.admin_url, caddy.listen)   # a restarted controller
+    second = IngressSync(app, caddy.admin_url, caddy.listen, web)   # a restarted controller
     second.round()
     routes = caddy.config("/config/apps/http/servers/nullops/routes")
-    ids = [route.get("@id") for route in routes]
-    assert ids == [caddy_api.route_id("pr-1.staging.ingress.test"),
-                   caddy_api.route_id("web.pr-1.staging.ingress.test"),
-                   "operator-status", caddy_api.CATCH_ALL_ID]
+    assert [route.get("@id") for route in routes] == [
+        "nullops-lookup", "operator-status", "nullops-page", "nullops-proxy"]
+    hosts = [m["input"] for m in caddy.config(f"/id/{caddy_api.MAP_ID}/mappings")]
+    assert hosts == ["web.pr-1.staging.ingress.test"]
     assert caddy.get("status.example.test") == (200, "operator ok")
 
 
 def test_caddy_down_is_retried(app, tmp_path, deployment):
-    sync = IngressSync(app, "http://127.0.0.1:9", "127.0.0.1:9")
+    sync = IngressSync(app, "http://127.0.0.1:9", "127.0.0.1:9", "127.0.0.1:9")
     with pytest.raises(caddy_api.CaddyUnavailable, match="unreachable"):
         sync.round()
+
+
+def test_a_service_that_does_not_answer_gets_a_page_not_an_empty_error(app, caddy, deployment,
+                                                                       running_sync):
+    deployment.published = {"web": {"ports": {"8000": _closed_port()}}}
+    db.session.commit()
+    running_sync.wake()
+    status, body = eventually(lambda: (r := caddy.get("web.pr-1.staging.ingress.test"))[0] == 502 and r)
+    assert "not answering" in body
+
+
+def _closed_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

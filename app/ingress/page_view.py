@@ -1,0 +1,71 @@
+"""The page the ingress shows for every host it does not proxy. Caddy sends such requests here
+(app/ingress/caddy.py) with the original Host header; no login: the page tells no more than the
+URL already does (the deployment's name, its services and status)."""
+from flask import Blueprint, Response, request
+from sqlalchemy import select
+
+from app.extensions import db
+from app.ingress import pages
+from app.ingress.caddy import PAGE_PATH
+from app.ingress.routes import PROXIED
+from app.models import Deployment, Environment
+
+bp = Blueprint("ingress_pages", __name__)
+GONE = ("deleting", "cleanup_failed", "deleted")
+
+
+def _html(body, status):
+    return Response(body, status=status, content_type="text/html; charset=utf-8",
+                    headers={"Cache-Control": "no-store"})
+
+
+def _locate(host):
+    """(environment, deployment name, service step or None) of a host name, or None."""
+    for environment in db.session.scalars(select(Environment)):
+        suffix = f".{environment.name}.{environment.base_domain}".lower()
+        if host.endswith(suffix):
+            labels = host[: -len(suffix)].split(".")
+            if len(labels) == 1:
+                return environment, labels[0], None
+            if len(labels) == 2:
+                return environment, labels[1], labels[0]
+    return None
+
+
+def _services(deployment):
+    steps = deployment.pipeline_version.resolved["steps"]
+    return {s["id"]: (s.get("exposed_ports") or [None])[0] for s in steps if s["kind"] == "service"}
+
+
+@bp.get(PAGE_PATH)
+def ingress_page():
+    host = request.host.rsplit(":", 1)[0].lower().rstrip(".")
+    located = _locate(host)
+    deployment = None
+    if located is not None:
+        environment, name, step = located
+        deployment = db.session.scalar(select(Deployment).where(
+            Deployment.environment_id == environment.id, Deployment.name == name,
+            Deployment.deleted_at.is_(None)))
+    if deployment is None or deployment.status in GONE:
+        return _html(pages.unknown(), 404)
+    services = _services(deployment)
+    node_online = deployment.node is not None and deployment.node.status == "online"
+    status = "offline" if deployment.status in PROXIED and not node_online else deployment.status
+    if step is None:
+        base = host
+        listed = [(sid, f"http://{sid}.{base}" if port else None,
+                   "" if port else "exposes no port: reachable inside the deployment only")
+                  for sid, port in sorted(services.items())]
+        return _html(pages.landing(deployment.name, environment.name, status, listed), 200)
+    if step not in services:
+        return _html(pages.unknown(), 404)
+    if services[step] is None:
+        return _html(pages.not_exposed(deployment.name, step), 404)
+    if status == "offline":
+        since = deployment.node.status_changed_at if deployment.status in PROXIED and deployment.node \
+            else deployment.status_changed_at
+        return _html(pages.offline(deployment.name, {"since": since}), 503)
+    if status in PROXIED:  # ready: Caddy learns its route within a second
+        return _html(pages.not_ready(deployment.name, "starting", ""), 503)
+    return _html(pages.not_ready(deployment.name, status, deployment.status_message), 503)
