@@ -116,6 +116,22 @@ def can_deploy_to(user, project, environment):
             and AccessLevel.FULL in (on_project, on_environment))
 
 
+def can_deploy_project(user, project):
+    """May the user deploy `project` into at least one environment? (Listing the tags of its
+    services is for them.)"""
+    if not _is_user(user):
+        return False
+    if user.is_admin:
+        return True
+    on_project = level_on(user, project)
+    if on_project is None:
+        return False
+    if on_project == AccessLevel.FULL:
+        return True
+    full_somewhere = _granted_ids(user, Grant.environment_id, FULL_ONLY).limit(1)
+    return db.session.scalar(full_somewhere) is not None
+
+
 # (model, action) -> rule for a non-admin active user. Admins may do everything.
 _USER_RULES = {
     (Project, "view"): _granted_target,

@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from flask_migrate import upgrade
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from app import create_app
 from app.config import TestConfig
@@ -39,8 +39,8 @@ def database_url(tmp_path_factory):
         stale_names = conn.execute(text("SELECT datname FROM pg_database WHERE datname LIKE 'nullops_t_%'"))
         for (stale,) in stale_names.all():
             try:
-                conn.execute(text(f'DROP DATABASE "{stale}"'))
-            except OperationalError:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{stale}"'))
+            except (OperationalError, ProgrammingError):  # in use, or another run dropped it first
                 pass
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:

@@ -24,12 +24,25 @@ def prune_login_failures(app):
         auth.prune_login_failures()
 
 
+def expire_deployments(app, wake=None):
+    """Auto-cleanup: deletion requested for deployments whose inactivity period ran out; the
+    link manager's next round deletes them (woken at once)."""
+    from app.models.types import utcnow
+    from app.services import deployments
+
+    with app.app_context():
+        deployments.expire_due(utcnow())
+    if wake is not None:
+        wake()
+
+
 class Controller:
     def __init__(self, app, poll_s=1.0):
         self.app = app
         self.poll_s = poll_s
         self.manager = None
         self.internal = None
+        self.scheduler = None
         self.active = threading.Event()   # set while this process is the active controller
         self._stopped = threading.Event()
         self._thread = None
@@ -69,13 +82,24 @@ class Controller:
         scheduler.add_job(prune_login_failures, "interval", minutes=10, args=[self.app],
                           id="prune-login-failures", replace_existing=True,
                           misfire_grace_time=300, coalesce=True, max_instances=1)
+        cleanup_s = int(self.app.config.get("NULLOPS_CLEANUP_INTERVAL_S", 30))
+        scheduler.add_job(expire_deployments, "interval", seconds=cleanup_s,
+                          args=[self.app, self._wake_manager], id="auto-cleanup",
+                          replace_existing=True, misfire_grace_time=max(cleanup_s, 30),
+                          coalesce=True, max_instances=1)
         scheduler.start()
+        self.scheduler = scheduler
         self.active.set()
         try:
             asyncio.run(self._links(lock))
         finally:
             self.active.clear()
             scheduler.shutdown(wait=False)
+            self.scheduler = None
+
+    def _wake_manager(self):
+        if self.manager is not None:
+            self.manager.wake()
 
     async def _links(self, lock):
         self.manager = LinkManager(self.app, poll_s=self.poll_s)

@@ -313,6 +313,7 @@ class NodeLink:
         if result.get("errors"):
             log.warning("node %s refused part of the desired state: %s", self.target["name"],
                         json.dumps(result["errors"])[:500])
+        await self.manager.on_sync(self, result)
 
 
 class RequestFailed(Exception):

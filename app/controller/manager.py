@@ -1,12 +1,16 @@
 """The link manager: keeps exactly one NodeLink per node that should be linked, runs the
-commands the web tier left for nodes, and is where later issues hook deployments in
-(`desired_state`, `on_event`)."""
+commands the web tier left for nodes, and drives deployments: each round applies the pending
+ones and deletes (then checks) the deleting ones on online nodes; each link's state.sync sends
+the node's full desired state; agent events update progress and statuses."""
 import asyncio
 import json
 import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
 
 from agent import protocol
-from app.controller import state
+from app.controller import deployments, state
 from app.controller.links import (
     HANDSHAKES_AT_ONCE,
     LinkDown,
@@ -19,13 +23,19 @@ from app.models.types import utcnow
 
 log = logging.getLogger("nullops.controller")
 RESOURCES_WRITE_S = 1.0  # resources frames are written together at most this late
+# A delete run the controller heard nothing of for this long is asked about (run.get): a run
+# that crashes on the agent sends no event. Still running after DELETE_GIVE_UP_S: cleanup_failed.
+DELETE_CHECK_S = 30.0
+DELETE_GIVE_UP_S = 900.0
+FINISHED_RUNS_KEPT = 5000
 
 
 class Batched:
     """Calls of a state function gathered while the previous batch is being written: one
     worker-thread call and one transaction for all (`many`, given the list of argument tuples).
     If that fails, each is tried alone (`one`), so one bad row does not fail the others. Awaiting
-    a call returns once its row is committed, as `manager.db(one, *args)` would."""
+    a call returns once its row is committed, as `manager.db(one, *args)` would, with its result:
+    `many` returns None or one result per call, in order."""
 
     def __init__(self, manager, many, one):
         self.manager, self.many, self.one = manager, many, one
@@ -43,24 +53,34 @@ class Batched:
         while self._queue:
             batch, self._queue = self._queue, []
             try:
-                await self.manager.db(self.many, [args for args, _done in batch])
-                outcomes = [None] * len(batch)
+                results = await self.manager.db(self.many, [args for args, _done in batch])
+                outcomes = [(result, None) for result in (results or [None] * len(batch))]
             except Exception as exc:  # noqa: BLE001 - handed to the callers
-                outcomes = [exc] if len(batch) == 1 else [await self._alone(args) for args, _done in batch]
-            for (_args, done), outcome in zip(batch, outcomes, strict=True):
+                outcomes = [(None, exc)] if len(batch) == 1 else [
+                    await self._alone(args) for args, _done in batch]
+            for (_args, done), (result, error) in zip(batch, outcomes, strict=True):
                 if done.done():  # its caller was cancelled meanwhile
                     continue
-                if outcome is None:
-                    done.set_result(None)
+                if error is None:
+                    done.set_result(result)
                 else:
-                    done.set_exception(outcome)
+                    done.set_exception(error)
 
     async def _alone(self, args):
         try:
-            await self.manager.db(self.one, *args)
+            return await self.manager.db(self.one, *args), None
         except Exception as exc:  # noqa: BLE001 - that caller fails with it
-            return exc
-        return None
+            return None, exc
+
+
+@dataclass
+class DeleteInFlight:
+    """A delete run the agent is doing for a deployment, on one link (a new link syncs anew)."""
+    node_id: int
+    ws: object
+    run_id: str
+    started: float
+    checked: float
 
 
 class LinkManager:
@@ -79,6 +99,17 @@ class LinkManager:
         # (benchmarks/agent_fleet.py): these gather what arrives while the last batch is written.
         self.mark_online = Batched(self, state.mark_online_many, state.mark_online)
         self.finish_command = Batched(self, state.finish_commands, state.finish_command)
+        # Deployments: a fleet linking at once syncs at once, and every event is stored before
+        # it is acknowledged.
+        self.desired = Batched(self, deployments.desired_states, deployments.desired_state)
+        self.synced = Batched(self, deployments.record_syncs, deployments.record_sync)
+        self.store_event = Batched(self, deployments.apply_events, deployments.apply_event)
+        self.applied = Batched(self, deployments.record_applies, deployments.record_apply)
+        self.delete_answered = Batched(self, deployments.record_deletes, deployments.record_delete)
+        self.cleanup_failed = Batched(self, deployments.fail_cleanups, deployments.fail_cleanup)
+        self._deletes = {}   # deployment id -> DeleteInFlight
+        self._finished_runs = OrderedDict()  # run id -> (status, message) of recently ended runs
+        self._working = {}   # deployment id -> task of an apply, delete or check in progress
 
     # --- database from the event loop ----------------------------------------------------------
     def _in_app(self, fn, *args):
@@ -128,6 +159,7 @@ class LinkManager:
                 try:
                     await self._reconcile_links()
                     await self._run_commands()
+                    await self._run_deployments()
                 except Exception:  # noqa: BLE001 - the database may be away: try again
                     log.exception("controller round failed")
                 self._wake.clear()
@@ -138,6 +170,10 @@ class LinkManager:
                     task.cancel()
         finally:
             await self.close_all()
+            working = list(self._working.values())
+            for task in working:
+                task.cancel()
+            await asyncio.gather(*working, return_exceptions=True)
             if stopping.is_set():
                 await writer  # the last figures
             else:
@@ -226,13 +262,130 @@ class LinkManager:
         link.target["verifier"] = verifier
         return "pushed to the agent over the live link"
 
-    # --- hooks for deployments (the lifecycle issue fills them in) ------------------------------
+    # --- deployments ---------------------------------------------------------------------------
     async def desired_state(self, node_id):
-        """The deployments this node should run, as state.sync entries."""
-        return []
+        """The deployments this node should run, as state.sync entries (secrets included)."""
+        return await self.desired(node_id)
+
+    async def on_sync(self, link, result):
+        """The agent's answer to the desired state: applied, kept, deleted, refused."""
+        await self.synced(link.node_id, result)
+        self.wake()  # deleted ones that are deleting here get checked
+
+    async def _run_deployments(self):
+        online = {node_id: link for node_id, link in self.links.items() if link.online}
+        self._check_deletes()
+        busy = set(self._working) | set(self._deletes)
+        to_apply, to_delete = await self.db(deployments.due_work, set(online), busy, utcnow())
+        # Not awaited here: a slow node must not hold the round (and the other nodes) up.
+        for deployment_id, node_id, params in to_apply:
+            self._start(deployment_id, self._apply(online[node_id], deployment_id, params))
+        for deployment_id, node_id, agent_id in to_delete:
+            self._start(deployment_id, self._delete(online[node_id], deployment_id, agent_id))
+
+    def _start(self, deployment_id, work):
+        async def guarded():
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the database may be away: the next round retries
+                log.exception("deployment %s: the controller's call failed", deployment_id)
+            finally:
+                if self._working.get(deployment_id) is task:
+                    del self._working[deployment_id]
+
+        task = asyncio.create_task(guarded(), name=f"deployment-{deployment_id}")
+        self._working[deployment_id] = task
+
+    async def _apply(self, link, deployment_id, params):
+        try:
+            result = await link.call(protocol.DEPLOYMENT_APPLY, params)
+        except LinkDown:
+            return  # stays pending: this link's sync or a later round sends it
+        except RequestFailed as exc:
+            if exc.code != protocol.BUSY:  # busy: another run of it; the next round tries again
+                await self.applied(deployment_id, None, exc.message)
+            return
+        await self.applied(deployment_id, result, None)
+
+    async def _delete(self, link, deployment_id, agent_id):
+        ws = link.ws
+        try:
+            answer = await link.call(protocol.DEPLOYMENT_DELETE, {"deployment_id": agent_id})
+        except LinkDown:
+            return
+        except RequestFailed as exc:
+            await self.cleanup_failed(deployment_id, f"the agent refused the delete ({exc.message})")
+            return
+        if await self.delete_answered(deployment_id, answer) != deployments.WAITING:
+            return
+        run_id = answer.get("run_id")
+        ended = self._finished_runs.get(run_id)  # its events may have come before this answer
+        if ended is None:
+            now = time.monotonic()
+            self._deletes[deployment_id] = DeleteInFlight(link.node_id, ws, run_id, now, now)
+        elif ended[0] in ("failed", "cancelled"):
+            await self.cleanup_failed(deployment_id, f"the agent's delete run {ended[0]}: {ended[1]}")
+        else:
+            self.wake()  # over already: the next round checks what is left
+
+    def _check_deletes(self):
+        """Delete runs in flight: forgotten with their link (the next link's sync and round take
+        over), asked about when they have been quiet for DELETE_CHECK_S."""
+        now = time.monotonic()
+        for deployment_id, entry in list(self._deletes.items()):
+            link = self.links.get(entry.node_id)
+            if link is None or not link.online or link.ws is not entry.ws:
+                del self._deletes[deployment_id]
+            elif now - entry.checked >= DELETE_CHECK_S and deployment_id not in self._working:
+                entry.checked = now
+                self._start(deployment_id, self._check_delete(link, deployment_id, entry))
+
+    async def _check_delete(self, link, deployment_id, entry):
+        try:
+            run = (await link.call(protocol.RUN_GET, {"run_id": entry.run_id})).get("run") or {}
+        except LinkDown:
+            return
+        except RequestFailed:
+            run = {}  # unknown to the agent: a delete of our own tells what is left
+        status = run.get("status")
+        if status == "running" and time.monotonic() - entry.started < DELETE_GIVE_UP_S:
+            return
+        if self._deletes.get(deployment_id) is entry:
+            del self._deletes[deployment_id]
+        if status == "running":
+            await self.cleanup_failed(deployment_id, f"the agent's delete run {entry.run_id} has not "
+                                                     f"finished after {DELETE_GIVE_UP_S / 60:.0f} minutes")
+        elif status in ("failed", "cancelled"):
+            await self.cleanup_failed(deployment_id, f"the agent's delete run {status} "
+                                                     f"({run.get('error') or 'no reason given'})")
+        else:
+            self.wake()
 
     async def on_event(self, link, frame):
-        """An event from an agent (run progress, step logs, deployment status)."""
+        """An event from an agent (run progress, deployment status), stored before the link
+        acknowledges it: if it cannot be stored, the link drops and the agent replays it on the
+        next one. Step log lines are live data for the UI, not stored here."""
+        name, data = frame.get("event"), frame.get("data")
+        if name not in (protocol.RUN_PROGRESS, protocol.DEPLOYMENT_STATUS) or not isinstance(data, dict):
+            return
+        deployment_id = deployments.id_of(data.get("deployment_id"))
+        if deployment_id is None:
+            return
+        run_ended = name == protocol.RUN_PROGRESS and data.get("status") in deployments.RUN_ENDED
+        if run_ended:
+            self._finished_runs[data.get("run_id")] = (data.get("status"), str(data.get("message") or ""))
+            while len(self._finished_runs) > FINISHED_RUNS_KEPT:
+                self._finished_runs.popitem(last=False)
+        deleted = name == protocol.DEPLOYMENT_STATUS and data.get("status") == "deleted"
+        entry = self._deletes.get(deployment_id)
+        if entry is not None and entry.node_id == link.node_id and (
+                deleted or (run_ended and data.get("run_id") == entry.run_id)):
+            del self._deletes[deployment_id]
+        await self.store_event(link.node_id, name, data)
+        if deleted or run_ended:
+            self.wake()  # a deleting one is checked by the next round
 
     def on_stream(self, link, frame):
         """A live log line batch: to whoever follows that stream (the internal endpoint)."""

@@ -4,6 +4,7 @@ import logging
 
 from sqlalchemy import bindparam, select, update
 
+from app.controller import deployments
 from app.extensions import db
 from app.models import Node, NodeCommand
 from app.models.types import utcnow
@@ -50,12 +51,15 @@ def _move(node, status, reason):
 
 
 def mark(node_id, status, reason):
-    node = _node(node_id)
-    if node is None:
-        return
-    if _move(node, status, reason) and status in ("offline", "incompatible"):
-        audit.record(None, f"node.{status}", "node", node, {"reason": reason})
-    db.session.commit()
+    with deployments.writing:
+        node = _node(node_id)
+        if node is None:
+            return
+        if _move(node, status, reason) and status in ("offline", "incompatible"):
+            audit.record(None, f"node.{status}", "node", node, {"reason": reason})
+        if node.status in ("offline", "incompatible"):  # no link: its deployments are unreachable
+            deployments.node_offline(node_id, reason)
+        db.session.commit()
 
 
 def mark_online(node_id, thumbprint, hello):

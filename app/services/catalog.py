@@ -1,9 +1,10 @@
 """Projects (with their resource limits) and environments, and project secrets."""
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import delete as delete_rows
+from sqlalchemy import func, select
 
 from app.extensions import db
-from app.models import Environment, Project, ProjectSecret
+from app.models import Deployment, Environment, Project, ProjectSecret
 from app.services import audit
 from app.services.errors import Conflict, NotFound, ValidationFailed
 from app.services.names import (
@@ -134,7 +135,19 @@ def update(actor, obj, name=None, description=None, **settings):
 
 
 def delete(actor, obj):
+    """A project or environment. Refused while it has live deployments (they hold resources on
+    nodes); the rows of its deleted deployments go with it, their history stays in the audit log."""
+    column = Deployment.project_id if isinstance(obj, Project) else Deployment.environment_id
+    live = db.session.scalar(select(func.count(Deployment.id)).where(
+        column == obj.id, Deployment.status != "deleted"))
+    if live:
+        raise Conflict(f"{_kind(type(obj))} {obj.name} has {live} deployment(s) that are not deleted "
+                       "yet: delete them first", {"deployments": f"{live} not deleted"})
     audit.record(actor, f"{_kind(type(obj))}.delete", _kind(type(obj)), obj)
+    ours = select(Deployment.id).where(column == obj.id)
+    db.session.execute(Deployment.__table__.update().where(Deployment.cloned_from_id.in_(ours))
+                       .values(cloned_from_id=None))
+    db.session.execute(delete_rows(Deployment).where(column == obj.id))
     db.session.delete(obj)
     db.session.commit()
 

@@ -43,3 +43,9 @@ class Throttled(ServiceError):
     def __init__(self, message, retry_after):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class InsufficientResources(Conflict):
+    """Admission found no node of the environment with room for a deployment."""
+
+    code = "insufficient_resources"

@@ -110,3 +110,77 @@ def controller(app):
     finally:
         for instance in started:
             instance.stop()
+
+
+# --- deployments (tests/controller/test_deployments.py) ------------------------------------------
+def web_step(registry_id, step_id="web", command=("httpd", "-f", "-p", "8000"), port=8000, **extra):
+    """A service step as app/services/specs.py documents `resolved`: busybox from the Docker Hub
+    row (the image is local; the agent's pull is a no-op then), ready when the port listens."""
+    return {"id": step_id, "kind": "service", "service": step_id, "registry_id": registry_id,
+            "image": "nullops-test/busybox", "tag_mode": "pinned", "tag": "latest", "tag_pattern": None,
+            "ports": [port], "exposed_ports": [port], "env": {}, "command": list(command),
+            "health_check": {"type": "tcp", "port": port}, "depends_on": [], **extra}
+
+
+@pytest.fixture
+def catalog(environment):
+    """The Docker Hub registry row and a project with small limits."""
+    from app.models import Project, Registry
+    from app.models.registries import DOCKER_HUB_NAME, DOCKER_HUB_URL
+
+    hub = Registry(name=DOCKER_HUB_NAME, url=DOCKER_HUB_URL, is_default=True)
+    project = Project(name=f"shop-{uuid.uuid4().hex[:6]}", cpus=0.5, memory_mb=64)
+    db.session.add_all([hub, project])
+    db.session.commit()
+    return {"registry": hub, "project": project, "environment": environment}
+
+
+@pytest.fixture
+def make_deployment(catalog):
+    """make(node_id, steps=None, status="pending", secrets={}) -> deployment id; a new pipeline
+    version of the catalog's project each time."""
+    from app.models import Deployment, PipelineVersion, ProjectSecret
+    from app.services.catalog import SECRET_CONTEXT
+
+    project, environment = catalog["project"], catalog["environment"]
+    made = []
+
+    def make(node_id, steps=None, status="pending", secrets=None, name=None):
+        steps = steps if steps is not None else [web_step(catalog["registry"].id)]
+        for secret, value in (secrets or {}).items():
+            db.session.add(ProjectSecret(project_id=project.id, name=secret,
+                                         value_ciphertext=keyring().encrypt(value, SECRET_CONTEXT)))
+        version = PipelineVersion(project_id=project.id, number=len(made) + 1, definition={},
+                                  resolved={"steps": steps})
+        db.session.add(version)
+        db.session.flush()
+        deployment = Deployment(
+            name=name or f"d{len(made) + 1}-{uuid.uuid4().hex[:4]}", project_id=project.id,
+            environment_id=environment.id, node_id=node_id, pipeline_version_id=version.id,
+            tags={s["id"]: s["tag"] for s in steps if s["kind"] == "service"},
+            cpus=project.cpus, memory_mb=project.memory_mb, status=status)
+        db.session.add(deployment)
+        db.session.commit()
+        made.append(deployment.id)
+        return deployment.id
+
+    return make
+
+
+def deployment_row(deployment_id):
+    from app.models import Deployment
+
+    db.session.expire_all()
+    return db.session.get(Deployment, deployment_id)
+
+
+def wait_for_deployment(deployment_id, *statuses, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        deployment = deployment_row(deployment_id)
+        if deployment.status in statuses:
+            return deployment
+        time.sleep(0.1)
+    deployment = deployment_row(deployment_id)
+    raise AssertionError(f"deployment stayed {deployment.status} ({deployment.status_message}), "
+                         f"wanted {statuses}")

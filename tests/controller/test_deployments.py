@@ -1,0 +1,364 @@
+"""The controller's side of deployments: real agents deploy and delete busybox services as the
+database asks; node links going away and coming back; cleanups that fail and are retried."""
+import time
+from datetime import timedelta
+
+import pytest
+
+from agent import protocol
+from app.controller import deployments, state
+from app.extensions import db
+from app.models import DeploymentEvent, Node
+from app.models.types import utcnow
+from tests.dockertools import left_behind
+
+from .conftest import deployment_row, wait_for_deployment, wait_for_status, web_step
+
+TOKEN = "node-token-deployments-test-0001"
+docker = pytest.mark.docker  # these drive a real agent and the local Docker engine
+
+
+def request_delete(deployment_id):
+    """What the web tier does when a user deletes a deployment."""
+    deployment = deployment_row(deployment_id)
+    assert deployments.move(deployment, "deleting", "deleted by a user")
+    deployment.delete_requested_at = utcnow()
+    db.session.commit()
+
+
+def statuses_seen(deployment_id):
+    events = db.session.scalars(db.select(DeploymentEvent).where(
+        DeploymentEvent.deployment_id == deployment_id, DeploymentEvent.kind == "status")
+        .order_by(DeploymentEvent.id)).all()
+    return [(event.data["from"], event.data["to"]) for event in events]
+
+
+def step_lines(deployment_id, until, timeout=10):
+    """The deployment's step history, once a line starting with `until` is in it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        db.session.expire_all()
+        lines = db.session.scalars(db.select(DeploymentEvent.message).where(
+            DeploymentEvent.deployment_id == deployment_id, DeploymentEvent.kind == "step")
+            .order_by(DeploymentEvent.id)).all()
+        if any(line.startswith(until) for line in lines):
+            return lines
+        assert time.monotonic() < deadline, f"no {until!r} in {lines}"
+        time.sleep(0.1)
+
+
+def labelled_for(agent, deployment_id):
+    return [f"org.nullops.node={agent.node_id}", f"org.nullops.deployment=dep-{deployment_id}"]
+
+
+@pytest.fixture
+def linked(agents, add_node, controller):
+    """A real agent, its node online under an in-process controller: (agent, node id, controller)."""
+    agent = agents.start(TOKEN)
+    node_id = add_node(agent.port_number, TOKEN)
+    active = controller()
+    wait_for_status(node_id, "online")
+    return agent, node_id, active
+
+
+@docker
+def test_a_pending_deployment_becomes_ready_within_its_limits_and_its_delete_leaves_nothing(
+        linked, make_deployment, docker_client, busybox_image):
+    agent, node_id, _active = linked
+    deployment_id = make_deployment(node_id)
+    deployment = wait_for_deployment(deployment_id, "ready")
+    assert statuses_seen(deployment_id) == [("pending", "deploying"), ("deploying", "ready")]
+    assert deployment.run_id and deployment.progress == {"web": "done"}
+    host_port = deployment.published["web"]["ports"]["8000"]
+    assert isinstance(host_port, int)
+    steps = step_lines(deployment_id, until="run succeeded")  # the run ends after "ready"
+    assert steps[-3:-1] == ["web running", "web done"]
+
+    (container,) = docker_client.containers.list(filters={"label": labelled_for(agent, deployment_id)})
+    assert container.attrs["HostConfig"]["NanoCpus"] == 500_000_000  # the project's 0.5 CPU
+    assert container.attrs["HostConfig"]["Memory"] == 64 * 1024 * 1024
+
+    request_delete(deployment_id)
+    deployment = wait_for_deployment(deployment_id, "deleted", timeout=30)
+    assert deployment.deleted_at is not None and deployment.run_id is None
+    assert deployment.cleanup_attempts == 1  # one delete run, then a delete that found nothing
+    assert f"nothing labelled dep-{deployment_id} is left" in deployment.status_message
+    assert left_behind(docker_client, labelled_for(agent, deployment_id)) == []
+    assert statuses_seen(deployment_id)[-2:] == [("ready", "deleting"), ("deleting", "deleted")]
+
+
+@docker
+def test_a_failing_step_fails_the_deployment_and_everything_is_rolled_back(
+        linked, make_deployment, catalog, docker_client, busybox_image):
+    agent, node_id, _active = linked
+    registry_id = catalog["registry"].id
+    broken = web_step(registry_id, "broken", command=("sh", "-c", "exit 3"), port=9000,
+                      depends_on=["web"])
+    deployment_id = make_deployment(node_id, [web_step(registry_id), broken])
+    deployment = wait_for_deployment(deployment_id, "failed")
+    assert "broken" in deployment.status_message
+    assert deployment.progress["web"] == "done" and deployment.progress["broken"] == "failed"
+    assert left_behind(docker_client, labelled_for(agent, deployment_id)) == []
+
+
+@docker
+def test_a_spec_the_agent_refuses_fails_with_the_agents_message(linked, make_deployment, catalog,
+                                                               busybox_image):
+    _agent, node_id, _active = linked
+    step = web_step(catalog["registry"].id, env={"PASSWORD": "${secrets.DB_PASSWORD}"})
+    deployment_id = make_deployment(node_id, [step])  # the project has no such secret
+    deployment = wait_for_deployment(deployment_id, "failed")
+    assert "secrets not sent: DB_PASSWORD" in deployment.status_message
+    assert deployment.run_id is None
+
+
+@docker
+def test_deployments_go_offline_with_their_node_and_are_ready_again_when_it_returns(
+        agents, linked, make_deployment, busybox_image):
+    agent, node_id, _active = linked
+    running = make_deployment(node_id)
+    wait_for_deployment(running, "ready")
+    agent.stop()
+    wait_for_status(node_id, "offline", timeout=20)
+    assert deployment_row(running).status == "offline"
+    assert "node offline" in deployment_row(running).status_message
+    waiting = make_deployment(node_id)
+    time.sleep(1)
+    assert deployment_row(waiting).status == "pending"  # nothing to hand it to
+
+    agents.restart(agent, TOKEN)
+    wait_for_status(node_id, "online", timeout=30)
+    wait_for_deployment(running, "ready", timeout=30)  # the agent kept it: the sync says so
+    wait_for_deployment(waiting, "ready", timeout=30)
+    assert ("offline", "ready") in statuses_seen(running)
+
+
+@docker
+def test_a_cleanup_that_fails_is_shown_with_its_reason_and_retried(
+        linked, make_deployment, docker_client, busybox_image, test_labels, monkeypatch):
+    import app.controller.manager as manager
+
+    monkeypatch.setattr(manager, "DELETE_CHECK_S", 0.5)
+    agent, node_id, _active = linked
+    deployment_id = make_deployment(node_id)
+    wait_for_deployment(deployment_id, "ready")
+    # A volume of the deployment that a foreign container holds: the agent cannot remove it.
+    volume = docker_client.volumes.create(labels={**test_labels, "org.nullops.node": agent.node_id,
+                                                  "org.nullops.deployment": f"dep-{deployment_id}"})
+    holder = docker_client.containers.create(busybox_image, ["sleep", "60"], labels=test_labels,
+                                             volumes={volume.name: {"bind": "/data"}})
+    request_delete(deployment_id)
+    deployment = wait_for_deployment(deployment_id, "cleanup_failed", timeout=30)
+    assert "delete run failed" in deployment.status_message
+    assert f"org.nullops.deployment=dep-{deployment_id}" in deployment.status_message
+    assert timedelta(seconds=50) < deployment.next_attempt_at - utcnow() <= timedelta(minutes=1)
+
+    holder.remove(force=True)  # someone removes the obstacle; the retry comes when it is due
+    deployment.next_attempt_at = utcnow()
+    db.session.commit()
+    deployment = wait_for_deployment(deployment_id, "deleted", timeout=30)
+    assert left_behind(docker_client, labelled_for(agent, deployment_id)) == []
+    assert ("cleanup_failed", "deleting") in statuses_seen(deployment_id)
+
+
+@docker
+def test_auto_cleanup_deletes_a_deployment_whose_inactivity_period_ran_out(
+        app, linked, make_deployment, catalog, docker_client, busybox_image, monkeypatch):
+    agent, node_id, active = linked
+    catalog["project"].cleanup_minutes = 1
+    deployment_id = make_deployment(node_id)
+    wait_for_deployment(deployment_id, "ready")
+    deployment = deployment_row(deployment_id)
+    deployment.last_activity_at = utcnow() - timedelta(days=1)
+    db.session.commit()
+    active.scheduler.modify_job("auto-cleanup", next_run_time=utcnow())
+    deployment = wait_for_deployment(deployment_id, "deleted", timeout=30)
+    assert deployment.delete_requested_at is not None
+    assert left_behind(docker_client, labelled_for(agent, deployment_id)) == []
+
+
+# --- without agents: the database side --------------------------------------------------------------
+def test_the_auto_cleanup_job_calls_expire_due_in_an_app_context(app, controller, monkeypatch):
+    from flask import has_app_context
+
+    import app.services.deployments as service
+
+    calls = []
+
+    def expire_due(now):
+        calls.append((now, has_app_context()))
+
+    monkeypatch.setattr(service, "expire_due", expire_due)
+    monkeypatch.setitem(app.config, "NULLOPS_CLEANUP_INTERVAL_S", 1)
+    active = controller()
+    deadline = time.monotonic() + 10
+    while not calls:
+        assert time.monotonic() < deadline, "expire_due was never called"
+        time.sleep(0.05)
+    now, in_context = calls[0]
+    assert in_context and now.tzinfo is not None and abs(utcnow() - now) < timedelta(seconds=5)
+    job = active.scheduler.get_job("auto-cleanup")
+    assert job.trigger.interval == timedelta(seconds=1)
+    assert job.coalesce and job.max_instances == 1 and job.misfire_grace_time
+
+
+@pytest.fixture
+def node_id(add_node):
+    return add_node(5999, TOKEN, name="db-only")
+
+
+def test_deletes_that_keep_finding_objects_end_in_cleanup_failed_and_back_off(node_id, make_deployment):
+    deployment_id = make_deployment(node_id, status="deleting")
+    running = {"status": "running"}
+    for attempt, run_id in enumerate(("run-1", "run-2", "run-3"), start=1):
+        assert deployments.record_delete(deployment_id, {**running, "run_id": run_id}) == deployments.WAITING
+        assert deployment_row(deployment_id).cleanup_attempts == attempt
+    # The same run answered again (its events came, or a new link): no new attempt.
+    assert deployments.record_delete(deployment_id, {**running, "run_id": "run-3"}) == deployments.WAITING
+    assert deployment_row(deployment_id).cleanup_attempts == 3
+    assert deployments.record_delete(deployment_id, {**running, "run_id": "run-4"}) == deployments.FAILED
+    deployment = deployment_row(deployment_id)
+    assert deployment.status == "cleanup_failed"
+    assert "after 3 deletes" in deployment.status_message
+    assert f"org.nullops.deployment=dep-{deployment_id}" in deployment.status_message
+    first = deployment.next_attempt_at
+    assert timedelta(seconds=55) < first - utcnow() <= timedelta(minutes=1)
+
+    online = {node_id}
+    assert deployments.due_work(online, set(), first - timedelta(seconds=1)) == ([], [])
+    assert deployment_row(deployment_id).status == "cleanup_failed"
+    _apply, to_delete = deployments.due_work(online, set(), first)
+    assert to_delete == [(deployment_id, node_id, f"dep-{deployment_id}")]
+    deployment = deployment_row(deployment_id)
+    assert deployment.status == "deleting" and deployment.cleanup_attempts == 0
+
+    deployments.fail_cleanup(deployment_id, "the agent's delete run failed (engine error)")
+    deployment = deployment_row(deployment_id)
+    assert deployment.status == "cleanup_failed" and "engine error" in deployment.status_message
+    assert timedelta(seconds=115) < deployment.next_attempt_at - utcnow() <= timedelta(minutes=2)
+
+    deployments.due_work(online, set(), deployment.next_attempt_at)
+    nothing_left = {"run_id": None, "status": "deleted"}
+    assert deployments.record_delete(deployment_id, nothing_left) == deployments.DELETED
+    deployment = deployment_row(deployment_id)
+    assert deployment.status == "deleted" and deployment.deleted_at and deployment.run_id is None
+
+
+def test_a_deleting_deployment_whose_node_was_removed_is_deleted_with_a_message(node_id, make_deployment):
+    deployment_id = make_deployment(node_id, status="deleting")
+    db.session.delete(db.session.get(Node, node_id))
+    db.session.commit()
+    assert deployments.due_work(set(), set(), utcnow()) == ([], [])
+    deployment = deployment_row(deployment_id)
+    assert deployment.status == "deleted" and "node was removed" in deployment.status_message
+
+
+def test_only_pending_and_deleting_deployments_of_online_nodes_without_a_call_in_progress_are_due(
+        node_id, make_deployment):
+    pending, deleting = make_deployment(node_id), make_deployment(node_id, status="deleting")
+    make_deployment(node_id, status="ready")
+    to_apply, to_delete = deployments.due_work({node_id}, set(), utcnow())
+    assert [(i, n) for i, n, _params in to_apply] == [(pending, node_id)]
+    assert to_apply[0][2]["deployment"]["deployment_id"] == f"dep-{pending}"
+    assert to_delete == [(deleting, node_id, f"dep-{deleting}")]
+    assert deployments.due_work(set(), set(), utcnow()) == ([], [])  # node offline: they wait
+    assert deployments.due_work({node_id}, {pending, deleting}, utcnow()) == ([], [])
+
+
+def test_a_node_going_offline_takes_its_running_deployments_offline_but_not_pending_ones(
+        node_id, make_deployment):
+    ids = {status: make_deployment(node_id, status=status)
+           for status in ("pending", "deploying", "ready", "degraded", "failed", "deleting")}
+    node = db.session.get(Node, node_id)
+    node.status = "online"
+    db.session.commit()
+    state.mark(node_id, "offline", "link lost (agent stopping)")
+    after = {status: deployment_row(i).status for status, i in ids.items()}
+    assert after == {"pending": "pending", "deploying": "offline", "ready": "offline",
+                     "degraded": "offline", "failed": "failed", "deleting": "deleting"}
+    assert "link lost" in deployment_row(ids["ready"]).status_message
+
+
+def test_the_desired_state_leaves_out_failed_and_deleting_ones_and_carries_secrets(
+        node_id, make_deployment, catalog):
+    step = web_step(catalog["registry"].id, env={"PASSWORD": "${secrets.DB_PASSWORD}"})
+    secrets = {"DB_PASSWORD": "s3cret"}
+    wanted = [make_deployment(node_id, [step], status=status, secrets=secrets if i == 0 else None)
+              for i, status in enumerate(("pending", "deploying", "ready", "degraded", "offline"))]
+    for status in ("failed", "deleting", "cleanup_failed", "deleted"):
+        make_deployment(node_id, [step], status=status)
+    desired = deployments.desired_state(node_id)
+    assert [entry["deployment"]["deployment_id"] for entry in desired] == [f"dep-{i}" for i in wanted]
+    assert all(entry["secrets"] == {"DB_PASSWORD": "s3cret"} for entry in desired)
+    assert desired[0]["deployment"]["limits"] == {"cpus": 0.5, "memory_mb": 64}
+
+
+def test_the_sync_answer_sets_what_the_agent_runs(node_id, make_deployment):
+    applied, kept, refused, deleting = (make_deployment(node_id, status=s)
+                                        for s in ("offline", "offline", "pending", "deleting"))
+    deployments.record_sync(node_id, {
+        "applied": [f"dep-{applied}", f"dep-{deleting}"], "kept": [f"dep-{kept}"],
+        "deleted": ["dep-999999"], "errors": {f"dep-{refused}": "steps[0]: unknown field 'x'"}})
+    assert deployment_row(applied).status == "deploying"
+    assert deployment_row(kept).status == "ready"
+    assert deployment_row(refused).status == "failed"
+    assert "unknown field" in deployment_row(refused).status_message
+    assert deployment_row(deleting).status == "deleting"  # deleted meanwhile: the round's now
+
+
+def test_events_update_progress_and_status_and_unknown_or_deleted_ones_are_ignored(
+        node_id, make_deployment):
+    deployment_id = make_deployment(node_id, status="deploying")
+    gone = make_deployment(node_id, status="deleted")
+    agent_id = f"dep-{deployment_id}"
+    progress = protocol.RUN_PROGRESS
+    deployments.apply_events([
+        (node_id, progress, {"run_id": "run-a", "deployment_id": agent_id, "status": "running",
+                             "message": "pipeline version 1"}),
+        (node_id, progress, {"run_id": "run-a", "deployment_id": agent_id, "status": "running",
+                             "step_id": "web", "step_status": "running"}),
+        (node_id, progress, {"run_id": "run-a", "deployment_id": f"dep-{gone}", "status": "running",
+                             "step_id": "web", "step_status": "running"}),
+        (node_id, progress, {"run_id": "run-x", "deployment_id": "dep-424242", "status": "running"}),
+        (node_id, progress, {"run_id": "run-x", "deployment_id": "shop-1", "status": "running"}),
+        (node_id + 1, protocol.DEPLOYMENT_STATUS, {"deployment_id": agent_id, "status": "failed"}),
+        (node_id, progress, {"run_id": "run-a", "deployment_id": agent_id, "status": "running",
+                             "step_id": "web", "step_status": "done"}),
+        (node_id, protocol.DEPLOYMENT_STATUS, {"deployment_id": agent_id, "status": "ready",
+                                               "services": {"web": {"ports": {"8000": 49153}}}}),
+    ])
+    deployment = deployment_row(deployment_id)
+    assert deployment.status == "ready" and deployment.run_id == "run-a"
+    assert deployment.progress == {"web": "done"}
+    assert deployment.published == {"web": {"ports": {"8000": 49153}}}
+    lines = db.session.scalars(db.select(DeploymentEvent.message).where(
+        DeploymentEvent.deployment_id == deployment_id, DeploymentEvent.kind == "step")
+        .order_by(DeploymentEvent.id)).all()
+    assert lines == ["run running: pipeline version 1", "web running", "web done"]
+    assert deployment_row(gone).progress == {}
+    assert db.session.scalar(db.select(db.func.count()).select_from(DeploymentEvent)
+                             .where(DeploymentEvent.deployment_id == gone)) == 0
+
+    # A deployment being deleted keeps that status whatever the agent reports meanwhile.
+    request_delete(deployment_id)
+    deployments.apply_event(node_id, protocol.DEPLOYMENT_STATUS, {"deployment_id": agent_id,
+                                                                  "status": "failed"})
+    assert deployment_row(deployment_id).status == "deleting"
+    # A new run (a sync re-applied it) starts its steps over.
+    other = make_deployment(node_id, status="ready")
+    deployments.apply_events([(node_id, progress, {"run_id": "run-b", "deployment_id": f"dep-{other}",
+                                                   "status": "running", "step_id": "web",
+                                                   "step_status": "running"})])
+    assert deployment_row(other).run_id == "run-b"
+    assert deployment_row(other).progress == {"web": "running"}
+
+
+def test_a_deployment_whose_spec_cannot_be_built_fails_without_holding_up_the_others(
+        node_id, make_deployment, catalog):
+    broken = make_deployment(node_id, [web_step(catalog["registry"].id + 1000)])  # no such registry
+    fine = make_deployment(node_id)
+    to_apply, _to_delete = deployments.due_work({node_id}, set(), utcnow())
+    assert [i for i, _node, _params in to_apply] == [fine]
+    assert deployment_row(broken).status == "failed"
+    assert "could not build its spec" in deployment_row(broken).status_message
+    assert [e["deployment"]["deployment_id"] for e in deployments.desired_state(node_id)] == [f"dep-{fine}"]

@@ -1,0 +1,199 @@
+"""Admission: which node takes a new deployment, and what a refusal says."""
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import event
+
+from app.extensions import db
+from app.models import Environment, Project
+from app.models.types import utcnow
+from app.services import admission
+from app.services.errors import InsufficientResources
+from tests.access.deployments import add_deployment, add_node, pipeline_version, service_step
+
+GB = 1024 ** 3
+
+
+@pytest.fixture
+def staging(app):
+    environment = Environment(name="staging")
+    db.session.add(environment)
+    db.session.commit()
+    return environment
+
+
+@pytest.fixture
+def version(app):
+    project = Project(name="shop")
+    db.session.add(project)
+    db.session.commit()
+    return pipeline_version(project, [service_step("web")])
+
+
+def refusal(environment, cpus, memory_mb):
+    with pytest.raises(InsufficientResources) as caught:
+        admission.place(environment, cpus, memory_mb)
+    assert caught.value.status == 409 and caught.value.code == "insufficient_resources"
+    return caught.value.message
+
+
+def test_a_node_with_room_takes_the_deployment(staging):
+    node = add_node(staging, "node-1", cpus=4, memory_mb=8192)
+    assert admission.place(staging, 2, 4096).id == node.id
+
+
+def test_one_node_short_of_cpus_is_named_with_what_it_has_free(staging, version):
+    node = add_node(staging, "node-1", cpus=4, memory_mb=12288)
+    add_deployment(version, staging, node, "a", cpus=3.5, memory_mb=4096)
+    assert refusal(staging, 2, 4096) == (
+        "no online node in staging has 2 CPUs and 4096 MB free: node-1 has 0.5 CPUs and 8192 MB free")
+
+
+def test_allocation_counts_live_deployments_only(staging, version):
+    node = add_node(staging, "node-1", cpus=2, memory_mb=2048)
+    for status in ("pending", "deploying", "ready", "degraded", "failed", "offline", "deleting",
+                   "cleanup_failed"):
+        add_deployment(version, staging, node, f"live-{status}", status=status, cpus=0.25, memory_mb=256)
+    add_deployment(version, staging, node, "gone", status="deleted", cpus=2, memory_mb=2048)
+    # 8 live ones hold 2 CPUs and 2048 MB: the node is full; the deleted one holds nothing.
+    assert refusal(staging, 0.25, 1) == ("no online node in staging has 0.25 CPUs and 1 MB free: "
+                                         "node-1 has 0 CPUs and 0 MB free")
+    db.session.execute(db.text("UPDATE deployments SET status = 'deleted' WHERE name = 'live-failed'"))
+    db.session.commit()
+    assert admission.place(staging, 0.25, 256).id == node.id
+
+
+def test_float_cpus_that_exactly_fill_a_node_fit(staging, version):
+    node = add_node(staging, "node-1", cpus=0.3, memory_mb=1024)
+    add_deployment(version, staging, node, "a", cpus=0.1, memory_mb=1)
+    assert admission.place(staging, 0.2, 1).id == node.id
+
+
+def test_of_several_nodes_the_one_with_most_free_memory_wins(staging, version):
+    add_node(staging, "node-1", cpus=8, memory_mb=8192)
+    roomy = add_node(staging, "node-2", cpus=2, memory_mb=16384)
+    busy = add_node(staging, "node-3", cpus=8, memory_mb=32768)
+    add_deployment(version, staging, busy, "a", cpus=1, memory_mb=30720)
+    assert admission.place(staging, 1, 1024).id == roomy.id
+    # node-2 has the memory but not the CPUs: the next best fitting node takes it.
+    assert admission.place(staging, 4, 1024).name == "node-1"
+
+
+def test_several_nodes_too_small_are_listed_most_free_memory_first(staging, version):
+    add_node(staging, "node-1", cpus=1, memory_mb=1024)
+    add_node(staging, "node-2", cpus=8, memory_mb=2048)
+    full = add_node(staging, "node-3", cpus=4, memory_mb=4096)
+    add_deployment(version, staging, full, "a", cpus=4, memory_mb=512)
+    assert refusal(staging, 2, 4096) == (
+        "no online node in staging has 2 CPUs and 4096 MB free: node-3 has 0 CPUs and 3584 MB free; "
+        "node-2 has 8 CPUs and 2048 MB free; node-1 has 1 CPU and 1024 MB free")
+
+
+def test_a_refusal_names_five_nodes_and_counts_the_rest(staging):
+    for number in range(1, 9):
+        add_node(staging, f"node-{number}", cpus=1, memory_mb=100 * number)
+    message = refusal(staging, 2, 4096)
+    assert message.count(" has ") == 6  # the request, then five nodes
+    assert "node-8 has 1 CPU and 800 MB free" in message and "node-3" not in message
+    assert message.endswith("; and 3 more online nodes with less")
+
+
+def test_a_disabled_node_gets_no_new_deployments(staging):
+    add_node(staging, "node-1", status="disabled", enabled=False, cpus=64, memory_mb=65536)
+    small = add_node(staging, "node-2", cpus=1, memory_mb=1024)
+    assert admission.place(staging, 1, 512).id == small.id
+    assert refusal(staging, 2, 512) == ("no online node in staging has 2 CPUs and 512 MB free: "
+                                        "node-2 has 1 CPU and 1024 MB free")
+
+
+def test_no_online_node_says_so_and_what_the_nodes_are(staging):
+    add_node(staging, "node-1", status="offline")
+    add_node(staging, "node-2", status="disabled", enabled=False)
+    add_node(staging, "node-3", status="online", enabled=False)
+    assert refusal(staging, 1, 512) == (
+        "no online node in staging takes new deployments (node-1 is offline, node-2 is disabled, "
+        "node-3 is disabled); try again later")
+
+
+def test_an_environment_without_nodes_says_so(staging):
+    assert refusal(staging, 1, 512) == ("no online node in staging: the environment has no nodes; "
+                                        "ask an admin to add one")
+
+
+def test_nodes_of_other_environments_neither_take_nor_count(staging, version):
+    other = Environment(name="production")
+    db.session.add(other)
+    db.session.commit()
+    add_node(other, "big", cpus=64, memory_mb=65536)
+    mine = add_node(staging, "node-1", cpus=2, memory_mb=2048)
+    assert admission.place(staging, 2, 2048).id == mine.id
+    add_deployment(version, staging, mine, "a", cpus=1, memory_mb=1024)
+    assert "node-1 has 1 CPU and 1024 MB free" in refusal(staging, 2, 2048)
+
+
+def test_fresh_agent_figures_limit_what_fits(staging):
+    busy_host = {"cpus": 4, "cpu_percent": 75.0, "memory_total": 16 * GB, "memory_available": 3 * GB}
+    add_node(staging, "node-1", cpus=4, memory_mb=16384, host=busy_host)
+    # Nothing is allocated, but the host is busy: 1 CPU and 3072 MB are actually free.
+    assert refusal(staging, 2, 1024) == ("no online node in staging has 2 CPUs and 1024 MB free: "
+                                         "node-1 has 1 CPU and 3072 MB free")
+    assert "node-1 has 1 CPU and 3072 MB free" in refusal(staging, 1, 4096)
+    assert admission.place(staging, 1, 3072).name == "node-1"
+
+
+def test_stale_agent_figures_are_ignored_but_the_allocation_still_applies(staging, version):
+    busy_host = {"cpus": 4, "cpu_percent": 100.0, "memory_total": 16 * GB, "memory_available": 0}
+    node = add_node(staging, "node-1", cpus=4, memory_mb=4096, host=busy_host,
+                    resources_at=utcnow() - timedelta(seconds=61))
+    assert admission.place(staging, 2, 2048).id == node.id
+    add_deployment(version, staging, node, "a", cpus=3, memory_mb=1024)
+    assert refusal(staging, 2, 2048) == ("no online node in staging has 2 CPUs and 2048 MB free: "
+                                         "node-1 has 1 CPU and 3072 MB free")
+    node.resources_at = utcnow()
+    db.session.commit()
+    assert "node-1 has 0 CPUs and 0 MB free" in refusal(staging, 1, 1)
+
+
+def test_the_lower_of_allocation_and_agent_figures_counts(staging, version):
+    idle_host = {"cpus": 8, "cpu_percent": 0.0, "memory_total": 32 * GB, "memory_available": 30 * GB}
+    node = add_node(staging, "node-1", cpus=4, memory_mb=8192, host=idle_host)
+    add_deployment(version, staging, node, "a", cpus=1, memory_mb=2048)
+    assert "node-1 has 3 CPUs and 6144 MB free" in refusal(staging, 4, 1024)
+
+
+def test_garbled_agent_figures_are_ignored(staging):
+    add_node(staging, "node-1", cpus=4, memory_mb=4096, host={"cpus": "many"})
+    assert admission.place(staging, 4, 4096).name == "node-1"
+
+
+def test_a_node_without_reported_capacity_is_named_as_such(staging):
+    add_node(staging, "node-1", cpus=None, memory_mb=None)
+    assert refusal(staging, 1, 512) == ("no online node in staging has 1 CPU and 512 MB free: "
+                                        "node-1 has not reported its capacity yet")
+
+
+def test_an_override_caps_the_capacity(staging):
+    node = add_node(staging, "node-1", cpus=16, memory_mb=65536)
+    node.cpus_override, node.memory_mb_override = 1.5, 2048
+    db.session.commit()
+    assert "node-1 has 1.5 CPUs and 2048 MB free" in refusal(staging, 2, 1024)
+
+
+def test_placing_is_two_queries_whatever_the_fleet(staging, version):
+    for number in range(20):
+        node = add_node(staging, f"node-{number:02d}", cpus=4, memory_mb=4096 + number)
+        add_deployment(version, staging, node, f"d-{number}", cpus=1, memory_mb=1024)
+    statements = []
+
+    def count(*_args):
+        statements.append(1)
+
+    db.session.expire_all()
+    assert staging.name == "staging"  # loaded again before counting
+    event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        chosen = admission.place(staging, 1, 1024)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
+    assert chosen.name == "node-19"
+    assert len(statements) == 2
