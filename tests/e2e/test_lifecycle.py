@@ -249,10 +249,10 @@ def test_issue_5_end_to_end(app, client, make_user, admin, bearer, registry, age
     assert containers_of(docker_client, agent.node_id, created["id"]) == []
 
     # --- auto-cleanup removes the clone once its inactivity period has run out -------------
-    as_admin("PATCH", f"/projects/{project['id']}", {"cleanup_minutes": 1})
+    as_admin("PATCH", f"/projects/{project['id']}", {"cleanup_minutes": 5})
     with app.app_context():
         row = db.session.get(Deployment, clone["id"])
-        row.last_activity_at = utcnow().replace(microsecond=0) - _minutes(2)
+        row.last_activity_at = utcnow().replace(microsecond=0) - _minutes(6)
         db.session.commit()
     gone = wait_for(as_writer, clone["id"], "deleted", timeout=60)
     assert gone["deleted_at"]
