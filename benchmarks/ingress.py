@@ -29,7 +29,7 @@ from pathlib import Path
 import docker
 
 from benchmarks.agent_fleet import Database
-from tests.ingress.conftest import CaddyProcess
+from tests.caddytools import CaddyProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 NULLOPS = str(ROOT / ".venv" / "bin" / "nullops")

@@ -12,6 +12,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from app.controller.internal import InternalEndpoint
 from app.controller.leader import LeaderLock
 from app.controller.manager import LinkManager
+from app.ingress.sync import IngressSync
 
 log = logging.getLogger("nullops.controller")
 ELECTION_RETRY_S = 1.0
@@ -42,6 +43,7 @@ class Controller:
         self.poll_s = poll_s
         self.manager = None
         self.internal = None
+        self.ingress = None
         self.scheduler = None
         self.active = threading.Event()   # set while this process is the active controller
         self._stopped = threading.Event()
@@ -103,6 +105,13 @@ class Controller:
 
     async def _links(self, lock):
         self.manager = LinkManager(self.app, poll_s=self.poll_s)
+        config = self.app.config
+        self.ingress = None
+        if config.get("NULLOPS_CADDY_ADMIN_URL"):
+            self.ingress = IngressSync(self.app, config["NULLOPS_CADDY_ADMIN_URL"],
+                                       config["NULLOPS_INGRESS_LISTEN"],
+                                       config["NULLOPS_INGRESS_PAGES_UPSTREAM"])
+            self.manager.on_change = self.ingress.wake
         self.internal = InternalEndpoint(self.manager, self.app.config["NULLOPS_CONTROLLER_INTERNAL"],
                                          self.app.config["SECRET_KEY"])
         try:
@@ -113,6 +122,7 @@ class Controller:
                       exc.strerror or exc)
         stopping = asyncio.Event()
         links = asyncio.create_task(self.manager.run(stopping))
+        ingress = asyncio.create_task(self.ingress.run(stopping)) if self.ingress else None
         while not links.done():
             await asyncio.sleep(ELECTION_RETRY_S)
             held = await asyncio.to_thread(lock.still_held)
@@ -120,4 +130,6 @@ class Controller:
                 stopping.set()
                 break
         await links
+        if ingress is not None:
+            await ingress
         await self.internal.stop()

@@ -58,6 +58,7 @@ class Batched:
             except Exception as exc:  # noqa: BLE001 - handed to the callers
                 outcomes = [(None, exc)] if len(batch) == 1 else [
                     await self._alone(args) for args, _done in batch]
+            self.manager.changed()
             for (_args, done), (result, error) in zip(batch, outcomes, strict=True):
                 if done.done():  # its caller was cancelled meanwhile
                     continue
@@ -94,6 +95,7 @@ class LinkManager:
         self._wake = None
         self.loop = None
         self._streams = {}  # (node id, stream id) -> callback(frame)
+        self.on_change = None  # called after deployment or node writes (the ingress follows them)
         self._resources = {}  # node id -> (latest resources frame, received at), not yet written
         # One worker-thread write per link coming up, or per command done, held 1,000 nodes back
         # (benchmarks/agent_fleet.py): these gather what arrives while the last batch is written.
@@ -144,6 +146,11 @@ class LinkManager:
                 pass
 
     # --- the loop ------------------------------------------------------------------------------
+    def changed(self):
+        """Deployments or nodes were written: whoever follows them looks now."""
+        if self.on_change is not None:
+            self.on_change()
+
     def wake(self):
         """Look at the nodes now rather than at the next poll (thread-safe)."""
         if self.loop is not None and self._wake is not None:

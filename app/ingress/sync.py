@@ -52,10 +52,10 @@ class IngressSync:
             except Exception:  # noqa: BLE001 - the database may be away: try again
                 log.exception("ingress round failed")
                 delay = RETRY_FIRST_S
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay)
-            except TimeoutError:
-                pass
+            waiters = {asyncio.create_task(self._wake.wait()), asyncio.create_task(stopping.wait())}
+            done, pending = await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            for task in done | pending:
+                task.cancel()
 
     def round(self, force=False):
         with self.app.app_context():

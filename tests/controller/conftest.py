@@ -12,6 +12,7 @@ from app.extensions import db
 from app.models import Environment, Node
 from app.services.catalog import keyring
 from tests.agent.link.support import AgentProcess
+from tests.caddytools import caddy, web  # noqa: F401 - fixtures
 from tests.dockertools import left_behind, remove_labelled
 
 

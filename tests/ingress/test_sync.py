@@ -7,7 +7,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from werkzeug.serving import make_server
 
 from app.extensions import db
 from app.ingress import caddy as caddy_api
@@ -40,17 +39,6 @@ def upstream():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield server.server_port
-    finally:
-        server.shutdown()
-
-
-@pytest.fixture
-def web(app):
-    """The web tier over HTTP, for the pages Caddy does not proxy: "host:port"."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
 
