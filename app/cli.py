@@ -14,6 +14,17 @@ def _dev_mode():
     return os.environ.get("NULLOPS_DEV") == "1"
 
 
+def _log_to_stderr():
+    """Long-running commands log to stderr (NULLOPS_LOG_LEVEL, default info); the service
+    manager or container runtime collects it. Secrets never reach log lines (they are not
+    formatted into messages anywhere)."""
+    import logging
+
+    level = os.environ.get("NULLOPS_LOG_LEVEL", "info").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def build_app():
     """App factory for CLI commands. `NULLOPS_DEV=1` (set by `make run`) uses the dev secrets."""
     from app import create_app
@@ -42,6 +53,7 @@ def cli():
 def dev(host, port):
     """Web and controller in one process on the embedded SQLite database."""
     os.environ["NULLOPS_DEV"] = "1"
+    _log_to_stderr()
     from werkzeug.serving import run_simple
 
     from app import devstack
@@ -90,9 +102,10 @@ def web(bind, workers, threads):
 
 @cli.command("controller", with_appcontext=False)
 def controller_command():
-    """The controller: scheduled jobs (and, with later issues, agent links and ingress)."""
+    """The controller: agent links, deployments, the ingress and the scheduled jobs."""
     from app.controller import Controller
 
+    _log_to_stderr()
     app = build_app()
     Controller(app).run_forever()
 

@@ -65,10 +65,14 @@ def test_web_serves_under_gunicorn_and_stops_on_sigterm(process_env):
 
 def test_controller_runs_until_sigterm(process_env):
     proc = subprocess.Popen([NULLOPS, "controller"], env=process_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        time.sleep(2)
-        assert proc.poll() is None, proc.stdout.read().decode()
+        seen = []
+        for line in proc.stdout:  # its signal handlers are in place once it says it started
+            seen.append(line)
+            if "controller started" in line:
+                break
+        assert proc.poll() is None, "".join(seen)
     finally:
         assert _stop(proc) == 0
 
