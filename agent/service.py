@@ -356,9 +356,12 @@ class AgentService:
         def target():
             try:
                 work()
+            except AgentError as exc:  # typed: its message is safe to tell the control plane
+                log.error("%s run %s failed: %s", kind, run_id, exc.message)
+                self._run_failed(deployment_id, run_id, exc.message)
             except Exception:  # noqa: BLE001 - a crashed run must not kill the agent
                 log.exception("%s run %s crashed", kind, run_id)
-                self.store.finish_run(run_id, FAILED, "internal error; see the agent log")
+                self._run_failed(deployment_id, run_id, "internal error; see the agent log")
             finally:
                 with self._lock:
                     if self.active.get(deployment_id) and self.active[deployment_id].run_id == run_id:
@@ -367,6 +370,15 @@ class AgentService:
         thread = threading.Thread(target=target, name=f"{kind}-{deployment_id}", daemon=True)
         self.active[deployment_id] = ActiveRun(run_id, kind, thread, cancel, digest)
         thread.start()
+
+    def _run_failed(self, deployment_id, run_id, message):
+        """A run that ended by an exception: stored and told at once (a failed delete becomes
+        the deployment's cleanup_failed reason on the control plane)."""
+        memory = self.memory.get(deployment_id)
+        message = memory.redact(message) if memory is not None else message
+        self.store.finish_run(run_id, FAILED, message)
+        self.hub.publish(protocol.RUN_PROGRESS, {"run_id": run_id, "deployment_id": deployment_id,
+                                                 "status": FAILED, "message": message})
 
     def wait_idle(self, deployment_id, timeout=None):
         """Block until no run is active for a deployment (tests, shutdown)."""

@@ -145,6 +145,7 @@ class NodeLink:
                 await ws.close()
                 raise
         self.online = True
+        self._acked = 0   # sequence numbers are the agent's: a wiped agent starts again at 1
         self._last_frame = time.monotonic()
         await self.manager.mark_online(self.node_id, self.thumbprint, hello)
         self.target["thumbprint"] = self.thumbprint  # pinned now (at first contact) or already
