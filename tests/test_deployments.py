@@ -409,3 +409,20 @@ def test_expire_due_spares_a_deployment_extended_since(ex, version, node):
 
 def test_expire_due_with_nothing_to_do(app):
     assert deployments.expire_due() == []
+
+
+# --- the project and environment a deployment belongs to ----------------------------------------
+def test_a_project_or_environment_with_live_deployments_cannot_be_deleted(ex, version, node):
+    from app.services import catalog
+
+    deployment = deployments.create(ex["writer"], ex["project"], ex["environment"], "pr-1", {})
+    for target in (ex["project"], ex["environment"]):
+        error = refused(Conflict, catalog.delete, ex["admin"], target)
+        assert "1 deployment(s) that are not deleted" in error.message
+    deployments.request_delete(ex["writer"], deployment)
+    deployment_id = deployment.id
+    row = db.session.get(Deployment, deployment_id)
+    row.status, row.deleted_at = "deleted", utcnow()   # what the controller does once it checked
+    db.session.commit()
+    catalog.delete(ex["admin"], ex["project"])          # the deleted deployment's row goes with it
+    assert db.session.get(Deployment, deployment_id) is None
