@@ -4,6 +4,9 @@
 #
 #   nullops-test/base:bookworm   Debian minbase + python3, venv, pip, CA certs
 #   nullops-test/busybox:latest  Debian's static busybox with its applet links
+#   nullops-test/postgres:15, nullops-test/{postgres-database,sql-script,http-wait}:latest
+#                                the first-party images (images/, plugins/), built
+#                                with `docker build` FROM the base image
 #
 # Each image carries a label with the SHA-256 of its inputs (this recipe, the
 # package list, the host CA certificates, the busybox binary). When the image
@@ -180,6 +183,59 @@ build_busybox() {  # image hash
     import_and_tag "$rootfs" "$image" "$hash" --change 'CMD ["/bin/sh"]'
 }
 
+# ---------------------------------------------------------------- first-party images
+# images/postgres and plugins/*: their own Dockerfiles, built FROM the base
+# image (their default base is a public one no registry here serves). The
+# inputs hash is the one tests/plugins/images.py computes, so pytest finds
+# these up to date: the base image's id, then the `sha256sum` listing of the
+# folder's files in byte order (Python caches left out). The same list of
+# images is in tests/plugins/images.py.
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DOCKER_IMAGES=(  # "tag folder"; sql-script after postgres-database: it reuses their shared layer
+    "nullops-test/postgres:15 images/postgres"
+    "nullops-test/postgres-database:latest plugins/postgres-database"
+    "nullops-test/sql-script:latest plugins/sql-script"
+    "nullops-test/http-wait:latest plugins/http-wait"
+)
+
+docker_inputs_hash() {  # folder -> hash
+    local folder=$1 base_id
+    base_id=$(docker image inspect --format '{{.Id}}' "$BASE_IMAGE") || die "$BASE_IMAGE missing"
+    {
+        echo "base $base_id"
+        (cd "$folder" && find . -name __pycache__ -prune -o -type f ! -name '*.pyc' -printf '%P\0' |
+            LC_ALL=C sort -z | xargs -0 -r sha256sum)
+    } | sha
+}
+
+maybe_docker_build() {  # image folder (relative to the repository)
+    local image=$1 folder=$REPO_ROOT/$2 hash old_id t0
+    [ -f "$folder/Dockerfile" ] || die "$folder/Dockerfile missing"
+    hash=$(docker_inputs_hash "$folder")
+    if [ "$FORCE" -eq 0 ] && [ "$(current_hash "$image")" = "$hash" ]; then
+        log "$image up to date (inputs ${hash:0:12})"
+        return 0
+    fi
+    t0=$EPOCHREALTIME
+    log "building $image from $2 (inputs ${hash:0:12})"
+    old_id=$(docker image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
+    new_workdir
+    # The legacy builder (no buildx here) builds on a local-only base; --force-rm
+    # leaves no container behind when a step fails. Interrupted, the client's
+    # exit cancels the build in the engine.
+    DOCKER_BUILDKIT=0 run_killable docker build --force-rm --pull=false \
+        --build-arg "BASE_IMAGE=$BASE_IMAGE" --label "$HASH_LABEL=$hash" \
+        -t "$image" "$folder" >"$WORKDIR/build.log" 2>&1 || {
+        tail -n 30 "$WORKDIR/build.log" >&2
+        die "docker build of $image failed"
+    }
+    rm -rf "$WORKDIR"; WORKDIR=""
+    if [ -n "$old_id" ] && [ "$old_id" != "$(docker image inspect --format '{{.Id}}' "$image")" ]; then
+        docker rmi "$old_id" >/dev/null 2>&1 || true
+    fi
+    log "$image built in $(since "$t0")"
+}
+
 # ---------------------------------------------------------------- main
 main() {
     command -v docker >/dev/null || die "docker CLI not found (run scripts/test-host.sh)"
@@ -219,6 +275,12 @@ main() {
         sha256sum <"$BUSYBOX_BIN"
     } | sha)
     maybe_build "$BUSYBOX_IMAGE" "$busybox_hash" build_busybox
+
+    local entry
+    for entry in "${DOCKER_IMAGES[@]}"; do
+        # shellcheck disable=SC2086 # "tag folder": two words
+        maybe_docker_build $entry
+    done
 
     log "done in $(since "$t0")"
 }

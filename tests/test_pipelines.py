@@ -68,7 +68,8 @@ def test_a_valid_pipeline_is_saved_as_version_1_with_the_catalog_copied_in(shop,
         "id": "mkdb", "kind": "plugin", "plugin": "postgres-database", "registry_id": hub,
         "image": "nullops/postgres-database", "tag": "1.0",
         "params": {"host": "${services.db.host}", "password": "${secrets.DB_PASSWORD}"},
-        "cpus": 0.5, "memory_mb": 256, "timeout_s": 300, "network": True, "depends_on": ["db"]}
+        "cpus": 0.5, "memory_mb": 256, "timeout_s": 300, "network": True, "rollback": False,
+        "depends_on": ["db"]}
     assert web["depends_on"] == ["mkdb"] and web["tag_mode"] == "selectable"
     assert web["env"] == {"LOG_LEVEL": "info", "DATABASE_URL": "${steps.mkdb.outputs.url}",
                           "PUBLIC_URL": "${services.web.url}"}

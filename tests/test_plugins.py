@@ -208,3 +208,17 @@ def test_users_read_plugins_but_cannot_change_them(client, headers, body, make_u
     assert client.get("/api/v1/plugins", headers=user).json["items"] == [plugin]
     assert client.delete(f"/api/v1/plugins/{plugin['id']}", headers=user).status_code == 403
     assert db.session.get(Plugin, plugin["id"]) is not None
+
+
+def test_a_plugin_may_ask_to_be_run_again_on_rollback(app, admin):
+    """postgres-database drops what it made when the deployment is rolled back or deleted."""
+    from app.models import Registry
+    from app.models.registries import DOCKER_HUB_NAME, DOCKER_HUB_URL
+    from app.services import plugins
+
+    hub = Registry(name=DOCKER_HUB_NAME, url=DOCKER_HUB_URL, is_default=True)
+    db.session.add(hub)
+    db.session.commit()
+    plugin = plugins.create(admin, "mkdb", hub.id, "nullops/postgres-database", "1.0", rollback=True)
+    assert plugin.rollback is True
+    assert plugins.update(admin, plugin, rollback=False).rollback is False

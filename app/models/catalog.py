@@ -117,6 +117,9 @@ class Plugin(db.Model):
     memory_mb: Mapped[int] = mapped_column(default=256)
     timeout_s: Mapped[int] = mapped_column(default=DEFAULT_PLUGIN_TIMEOUT_S)
     network: Mapped[bool] = mapped_column(default=False)  # joins the deployment's network
+    # Run again with action "rollback" when the deployment is rolled back or deleted (for what it
+    # made outside the deployment's own containers, e.g. a database on a shared server).
+    rollback: Mapped[bool] = mapped_column(default=False, server_default="0")
     created_at = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
     updated_at = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow, nullable=False)
 

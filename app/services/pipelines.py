@@ -272,7 +272,7 @@ def _resolve_step(node, row, depends_on):
     return {"id": node["id"], "kind": "plugin", "plugin": row.name, "registry_id": row.registry_id,
             "image": row.image, "tag": row.tag, "params": copy.deepcopy(node.get("params", {})),
             "cpus": row.cpus, "memory_mb": row.memory_mb, "timeout_s": row.timeout_s,
-            "network": bool(row.network), "depends_on": depends_on}
+            "network": bool(row.network), "rollback": bool(row.rollback), "depends_on": depends_on}
 
 
 # --- references and parameters -------------------------------------------------------------------

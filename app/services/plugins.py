@@ -36,7 +36,7 @@ MEMORY_MB_RANGE = (16, 256 * 1024)
 TIMEOUT_S_RANGE = (1, 24 * 60 * 60)
 PARAMS_SCHEMA_MAX_BYTES = 64 * 1024
 FIELDS = ("name", "description", "registry_id", "image", "tag", "params_schema", "cpus", "memory_mb",
-          "timeout_s", "network")
+          "timeout_s", "network", "rollback")
 # A change to any of these is a different image on the nodes: pull it again.
 IMAGE_FIELDS = ("registry_id", "image", "tag")
 
@@ -79,6 +79,8 @@ def _checked(values, plugin_id=None):
     values["timeout_s"] = _number(problems, "timeout_s", values["timeout_s"], TIMEOUT_S_RANGE, integer=True)
     if not isinstance(values["network"], bool):
         problems.add("network", "use true (the plugin joins the deployment's network) or false")
+    if not isinstance(values["rollback"], bool):
+        problems.add("rollback", "use true (run again with action rollback on rollback and delete) or false")
     problems.raise_any()
     check_unique(Plugin, values["name"], plugin_id)
     return values
@@ -101,11 +103,11 @@ def _queue_prepull(plugin):
 
 
 def create(actor, name, registry_id, image, tag, *, description="", params_schema=None, cpus=0.5,
-           memory_mb=256, timeout_s=DEFAULT_PLUGIN_TIMEOUT_S, network=False):
+           memory_mb=256, timeout_s=DEFAULT_PLUGIN_TIMEOUT_S, network=False, rollback=False):
     values = _checked({
         "name": name, "description": description, "registry_id": registry_id, "image": image,
         "tag": tag, "params_schema": {} if params_schema is None else params_schema, "cpus": cpus,
-        "memory_mb": memory_mb, "timeout_s": timeout_s, "network": network,
+        "memory_mb": memory_mb, "timeout_s": timeout_s, "network": network, "rollback": rollback,
     })
     plugin = Plugin(**values)
     db.session.add(plugin)

@@ -10,7 +10,7 @@ per step:
      "command": null, "health_check": {"type": "tcp", "port": 5432}, "depends_on": []}
     {"id": "mkdb", "kind": "plugin", "plugin": "postgres-database", "registry_id": 1,
      "image": "nullops/postgres-database", "tag": "1.0", "params": {...}, "cpus": 0.5,
-     "memory_mb": 256, "timeout_s": 300, "network": true, "depends_on": ["db"]}
+     "memory_mb": 256, "timeout_s": 300, "network": true, "rollback": false, "depends_on": ["db"]}
 
 A deployment's `tags` hold the tag of every service step (pinned ones copied in at creation).
 Secrets are decrypted here, only when the controller is about to send them to the agent.
@@ -74,6 +74,7 @@ def compile_spec(deployment):
             out["memory_mb"] = step["memory_mb"]
             out["timeout_s"] = step["timeout_s"]
             out["network"] = bool(step.get("network"))
+            out["rollback"] = bool(step.get("rollback"))
         steps.append(out)
     spec = {
         "deployment_id": deployment.agent_id,

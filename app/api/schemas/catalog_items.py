@@ -102,6 +102,8 @@ _MEMORY_MB = {"ge": MEMORY_MB_RANGE[0], "le": MEMORY_MB_RANGE[1],
               "description": "Memory (MB) for one run of the plugin"}
 _TIMEOUT_S = {"ge": TIMEOUT_S_RANGE[0], "le": TIMEOUT_S_RANGE[1],
               "description": "A run that takes longer fails (seconds)"}
+_ROLLBACK = {"description": "Whether the plugin runs again with action \"rollback\" when the deployment "
+                          "is rolled back or deleted (for what it made outside the deployment)"}
 _NETWORK = {"description": "Whether the plugin joins the deployment's network (to reach its services)"}
 _PARAMS_SCHEMA = {"description": "A JSON Schema (draft 2020-12) of the params a pipeline step gives; "
                                  "{} accepts any"}
@@ -118,6 +120,7 @@ class PluginCreate(Request):
     memory_mb: int = Field(256, **_MEMORY_MB)
     timeout_s: int = Field(DEFAULT_PLUGIN_TIMEOUT_S, **_TIMEOUT_S)
     network: bool = Field(False, **_NETWORK)
+    rollback: bool = Field(False, **_ROLLBACK)
 
 
 class PluginUpdate(Request):
@@ -134,6 +137,7 @@ class PluginUpdate(Request):
     memory_mb: int | None = Field(None, **_MEMORY_MB)
     timeout_s: int | None = Field(None, **_TIMEOUT_S)
     network: bool | None = Field(None, **_NETWORK)
+    rollback: bool | None = Field(None, **_ROLLBACK)
 
     not_null = field_validator(*PluginCreate.model_fields)(classmethod(_not_null))
 
@@ -150,5 +154,6 @@ class PluginOut(Response):
     memory_mb: int
     timeout_s: int
     network: bool
+    rollback: bool
     created_at: datetime
     updated_at: datetime
