@@ -3,10 +3,13 @@ import re
 
 from app.api.core import public_endpoints
 from app.health import PUBLIC_ENDPOINTS as HEALTH_PUBLIC
+from app.ingress.page_view import PUBLIC_ENDPOINTS as INGRESS_PUBLIC
 from app.ui import PUBLIC_ENDPOINTS as UI_PUBLIC
 from tests.conftest import csrf_from
 
-EXPECTED_PUBLIC = {"health.healthz", "health.readyz", "ui.login", "static", "api.openapi_document"}
+# The ingress page tells no more than a deployment's URL does (app/ingress/page_view.py).
+EXPECTED_PUBLIC = {"health.healthz", "health.readyz", "ui.login", "static", "api.openapi_document",
+                   "ingress_pages.ingress_page"}
 
 
 def _concrete(rule):
@@ -14,7 +17,7 @@ def _concrete(rule):
 
 
 def test_the_public_routes_are_exactly_the_expected_ones(app):
-    assert public_endpoints() | HEALTH_PUBLIC | UI_PUBLIC == EXPECTED_PUBLIC
+    assert public_endpoints() | HEALTH_PUBLIC | UI_PUBLIC | INGRESS_PUBLIC == EXPECTED_PUBLIC
 
 
 def test_every_other_route_refuses_anonymous_callers(app, client):

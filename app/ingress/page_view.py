@@ -11,6 +11,7 @@ from app.ingress.routes import PROXIED
 from app.models import Deployment, Environment
 
 bp = Blueprint("ingress_pages", __name__)
+PUBLIC_ENDPOINTS = frozenset({"ingress_pages.ingress_page"})
 GONE = ("deleting", "cleanup_failed", "deleted")
 
 
