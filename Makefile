@@ -7,13 +7,28 @@ STAMP := $(VENV)/.installed
 VENDOR := app/static/vendor
 TEST_DB_URL ?= postgresql://nullops_test:nullops_test@127.0.0.1:5432/nullops_test
 
-.PHONY: run test venv assets host-run host-test images lint pytest clean
+.PHONY: run demo demo-setup test venv assets host-run host-test images lint pytest clean
 
 ## run: NullOps on http://127.0.0.1:8080 (embedded SQLite under var/, first admin created)
 run: host-run venv assets
 	NULLOPS_DEV=1 $(BIN)/nullops db upgrade
 	NULLOPS_DEV=1 $(BIN)/nullops users create-admin --if-missing
+	@$(MAKE) --no-print-directory demo-setup OPTIONAL=--optional || echo "[demo] not seeded (see above); NullOps starts without it"
 	NULLOPS_DEV=1 exec $(BIN)/nullops dev
+
+## demo: what run does, then deploys the demo and prints the URL that shows its seeded rows
+demo: host-run venv assets
+	NULLOPS_DEV=1 $(BIN)/nullops db upgrade
+	NULLOPS_DEV=1 $(BIN)/nullops users create-admin --if-missing
+	@$(MAKE) --no-print-directory demo-setup
+	NULLOPS_DEV=1 exec $(BIN)/nullops demo up
+
+# The demo's images in the local registry (127.0.0.1:5000), then its project seeded. With
+# OPTIONAL=--optional (make run) a missing Docker engine or registry skips it with a message.
+demo-setup:
+	@bash scripts/demo-images.sh $(OPTIONAL); rc=$$?; \
+	if [ $$rc -eq 3 ]; then exit 0; elif [ $$rc -ne 0 ]; then exit $$rc; fi; \
+	NULLOPS_DEV=1 $(BIN)/nullops demo seed --registry-url "http://$${DEMO_REGISTRY:-127.0.0.1:5000}"
 
 ## test: installs and starts Docker and PostgreSQL when missing, builds test images, runs pytest
 test: host-run host-test venv assets images lint pytest
@@ -45,7 +60,7 @@ $(VENDOR)/.stamp: package.json package-lock.json
 	touch $@
 
 lint: venv
-	$(BIN)/ruff check app agent client tests scripts benchmarks wsgi.py migrations
+	$(BIN)/ruff check app agent client plugins demo tests scripts benchmarks wsgi.py migrations
 
 pytest:
 	NULLOPS_TEST_DATABASE_URL=$(TEST_DB_URL) NULLOPS_TEST_DOCKER=1 NULLOPS_TEST_BROWSER=1 $(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS)

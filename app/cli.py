@@ -1,4 +1,4 @@
-"""The `nullops` command: the single entry point (dev, web, controller, db, users, keys)."""
+"""The `nullops` command: the single entry point (dev, web, controller, db, users, keys, demo)."""
 import os
 import secrets
 import sys
@@ -174,6 +174,142 @@ def keys_rotate():
         raise click.ClickException(f"rotation stopped: {exc}") from None
     total = sum(counts.values())
     click.echo(f"Re-encrypted {total} value(s) under key {keyring.current_id}: {counts}")
+
+
+@cli.group("demo")
+def demo_group():
+    """The reference demo: seed it, deploy it (make run / make demo)."""
+
+
+def _demo_failed(exc):
+    from app.services.errors import ServiceError
+
+    message = exc.message if isinstance(exc, ServiceError) else str(exc)
+    return click.ClickException(f"demo: {message}")
+
+
+@demo_group.command("seed")
+@click.option("--registry-url", default=None,
+              help="Where the demo images are (default http://127.0.0.1:5000, scripts/demo-images.sh).")
+@with_appcontext
+def demo_seed(registry_url):
+    """Create the demo's registry, services, plugins, project, secret and pipeline when missing."""
+    from app import demo
+    from app.services.errors import ServiceError
+
+    try:
+        done = demo.seed(None, registry_url or demo.REGISTRY_URL)
+    except (demo.DemoError, ServiceError) as exc:
+        raise _demo_failed(exc) from None
+    created = [f"{kind} {name}" for kind, name, what in done if what == "created"]
+    click.echo(f"Demo seeded: created {', '.join(created)}." if created
+               else "Demo seeded already; nothing to do.")
+    click.echo(f"Deploy it from the UI (project {demo.PROJECT}, environment {demo.ENVIRONMENT}) "
+               "or with `make demo`.")
+
+
+def _demo_deploy(name, tag, timeout):
+    """Create (or reuse) the deployment, wait for it, print its URLs."""
+    from app import demo
+    from app.services.errors import ServiceError
+
+    def say(line):
+        click.echo(f"  {line}")
+
+    try:
+        deployment, what = demo.deploy(demo.first_admin(), name, tag, say=say)
+        click.echo(f"Deployment {name}: {what}")
+        deployment = demo.wait_ready(deployment.id, timeout, say=say)
+    except (demo.DemoError, ServiceError) as exc:
+        raise _demo_failed(exc) from None
+    url, curl, published = demo.addresses(deployment, current_app.config["NULLOPS_INGRESS_LISTEN"])
+    click.echo(f"\nThe demo ({deployment.tags.get('web')}) shows its seeded rows at:\n\n    {url}\n")
+    click.echo(f"Where *.localhost does not resolve: {curl}")
+    if published:
+        click.echo(f"Straight to the container, without the ingress: {published}")
+
+
+@demo_group.command("deploy")
+@click.option("--name", default="demo", show_default=True, help="The deployment's name.")
+@click.option("--tag", default="1.0", show_default=True,
+              help="The web app's tag (1.0, 1.1, features-dark-mode).")
+@click.option("--timeout", default=300, show_default=True, type=int, help="Seconds to wait for ready.")
+@with_appcontext
+def demo_deploy(name, tag, timeout):
+    """Deploy the demo project to environment "local" (a running `nullops dev`) and wait."""
+    _demo_deploy(name, tag, timeout)
+
+
+@demo_group.command("up", with_appcontext=False)
+@click.option("--name", default="demo", show_default=True, help="The deployment's name.")
+@click.option("--tag", default="1.0", show_default=True, help="The web app's tag.")
+def demo_up(name, tag):
+    """`make demo`: start `nullops dev` in the background unless one runs, deploy, print the
+    URL, then keep NullOps running until Ctrl-C."""
+    import signal
+    import subprocess
+
+    from app import demo
+    from app.config import VAR_DIR
+
+    # Ctrl-C and a plain kill both end here through KeyboardInterrupt, so NullOps is stopped
+    # (a shell without job control starts background commands with SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    os.environ["NULLOPS_DEV"] = "1"
+    app = build_app()
+    host, port = app.config["NULLOPS_HOST"], app.config["NULLOPS_PORT"]
+    process, interrupted = None, False
+    try:
+        if demo.nullops_answers(host, port):
+            click.echo(f"Using the NullOps already running at http://{host}:{port}/")
+        else:
+            log_path = VAR_DIR / "nullops-dev.log"
+            click.echo(f"Starting NullOps in the background (log: {log_path})")
+            with open(log_path, "ab") as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "app.cli", "dev"], stdout=log, stderr=subprocess.STDOUT,
+                    env={**os.environ, "NULLOPS_DEV": "1"},
+                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509
+        with app.app_context():
+            try:
+                demo.wait_node_online()
+            except demo.DemoError as exc:
+                raise _demo_failed(exc) from None
+            _demo_deploy(name, tag, demo.READY_TIMEOUT_S)
+        click.echo(f"\nNullOps: http://{host}:{port}/ (log in as admin).")
+        if process is not None:
+            click.echo("NullOps runs until Ctrl-C here; the deployment stays (delete it in the UI, "
+                       "or `make run` to bring NullOps back).")
+            process.wait()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if process is not None and process.poll() is None:
+            click.echo("Stopping NullOps")
+            _stop_dev(process, interrupted)
+
+
+def _stop_dev(process, interrupted):
+    """`nullops dev` stops its agent and Caddy on SIGINT (KeyboardInterrupt). A terminal's Ctrl-C
+    has sent it one already: then give it time before asking again; force it last."""
+    import signal
+    import subprocess
+
+    asks = (None, signal.SIGINT, signal.SIGTERM, signal.SIGKILL) if interrupted else (
+        signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
+    for ask in asks:
+        if process.poll() is not None:
+            return
+        if ask is not None:
+            process.send_signal(ask)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            continue
+        except KeyboardInterrupt:   # a second Ctrl-C: do not wait any longer
+            process.kill()
+            return
 
 
 def main():

@@ -4,8 +4,10 @@
 set -euo pipefail
 
 # python3-venv: the project's virtualenv; nodejs/npm: front-end packages (package.json);
-# docker.io: the engine the local agent deploys to; caddy: the ingress for deployment URLs.
-APT_PACKAGES="python3 python3-venv nodejs npm docker.io caddy"
+# docker.io: the engine the local agent deploys to; caddy: the ingress for deployment URLs;
+# docker-registry: the local registry the demo's images go to (scripts/demo-images.sh);
+# debootstrap, busybox-static: the local base image when no public one can be pulled.
+APT_PACKAGES="python3 python3-venv nodejs npm docker.io caddy docker-registry debootstrap busybox-static"
 
 log() { printf '[run-host] %s\n' "$*"; }
 die() { printf '[run-host] ERROR: %s\n' "$*" >&2; exit 1; }
