@@ -71,16 +71,22 @@ def node_call(node_id, method, params=None, timeout=60):
         return _request(ws, node_id, method, params, timeout)
 
 
-def follow_logs(node_id, deployment_id, step_id, tail=100, idle_timeout=None):
+def follow_logs(node_id, deployment_id, step_id, tail=100, idle_timeout=None, heartbeat=False):
     """Yield batches of log lines of a service as they come; ends with the stream (or when
-    the caller closes the generator, which unfollows)."""
+    the caller closes the generator, which unfollows). Quiet for `idle_timeout` seconds: the
+    stream ends, or with `heartbeat` an empty batch comes (so a caller can check its own peer)."""
     with _open() as ws:
         params = {"deployment_id": deployment_id, "step_id": step_id, "tail": tail}
         stream_id = _request(ws, node_id, protocol.LOGS_FOLLOW, params, 30)["stream_id"]
         while True:
             try:
                 frame = json.loads(ws.recv(idle_timeout))
-            except (TimeoutError, ConnectionClosed):
+            except TimeoutError:
+                if heartbeat:
+                    yield []
+                    continue
+                return
+            except ConnectionClosed:
                 return
             if frame.get("type") != protocol.STREAM or frame.get("stream_id") != stream_id:
                 continue

@@ -68,7 +68,29 @@ document.addEventListener("htmx:configRequest", (event) => {
       loadLogs(event.target);
     }
   }, true);
+  // Follow: new lines as they come, over a WebSocket (app/ui/log_stream.py); a second click stops.
+  const follow = (button) => {
+    const panel = button.closest("details.logs-panel");
+    const pre = panel.querySelector("pre");
+    if (panel.socket) { panel.socket.close(); return; }
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const socket = new WebSocket(`${scheme}//${location.host}${panel.dataset.followPath}`);
+    panel.socket = socket;
+    button.textContent = "Stop following";
+    pre.textContent = "";
+    socket.onmessage = (message) => {
+      const data = JSON.parse(message.data);
+      if (data.lines && data.lines.length) {
+        pre.textContent += data.lines.join("\n") + "\n";
+        pre.scrollTop = pre.scrollHeight;
+      } else if (data.error || data.end) {
+        pre.textContent += `[${data.error || data.end}]\n`;
+      }
+    };
+    socket.onclose = () => { panel.socket = null; button.textContent = "Follow"; };
+  };
   document.addEventListener("click", (event) => {
     if (event.target.matches(".logs-refresh")) loadLogs(event.target.closest("details.logs-panel"));
+    if (event.target.matches(".logs-follow")) follow(event.target);
   });
 })();
