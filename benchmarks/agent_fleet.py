@@ -627,7 +627,8 @@ def main(argv=None):
     env.update(NULLOPS_DATABASE_URL=database.url,
                NULLOPS_SECRET_KEY=base64.b64encode(secrets.token_bytes(32)).decode(),
                NULLOPS_SESSION_SECRET=secrets.token_urlsafe(48),
-               NULLOPS_CONTROLLER_INTERNAL="127.0.0.1:0")  # never meets another controller's port
+               NULLOPS_CONTROLLER_INTERNAL="127.0.0.1:0",  # never meets another controller's port
+               NULLOPS_CADDY_ADMIN_URL="")  # leave any Caddy on this machine alone
     results = []
     try:
         database.create()

@@ -48,8 +48,10 @@ class CaddyAdmin:
         return json.loads(raw) if raw.strip() else None
 
     def has_our_routes(self):
-        """False after Caddy restarted without its config (our map is gone)."""
-        return self._call("GET", f"/id/{MAP_ID}/source") is not None
+        """False after Caddy restarted without its config (our map is gone), or when our server
+        listens elsewhere than configured (someone changed it): both call for a full sync."""
+        return (self._call("GET", f"/id/{MAP_ID}/source") is not None
+                and self._call("GET", f"/config/apps/http/servers/{SERVER}/listen") == [self.listen])
 
     def full_sync(self, table):
         """Our server and routes with the table. Other routes in the server stay between our

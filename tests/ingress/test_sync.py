@@ -171,3 +171,13 @@ def _closed_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_a_server_moved_elsewhere_is_put_back_by_a_full_sync(app, caddy, deployment, web):
+    sync = IngressSync(app, caddy.admin_url, caddy.listen, web)
+    sync.round()
+    other = caddy_api.CaddyAdmin(caddy.admin_url, "127.0.0.1:9", web)   # another installation
+    other.full_sync({})
+    sync.round()
+    assert caddy.config("/config/apps/http/servers/nullops/listen") == [caddy.listen]
+    assert caddy.get("web.pr-1.staging.ingress.test") == (200, "hello from web")
