@@ -1,6 +1,7 @@
 """The `nullops` command: the single entry point (dev, web, controller, db, users, keys, demo)."""
 import os
 import secrets
+import signal
 import sys
 
 import click
@@ -62,6 +63,9 @@ def dev(host, port):
     from app import devstack
     from app.controller import Controller
 
+    # A service manager stops us with SIGTERM: leave through `finally`, so the local agent and
+    # Caddy stop with us instead of lingering.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     app = build_app()
     agent = devstack.start_agent(app)
     caddy = devstack.start_caddy(app)
