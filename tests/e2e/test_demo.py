@@ -9,7 +9,6 @@ own; all are deleted and nothing with NullOps labels is left.
 """
 import hashlib
 import json
-import re
 import shutil
 import socket
 import subprocess
@@ -17,7 +16,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,9 +28,9 @@ from app.controller import Controller
 from app.extensions import db
 from app.models import PipelineVersion, Plugin, Project, ProjectSecret, Registry, Service
 from app.services import admission
-from tests.agent.link.support import AgentProcess
 from tests.caddytools import caddy, web  # noqa: F401 - fixtures
-from tests.dockertools import HASH_LABEL, left_behind, remove_labelled
+from tests.dockertools import HASH_LABEL, left_behind
+from tests.e2e.support import Caller
 from tests.plugins.images import build_all
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,28 +147,6 @@ def registry(tmp_path, docker_client, base_image):
 
 # --- the stack: agent, controller with Caddy ----------------------------------------------------
 @pytest.fixture
-def agent(tmp_path, docker_client):
-    node_id = f"test-{uuid.uuid4().hex[:8]}"
-    started = []
-
-    def start(token, port):
-        process = AgentProcess(tmp_path / "agent", token=token, real=True,
-                               args=("--port", str(port), "--node-id", node_id,
-                                     "--publish-host", "127.0.0.1"))
-        started.append(process)
-        process.wait_for(re.compile(r"listening on https://"))
-        return process
-
-    start.node_id = node_id
-    try:
-        yield start
-    finally:
-        for process in started:
-            process.stop()
-        remove_labelled(docker_client, f"org.nullops.node={node_id}")
-
-
-@pytest.fixture
 def controller(app, caddy, web, monkeypatch):  # noqa: F811 - the imported fixtures
     monkeypatch.setitem(app.config, "NULLOPS_CADDY_ADMIN_URL", caddy.admin_url)
     monkeypatch.setitem(app.config, "NULLOPS_INGRESS_LISTEN", caddy.listen)
@@ -196,16 +172,6 @@ def cpu_report_ignored(monkeypatch):
         return None if found is None else (float("inf"), found[1])
 
     monkeypatch.setattr(admission, "reported_free", memory_only)
-
-
-class Caller:
-    def __init__(self, client, headers):
-        self.client, self.headers = client, headers
-
-    def __call__(self, method, path, body=None, status=200):
-        response = self.client.open(f"/api/v1{path}", method=method, json=body, headers=self.headers)
-        assert response.status_code == status, f"{method} {path}: {response.status_code} {response.text}"
-        return response.json if response.data and response.is_json else response.text
 
 
 def wait_for(api, deployment_id, *statuses, timeout=READY_TIMEOUT_S):

@@ -10,12 +10,10 @@ once; shell metacharacters stay data; nothing with NullOps labels is left at the
 """
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -26,8 +24,8 @@ from app.extensions import db
 from app.models import Deployment
 from app.models.types import utcnow
 from tests.agent.conftest import build_image
-from tests.agent.link.support import AgentProcess
-from tests.dockertools import htpasswd_registry, left_behind, remove_labelled
+from tests.dockertools import htpasswd_registry, left_behind
+from tests.e2e.support import Caller
 
 pytestmark = [pytest.mark.docker, pytest.mark.postgres]
 
@@ -61,29 +59,6 @@ def registry(tmp_path, docker_client, busybox_image, base_image):
 
 
 @pytest.fixture
-def agent(tmp_path, docker_client):
-    """Starts the real agent with a token once the admin has one: agent(token) -> port."""
-    node_id = f"test-{uuid.uuid4().hex[:8]}"
-    started = []
-
-    def start(token, port):
-        process = AgentProcess(tmp_path / "agent", token=token, real=True,
-                               args=("--port", str(port), "--node-id", node_id,
-                                     "--publish-host", "127.0.0.1"))
-        started.append(process)
-        process.wait_for(re.compile(r"listening on https://"))
-        return process
-
-    start.node_id = node_id
-    try:
-        yield start
-    finally:
-        for process in started:
-            process.stop()
-        remove_labelled(docker_client, f"org.nullops.node={node_id}")
-
-
-@pytest.fixture
 def controller(app):
     app.config["NULLOPS_CLEANUP_INTERVAL_S"] = 1
     instance = Controller(app, poll_s=0.2)
@@ -104,18 +79,6 @@ def live_server(app):
         yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
-
-
-class Caller:
-    """One user's view of the API, failing loudly on an unexpected status."""
-
-    def __init__(self, client, headers):
-        self.client, self.headers = client, headers
-
-    def __call__(self, method, path, body=None, status=200):
-        response = self.client.open(f"/api/v1{path}", method=method, json=body, headers=self.headers)
-        assert response.status_code == status, f"{method} {path}: {response.status_code} {response.text}"
-        return response.json if response.data and response.is_json else response.text
 
 
 def wait_for(caller, deployment_id, *statuses, timeout=READY_TIMEOUT_S):
