@@ -345,7 +345,7 @@ class Executor:
     def service_containers(self, deployment_id):
         with engine_call("listing containers"):
             found = self.client.containers.list(
-                all=True, filters=self._filters(deployment_id, L.ROLE_SERVICE))
+                all=True, filters=self._filters(deployment_id, L.ROLE_SERVICE), ignore_removed=True)
         return {c.labels.get(L.STEP): c for c in found}
 
     def remove_services(self, deployment_id, step_ids):
@@ -403,7 +403,7 @@ class Executor:
         Returns {"containers": n, "networks": n, "volumes": n}."""
         filters = self._filters(deployment_id)
         with engine_call("listing containers"):
-            containers = self.client.containers.list(all=True, filters=filters)
+            containers = self.client.containers.list(all=True, filters=filters, ignore_removed=True)
         failures = []
 
         def remove_container(container):
@@ -481,7 +481,10 @@ class Executor:
         """Ids of the deployments that have containers, networks or volumes of this node."""
         filters = self._filters()
         with engine_call("listing objects"):
-            found = [c.labels for c in self.client.containers.list(all=True, filters=filters)]
+            # ignore_removed: the SDK inspects each listed container, and a concurrent delete may
+            # remove one in between (40 deletes at once did; benchmarks/deploy_vs_compose.py).
+            found = [c.labels for c in self.client.containers.list(all=True, filters=filters,
+                                                                     ignore_removed=True)]
             found += [n.attrs.get("Labels") or {} for n in self.client.networks.list(filters=filters)]
             found += [v.attrs.get("Labels") or {} for v in self.client.volumes.list(filters=filters)]
         return {labels[L.DEPLOYMENT] for labels in found if labels.get(L.DEPLOYMENT)}
