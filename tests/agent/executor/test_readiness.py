@@ -17,7 +17,10 @@ from .helpers import dep_id, httpd_service, idle_service, service, spec_for, sta
 
 pytestmark = pytest.mark.docker
 
-MAX_DELAY_S = 0.5  # generous for a loaded 2-core box; the figures printed are the real ones
+# Far below every deadline these tests set (and Docker's 30 s health-check interval), so a wait
+# that polls slowly or sits out its deadline fails; loose enough that a busy CI machine does not
+# (0.5 s flaked once at 1.75 s). The real figures are measured in benchmarks/pipeline_latency.py.
+MAX_DELAY_S = 3.0
 
 
 def start(executor, image, command, **fields):
