@@ -154,12 +154,17 @@ def service_list():
                            can_create=access.can(current_user, "create", Service))
 
 
-def _service_page(service, form, errors=None, message=None, status=200):
-    can_manage = access.can(current_user, "manage", service) if service else True
+def _item_page(kind, item, form, errors=None, message=None, status=200):
+    """A service's or plugin's page (admin/<kind>.html); `item` None: the form for a new one."""
+    can_manage = access.can(current_user, "manage", item) if item else True
     return render_template(
-        "admin/service.html", service=service, can_manage=can_manage, errors=errors or {},
+        f"admin/{kind}.html", **{kind: item}, can_manage=can_manage, errors=errors or {},
         message=message, form=_registry_choices(form) if can_manage else None, empty=EmptyForm(),
     ), status
+
+
+def _service_page(service, form, *problems, **options):
+    return _item_page("service", service, form, *problems, **options)
 
 
 @bp.get("/services/new")
@@ -216,12 +221,8 @@ def plugin_list():
                            can_create=access.can(current_user, "create", Plugin))
 
 
-def _plugin_page(plugin, form, errors=None, message=None, status=200):
-    can_manage = access.can(current_user, "manage", plugin) if plugin else True
-    return render_template(
-        "admin/plugin.html", plugin=plugin, can_manage=can_manage, errors=errors or {},
-        message=message, form=_registry_choices(form) if can_manage else None, empty=EmptyForm(),
-    ), status
+def _plugin_page(plugin, form, *problems, **options):
+    return _item_page("plugin", plugin, form, *problems, **options)
 
 
 @bp.get("/plugins/new")
