@@ -14,8 +14,14 @@ Actions:
 Deployments belong to a project and an environment; a user's level on a deployment is the
 stronger of their levels on the two. Creating one (`can_deploy_to`) needs Full Access on
 either and sight of both, so nobody deploys into an environment they cannot see.
+
+A user's grants are read once per request (one small query) and kept in `flask.g`: a create
+asks about the same project and environment five times, a list filters by all of them. A
+flush that touches a team, a membership or a grant drops what was kept.
 """
-from sqlalchemy import select
+from flask import g, has_request_context
+from sqlalchemy import bindparam, event, select
+from sqlalchemy.orm import Session
 
 from app.extensions import db
 from app.models import (
@@ -51,32 +57,46 @@ def _is_user(user):
     return bool(user is not None and getattr(user, "is_authenticated", False) and user.is_active)
 
 
-def _granted_ids(user, column, levels):
-    """Sub-select of target ids a user's teams hold one of `levels` on."""
-    return (
-        select(column)
-        .join(TeamMember, TeamMember.team_id == Grant.team_id)
-        .where(TeamMember.user_id == user.id, column.is_not(None), Grant.level.in_(levels))
-    )
+_MEMO = "access_grants"
+_LEVELS = {level.value: level for level in AccessLevel}
 
 
-ALL_LEVELS = (AccessLevel.READ_ONLY.value, AccessLevel.FULL.value)
-FULL_ONLY = (AccessLevel.FULL.value,)
+def _grants(user):
+    """{Project or Environment: {id: strongest level}} the user's teams hold."""
+    memo = g.setdefault(_MEMO, {}) if has_request_context() else {}
+    found = memo.get(user.id)
+    if found is None:
+        found = memo[user.id] = {Project: {}, Environment: {}}
+        rows = db.session.execute(
+            select(Grant.project_id, Grant.environment_id, Grant.level)
+            .join(TeamMember, TeamMember.team_id == Grant.team_id)
+            .where(TeamMember.user_id == user.id))
+        for project_id, environment_id, level in rows:
+            levels, target_id = (found[Project], project_id) if project_id is not None \
+                else (found[Environment], environment_id)
+            if levels.get(target_id) is not AccessLevel.FULL:
+                levels[target_id] = _LEVELS[level]
+    return found
+
+
+@event.listens_for(Session, "after_flush")
+def _forget_grants(session, _context):
+    if has_request_context() and _MEMO in g and any(
+            isinstance(obj, Team | TeamMember | Grant)
+            for obj in (*session.new, *session.dirty, *session.deleted)):
+        g.pop(_MEMO)
+
+
+def _granted_ids(user, model, full_only=False):
+    """Ids of the projects or environments the user's teams hold a level (Full Access) on."""
+    return sorted(target_id for target_id, level in _grants(user)[model].items()
+                  if not full_only or level == AccessLevel.FULL)
 
 
 def level_on(user, target):
     """The strongest level a user's teams hold on a project or environment, or None."""
-    column = Grant.project_id if isinstance(target, Project) else Grant.environment_id
-    levels = set(
-        db.session.scalars(
-            select(Grant.level)
-            .join(TeamMember, TeamMember.team_id == Grant.team_id)
-            .where(TeamMember.user_id == user.id, column == target.id)
-        )
-    )
-    if AccessLevel.FULL.value in levels:
-        return AccessLevel.FULL
-    return AccessLevel.READ_ONLY if levels else None
+    model = Project if isinstance(target, Project) else Environment
+    return _grants(user)[model].get(target.id)
 
 
 def _granted_target(user, action, obj):
@@ -128,8 +148,7 @@ def can_deploy_project(user, project):
         return False
     if on_project == AccessLevel.FULL:
         return True
-    full_somewhere = _granted_ids(user, Grant.environment_id, FULL_ONLY).limit(1)
-    return db.session.scalar(full_somewhere) is not None
+    return bool(_granted_ids(user, Environment, full_only=True))
 
 
 # (model, action) -> rule for a non-admin active user. Admins may do everything.
@@ -176,6 +195,23 @@ def can(user, action, obj):
     return bool(rule and rule(user, action, obj))
 
 
+# The deployments a non-admin may view, the granted ids as bind parameters (visibility_params
+# gives them): for statements the API builds once and runs many times (its deployment lists).
+DEPLOYMENTS_VISIBLE = (
+    Deployment.environment_id.in_(bindparam("visible_environment_ids", expanding=True))
+    | Deployment.project_id.in_(bindparam("visible_project_ids", expanding=True)))
+
+
+def visibility_params(user):
+    """The values of DEPLOYMENTS_VISIBLE for `user`; None when they see every deployment."""
+    if _is_admin(user) and user.is_active:
+        return None
+    if not _is_user(user):
+        return {"visible_environment_ids": [], "visible_project_ids": []}
+    return {"visible_environment_ids": _granted_ids(user, Environment),
+            "visible_project_ids": _granted_ids(user, Project)}
+
+
 def visible(user, model):
     """A select() of the `model` rows the user may view."""
     stmt = select(model)
@@ -183,16 +219,16 @@ def visible(user, model):
         return stmt
     if not _is_user(user):
         return stmt.where(False)
+    if model is Deployment:
+        return stmt.where(DEPLOYMENTS_VISIBLE).params(visibility_params(user))
+    # The granted ids go in as literals: a few hundred at most, and plain lists let the planner
+    # use the indexes (the deployments count is an index-only scan).
     if model is Project:
-        return stmt.where(Project.id.in_(_granted_ids(user, Grant.project_id, ALL_LEVELS)))
+        return stmt.where(Project.id.in_(_granted_ids(user, Project)))
     if model is Environment:
-        return stmt.where(
-            Environment.id.in_(_granted_ids(user, Grant.environment_id, ALL_LEVELS))
-        )
+        return stmt.where(Environment.id.in_(_granted_ids(user, Environment)))
     if model is Node:
-        return stmt.where(
-            Node.environment_id.in_(_granted_ids(user, Grant.environment_id, ALL_LEVELS))
-        )
+        return stmt.where(Node.environment_id.in_(_granted_ids(user, Environment)))
     if model is Team:
         return stmt.where(
             Team.id.in_(select(TeamMember.team_id).where(TeamMember.user_id == user.id))
@@ -204,12 +240,7 @@ def visible(user, model):
     if model in (Registry, Service, Plugin):
         return stmt
     if model is PipelineVersion:
-        return stmt.where(
-            PipelineVersion.project_id.in_(_granted_ids(user, Grant.project_id, ALL_LEVELS)))
-    if model is Deployment:
-        return stmt.where(
-            Deployment.project_id.in_(_granted_ids(user, Grant.project_id, ALL_LEVELS))
-            | Deployment.environment_id.in_(_granted_ids(user, Grant.environment_id, ALL_LEVELS)))
+        return stmt.where(PipelineVersion.project_id.in_(_granted_ids(user, Project)))
     if model is DeploymentEvent:
         return stmt.where(DeploymentEvent.deployment_id.in_(
             visible(user, Deployment).with_only_columns(Deployment.id)))

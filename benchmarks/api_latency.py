@@ -68,6 +68,7 @@ from app.models import (
     TeamMember,
     User,
 )
+from app.models.nodes import reported_free
 from app.services.auth import TOKEN_PREFIX
 from app.states import LIVE_DEPLOYMENT_STATUSES
 
@@ -81,7 +82,8 @@ NODE_CPUS, NODE_MEMORY_MB = 64, 256 * 1024
 STATUS_MIX = {"ready": 78, "deleted": 12, "deploying": 2, "pending": 1, "failed": 2, "degraded": 1.5,
               "offline": 1, "deleting": 1.5, "cleanup_failed": 1}
 TARGET_MS = {"list": 50, "detail": 50, "create": 150}
-RESOURCES_REFRESH_S = 15  # what the controller writes for each node, as the agents report
+RESOURCES_REFRESH_S = 15
+RANDOM_PAGE_COST = 1.1  # what the controller writes for each node, as the agents report
 
 
 def utcnow():
@@ -114,6 +116,9 @@ class Database:
     def create(self):
         self._admin(f'CREATE DATABASE "{self.name}"')
         self.created = True
+        # What docs/install.md asks of the NullOps database (its pages are in memory or on SSD);
+        # with the stock 4, PostgreSQL prefers reading the whole deployments table to an index.
+        self._admin(f'ALTER DATABASE "{self.name}" SET random_page_cost = {RANDOM_PAGE_COST}')
 
     def one(self, sql, args=()):
         conn = psycopg2.connect(self.url)
@@ -287,15 +292,19 @@ class Seeder:
             rows = []
             for node_id in self.info["node_ids"]:
                 cpus, memory_mb = reserved.get(node_id, (0, 0))
-                rows.append({"node_id": node_id, "at": now, "figures": {
+                figures = {
                     "host": {"cpus": NODE_CPUS, "cpu_percent": round(self.rng.uniform(3, 30), 1),
                              "memory_total": NODE_MEMORY_MB * 2 ** 20,
                              # containers use about half their limit; the host keeps 8 GiB
                              "memory_available": (NODE_MEMORY_MB - int(memory_mb) // 2 - 8192) * 2 ** 20},
-                    "allocated": {"cpus": round(float(cpus), 3), "memory_mb": int(memory_mb)}}})
+                    "allocated": {"cpus": round(float(cpus), 3), "memory_mb": int(memory_mb)}}
+                free_cpus, free_memory_mb = reported_free(figures)
+                rows.append({"node_id": node_id, "at": now, "figures": figures, "free_cpus": free_cpus,
+                             "free_memory_mb": free_memory_mb})
             conn.execute(update(table).where(table.c.id == bindparam("node_id")).values(
-                resources=bindparam("figures"), resources_at=bindparam("at"), last_seen_at=bindparam("at")),
-                rows)
+                resources=bindparam("figures"), resources_at=bindparam("at"), last_seen_at=bindparam("at"),
+                reported_free_cpus=bindparam("free_cpus"),
+                reported_free_memory_mb=bindparam("free_memory_mb")), rows)
 
     def dispose(self):
         self.engine.dispose()
@@ -633,7 +642,8 @@ def machine(database, web_args):
 
     web = " ".join(web_args) or "--workers 2 --threads 8 (its defaults)"
     return (f"{os.cpu_count()} cores, {mem:.0f} GiB, {os_name}, Python {platform.python_version()}, "
-            f"PostgreSQL {database.one('SHOW server_version')[0]} on the same machine (stock settings), "
+            f"PostgreSQL {database.one('SHOW server_version')[0]} on the same machine (stock settings but "
+            f"random_page_cost {database.one('SHOW random_page_cost')[0]}, as docs/install.md asks), "
             f"gunicorn {gunicorn.__version__} through `nullops web {web}`, gthread workers, access log on")
 
 

@@ -4,6 +4,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import event
 
+from app.controller import state
 from app.extensions import db
 from app.models import Environment, Project
 from app.models.types import utcnow
@@ -166,6 +167,26 @@ def test_garbled_agent_figures_are_ignored(staging):
     assert admission.place(staging, 4, 4096).name == "node-1"
 
 
+def test_a_garbled_figure_is_ignored_and_the_other_still_counts(staging):
+    add_node(staging, "node-1", cpus=4, memory_mb=8192,
+             host={"cpus": 4, "cpu_percent": "busy", "memory_available": GB})
+    assert refusal(staging, 1, 2048) == ("no online node in staging has 1 CPU and 2048 MB free: "
+                                         "node-1 has 4 CPUs and 1024 MB free")
+
+
+def test_a_stored_resources_frame_sets_what_admission_compares(staging):
+    """The controller writes frames in batches with Core (app/controller/state.py), not through
+    the ORM: the free figures must come with them."""
+    node = add_node(staging, "node-1", cpus=4, memory_mb=16384)
+    frame = {"host": {"cpus": 4, "cpu_percent": 50.0, "memory_total": 16 * GB,
+                      "memory_available": 2 * GB}, "allocated": {"cpus": 0, "memory_mb": 0}}
+    state.store_resources({node.id: (frame, utcnow())})
+    db.session.refresh(node)
+    assert (node.reported_free_cpus, node.reported_free_memory_mb) == (2.0, 2048)
+    assert refusal(staging, 1, 4096) == ("no online node in staging has 1 CPU and 4096 MB free: "
+                                         "node-1 has 2 CPUs and 2048 MB free")
+
+
 def test_a_node_without_reported_capacity_is_named_as_such(staging):
     add_node(staging, "node-1", cpus=None, memory_mb=None)
     assert refusal(staging, 1, 512) == ("no online node in staging has 1 CPU and 512 MB free: "
@@ -179,7 +200,7 @@ def test_an_override_caps_the_capacity(staging):
     assert "node-1 has 1.5 CPUs and 2048 MB free" in refusal(staging, 2, 1024)
 
 
-def test_placing_is_two_queries_whatever_the_fleet(staging, version):
+def test_placing_is_one_query_whatever_the_fleet_and_a_refusal_two(staging, version):
     for number in range(20):
         node = add_node(staging, f"node-{number:02d}", cpus=4, memory_mb=4096 + number)
         add_deployment(version, staging, node, f"d-{number}", cpus=1, memory_mb=1024)
@@ -193,7 +214,10 @@ def test_placing_is_two_queries_whatever_the_fleet(staging, version):
     event.listen(db.engine, "before_cursor_execute", count)
     try:
         chosen = admission.place(staging, 1, 1024)
+        placed = len(statements)
+        with pytest.raises(InsufficientResources):
+            admission.place(staging, 4, 1024)
     finally:
         event.remove(db.engine, "before_cursor_execute", count)
     assert chosen.name == "node-19"
-    assert len(statements) == 2
+    assert (placed, len(statements) - placed) == (1, 2)

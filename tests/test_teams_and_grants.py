@@ -1,4 +1,6 @@
 """Teams, grants and the access module, around the spec's QA Team / SE Team example."""
+from sqlalchemy import select
+
 from app import access
 from app.extensions import db
 from app.models import Environment, Grant, Project, Team
@@ -35,6 +37,28 @@ def test_strongest_grant_wins_when_a_user_is_in_several_teams(spec_example):
     assert access.can(ex["reader"], "deploy", ex["project"])
     teams.remove_member(ex["admin"], ex["se"], ex["reader"])
     assert not access.can(ex["reader"], "deploy", ex["project"])
+
+
+def test_a_request_sees_the_grant_changes_it_makes(app, spec_example):
+    """Within a request the grants are read once and kept (app/access.py); a change made in the
+    same request must not be answered from what was kept."""
+    ex = spec_example
+    from app.services import teams
+
+    with app.test_request_context():
+        assert not access.can(ex["reader"], "deploy", ex["project"])
+        teams.add_member(ex["admin"], ex["se"], ex["reader"])
+        assert access.can(ex["reader"], "deploy", ex["project"])
+        full = db.session.scalar(select(Grant).where(Grant.team_id == ex["se"].id,
+                                                     Grant.project_id == ex["project"].id))
+        teams.change_level(ex["admin"], full, "read_only")
+        assert not access.can(ex["reader"], "deploy", ex["project"])
+        assert access.can(ex["reader"], "deploy", ex["environment"])
+        teams.delete(ex["admin"], ex["se"])
+        assert not access.can(ex["reader"], "deploy", ex["environment"])
+        assert not access.can(ex["writer"], "view", ex["project"])
+        teams.grant(ex["admin"], ex["qa"], ex["other_project"], "full")
+        assert access.can(ex["reader"], "deploy", ex["other_project"])
 
 
 def test_lists_show_only_what_the_user_may_see(client, spec_example, bearer):

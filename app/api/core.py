@@ -9,7 +9,7 @@ from functools import wraps
 from flask import Blueprint, Response, g, jsonify, request
 from flask_login import current_user
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 
 from app.extensions import csrf, db
 from app.services import auth
@@ -112,13 +112,29 @@ def dump(schema, obj):
     return schema.model_validate(obj, from_attributes=True).model_dump(mode="json")
 
 
-def paginate(stmt, params, schema=None, shape=None):
-    """A page of `stmt`'s rows shaped by `schema` (or by the function `shape`, for responses
-    that depend on the caller); counts over the same filtered query."""
-    total = db.session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
-    rows = db.session.scalars(
-        stmt.limit(params.per_page).offset((params.page - 1) * params.per_page)
-    ).all()
+class PageQuery:
+    """A list's count and page selects, built once from a select of its rows (and, optionally,
+    `shown`, which turns the page's select into the one to run: to join what a page shows after
+    the limit, not before). Building statements costs more CPU than running these; routes on the
+    hot path keep one per shape of query and pass the values at each call."""
+
+    def __init__(self, stmt, shown=None):
+        self.count = select(func.count()).select_from(stmt.order_by(None).subquery())
+        page = stmt.limit(bindparam("page_limit")).offset(bindparam("page_offset"))
+        self.page = shown(page) if shown is not None else page
+        self.entity = len(self.page.column_descriptions) == 1
+
+
+def paginate(stmt, params, schema=None, shape=None, values=None):
+    """A page of rows shaped by `schema` (or by the function `shape`, for responses that depend
+    on the caller), and the count of all rows. `stmt`: a select of the rows or a PageQuery;
+    `values`: its bind parameters. A select of one entity yields its objects, of columns rows."""
+    query = stmt if isinstance(stmt, PageQuery) else PageQuery(stmt)
+    values = dict(values or {})
+    total = db.session.scalar(query.count, values)
+    values.update(page_limit=params.per_page, page_offset=(params.page - 1) * params.per_page)
+    result = db.session.execute(query.page, values)
+    rows = (result.scalars() if query.entity else result).all()
     return {
         "items": [shape(row) if shape is not None else dump(schema, row) for row in rows],
         "page": params.page,

@@ -7,6 +7,7 @@ from sqlalchemy import bindparam, select, update
 from app.controller import deployments
 from app.extensions import db
 from app.models import Node, NodeCommand
+from app.models import nodes as node_model
 from app.models.types import utcnow
 from app.services import audit, nodes
 from app.services.catalog import keyring
@@ -134,12 +135,18 @@ def store_resources(batch):
     if not batch:
         return
     table = Node.__table__
+    rows = []
+    for node_id, (frame, at) in batch.items():
+        figures = {"host": frame.get("host"), "allocated": frame.get("allocated")}
+        free_cpus, free_memory_mb = node_model.reported_free(figures)
+        rows.append({"node_id": node_id, "at": at, "figures": figures, "free_cpus": free_cpus,
+                     "free_memory_mb": free_memory_mb})
     db.session.execute(
         update(table).where(table.c.id == bindparam("node_id")).values(
-            resources=bindparam("figures"), resources_at=bindparam("at"), last_seen_at=bindparam("at")),
-        [{"node_id": node_id, "at": at,
-          "figures": {"host": frame.get("host"), "allocated": frame.get("allocated")}}
-         for node_id, (frame, at) in batch.items()])
+            resources=bindparam("figures"), resources_at=bindparam("at"), last_seen_at=bindparam("at"),
+            reported_free_cpus=bindparam("free_cpus"),
+            reported_free_memory_mb=bindparam("free_memory_mb")),
+        rows)
     db.session.commit()
 
 

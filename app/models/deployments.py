@@ -17,6 +17,11 @@ class Deployment(db.Model):
         # without it every page sorted all visible rows).
         Index("ix_deployments_live_newest", "created_at", "id",
               postgresql_where=text("deleted_at IS NULL"), sqlite_where=text("deleted_at IS NULL")),
+        # Admission's allocation per node and the list's count read only this index on PostgreSQL
+        # (index-only scans; the INCLUDE columns are ignored elsewhere).
+        Index("ix_deployments_live_placement", "environment_id", "node_id",
+              postgresql_include=["project_id", "status", "cpus", "memory_mb"],
+              postgresql_where=text("deleted_at IS NULL"), sqlite_where=text("deleted_at IS NULL")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

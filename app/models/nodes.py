@@ -1,9 +1,13 @@
 """Nodes (Docker hosts with an agent) and the commands the web tier leaves for the controller."""
+import math
+
 from sqlalchemy import JSON, ForeignKey, String, Text, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
 from app.extensions import db
 from app.models.types import UTCDateTime, utcnow
+
+MIB = 1024 * 1024
 
 
 class Node(db.Model):
@@ -36,14 +40,22 @@ class Node(db.Model):
     reported_memory_mb: Mapped[int | None] = mapped_column()
     cpus_override: Mapped[float | None] = mapped_column()
     memory_mb_override: Mapped[int | None] = mapped_column()
-    # Latest live figures from the agent (resources frames): what admission compares against.
+    # Latest live figures from the agent (resources frames), and what they say is actually free
+    # (set with them, see reported_free): admission compares against those two numbers in SQL.
     resources = mapped_column(JSON, nullable=True)
     resources_at = mapped_column(UTCDateTime(), nullable=True)
+    reported_free_cpus: Mapped[float | None] = mapped_column()
+    reported_free_memory_mb: Mapped[int | None] = mapped_column()
     created_at = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
 
     environment = relationship("Environment", back_populates="nodes")
     commands = relationship("NodeCommand", back_populates="node", cascade="all, delete-orphan",
                             passive_deletes=True)
+
+    @validates("resources")
+    def _derive_free(self, _key, figures):
+        self.reported_free_cpus, self.reported_free_memory_mb = reported_free(figures)
+        return figures
 
     @property
     def capacity_cpus(self):
@@ -52,6 +64,23 @@ class Node(db.Model):
     @property
     def capacity_memory_mb(self):
         return self.memory_mb_override if self.memory_mb_override is not None else self.reported_memory_mb
+
+
+def reported_free(figures):
+    """(cpus, memory_mb) a resources frame ({"host": {...}, ...}) says are actually free; either
+    is None when the frame lacks it or holds something an agent does not send."""
+    host = figures.get("host") if isinstance(figures, dict) else None
+    host = host if isinstance(host, dict) else {}
+    try:
+        cpus = float(host["cpus"]) * (1 - float(host["cpu_percent"]) / 100)
+    except (KeyError, TypeError, ValueError):
+        cpus = None
+    try:
+        memory_mb = int(host["memory_available"]) // MIB
+    except (KeyError, TypeError, ValueError):
+        memory_mb = None
+    finite = cpus is not None and math.isfinite(cpus)
+    return (max(cpus, 0.0) if finite else None), (max(memory_mb, 0) if memory_mb is not None else None)
 
 
 class NodeCommand(db.Model):

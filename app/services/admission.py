@@ -7,14 +7,16 @@ what its live deployments hold, and under what the agent last reported as actual
 report counts only while it is fresh, a stale one is ignored (the allocation check still
 applies). Of the nodes that fit, the one with the most free memory wins.
 
-Hot path: every create and clone runs this (measured with 500 nodes and 10,000 deployments), so
-it is two queries, the allocation being one GROUP BY. Users see free figures only when nothing
-fits (the spec).
+Hot path: every create and clone runs this (measured with 500 nodes and 10,000 deployments in
+benchmarks/api_latency.py), so the database does it: one query computes each candidate's room
+(the allocation a GROUP BY over an index) and returns the node that fits best. Only a refusal
+reads every candidate's room, to say what was short; users see free figures only then (the
+spec).
 """
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import NamedTuple
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, literal, select
 
 from app.extensions import db
 from app.models import Deployment, Node
@@ -23,7 +25,6 @@ from app.services.errors import InsufficientResources
 from app.states import LIVE_DEPLOYMENT_STATUSES
 
 FRESH_FOR = timedelta(seconds=60)   # agents send resources frames every few seconds
-MIB = 1024 * 1024
 SHOWN_NODES = 5                     # nodes a refusal names; the rest are counted
 EPSILON = 1e-6                      # sums of float CPUs: 0.1 + 0.2 must fit under 0.3
 
@@ -34,86 +35,76 @@ def _cpus(value):
 
 
 class Candidate(NamedTuple):
-    """The columns of a node admission reads (plain rows: 500 ORM nodes cost more than the rest)."""
+    """A node that may take deployments and its room: what a new deployment may take on it
+    (None for both while its capacity is unknown)."""
 
     id: int
     name: str
-    capacity_cpus: float | None
-    capacity_memory_mb: int | None
-    resources: dict | None
-    resources_at: datetime | None
+    free_cpus: float | None
+    free_memory_mb: int | None
 
 
-def _candidates(environment):
-    rows = db.session.execute(
-        select(Node.id, Node.name, func.coalesce(Node.cpus_override, Node.reported_cpus),
-               func.coalesce(Node.memory_mb_override, Node.reported_memory_mb), Node.resources,
-               Node.resources_at)
-        .where(Node.environment_id == environment.id, Node.status == "online",
-               Node.enabled.is_(True)).order_by(Node.name))
-    return [Candidate(*row) for row in rows]
+def _lower(allocatable, reported):
+    """The lower of the two, where a missing report (None) does not count; never below zero."""
+    lower = case((reported.is_(None), allocatable), (reported < allocatable, reported),
+                 else_=allocatable)
+    return case((lower < 0, literal(0)), else_=lower)
 
 
-def allocated(environment):
-    """{node id: (cpus, memory_mb)} held by the environment's live deployments, per node (a
-    deployment runs in its node's environment, so no join with nodes is needed)."""
-    rows = db.session.execute(
-        select(Deployment.node_id, func.sum(Deployment.cpus), func.sum(Deployment.memory_mb))
-        .where(Deployment.environment_id == environment.id, Deployment.node_id.is_not(None),
-               Deployment.status.in_(LIVE_DEPLOYMENT_STATUSES))
-        .group_by(Deployment.node_id))
-    return {node_id: (float(cpus or 0), int(memory or 0)) for node_id, cpus, memory in rows}
-
-
-def reported_free(node, now):
-    """(cpus, memory_mb) the agent reports free, or None when the report is missing or stale."""
-    if node.resources_at is None or now - node.resources_at > FRESH_FOR:
-        return None
-    host = node.resources.get("host") if isinstance(node.resources, dict) else None
-    try:
-        cpus = float(host["cpus"]) * (1 - float(host["cpu_percent"]) / 100)
-        memory_mb = int(host["memory_available"]) // MIB
-    except (KeyError, TypeError, ValueError):  # None, or not what an agent sends
-        return None
-    return cpus, memory_mb
-
-
-def free(node, held, now):
-    """(cpus, memory_mb) a new deployment may take on `node`, or None for an unknown capacity."""
-    if node.capacity_cpus is None or node.capacity_memory_mb is None:
-        return None
-    cpus = node.capacity_cpus - held[0]
-    memory_mb = node.capacity_memory_mb - held[1]
-    reported = reported_free(node, now)
-    if reported is not None:
-        cpus, memory_mb = min(cpus, reported[0]), min(memory_mb, reported[1])
-    return max(cpus, 0.0), max(memory_mb, 0)
+def _room(environment, now):
+    """Subquery of the environment's candidates (online, enabled) with their room: the capacity
+    minus what live deployments hold, capped by the agent's report while it is fresh."""
+    held = (select(Deployment.node_id, func.sum(Deployment.cpus).label("cpus"),
+                   func.sum(Deployment.memory_mb).label("memory_mb"))
+            # deleted_at is NULL for every live status; saying so lets the partial index serve
+            .where(Deployment.environment_id == environment.id, Deployment.node_id.is_not(None),
+                   Deployment.deleted_at.is_(None),
+                   Deployment.status.in_(LIVE_DEPLOYMENT_STATUSES))
+            .group_by(Deployment.node_id).subquery())
+    fresh = Node.resources_at >= now - FRESH_FOR
+    capacity_cpus = func.coalesce(Node.cpus_override, Node.reported_cpus)
+    capacity_memory_mb = func.coalesce(Node.memory_mb_override, Node.reported_memory_mb)
+    return (select(Node.id, Node.name,
+                   _lower(capacity_cpus - func.coalesce(held.c.cpus, 0),
+                          case((fresh, Node.reported_free_cpus))).label("free_cpus"),
+                   _lower(capacity_memory_mb - func.coalesce(held.c.memory_mb, 0),
+                          case((fresh, Node.reported_free_memory_mb))).label("free_memory_mb"))
+            .outerjoin(held, held.c.node_id == Node.id)
+            .where(Node.environment_id == environment.id, Node.status == "online",
+                   Node.enabled.is_(True))
+            .subquery())
 
 
 def place(environment, cpus, memory_mb, now=None):
-    """The node (a Candidate: id, name, figures) that takes a deployment needing `cpus` and
-    `memory_mb`, or InsufficientResources saying what was short."""
-    now = now or utcnow()
-    nodes = _candidates(environment)
-    if not nodes:
+    """The node (a Candidate) that takes a deployment needing `cpus` and `memory_mb`: of those
+    it fits, the one with the most free memory; or InsufficientResources saying what was short."""
+    room = _room(environment, now or utcnow())
+    best = db.session.execute(
+        select(room).where(room.c.free_cpus + EPSILON >= cpus, room.c.free_memory_mb >= memory_mb)
+        .order_by(room.c.free_memory_mb.desc(), room.c.free_cpus.desc(), room.c.id).limit(1)
+    ).first()
+    if best is not None:
+        return _candidate(best)
+    candidates = [_candidate(row) for row in db.session.execute(select(room))]
+    if not candidates:
         raise InsufficientResources(_no_online_node(environment),
                                     {"environment_id": "no online node"})
-    held = allocated(environment)
-    headroom = [(node, free(node, held.get(node.id, (0.0, 0)), now)) for node in nodes]
-    fitting = [(node, room) for node, room in headroom
-               if room is not None and cpus <= room[0] + EPSILON and memory_mb <= room[1]]
-    if fitting:
-        return max(fitting, key=lambda item: (item[1][1], item[1][0], -item[0].id))[0]
-    raise InsufficientResources(_short(environment, cpus, memory_mb, headroom),
+    raise InsufficientResources(_short(environment, cpus, memory_mb, candidates),
                                 {"environment_id": "not enough free resources"})
 
 
-def _short(environment, cpus, memory_mb, headroom):
-    known = sorted(((n, r) for n, r in headroom if r is not None),
-                   key=lambda item: (-item[1][1], -item[1][0], item[0].name))
-    unknown = [n for n, r in headroom if r is None]
-    parts = [f"{node.name} has {_cpus(room[0])} and {room[1]} MB free" for node, room in known]
-    parts += [f"{node.name} has not reported its capacity yet" for node in unknown]
+def _candidate(row):
+    if row.free_cpus is None or row.free_memory_mb is None:
+        return Candidate(row.id, row.name, None, None)
+    return Candidate(row.id, row.name, float(row.free_cpus), int(row.free_memory_mb))
+
+
+def _short(environment, cpus, memory_mb, candidates):
+    known = sorted((c for c in candidates if c.free_cpus is not None),
+                   key=lambda c: (-c.free_memory_mb, -c.free_cpus, c.name))
+    unknown = sorted(c.name for c in candidates if c.free_cpus is None)
+    parts = [f"{c.name} has {_cpus(c.free_cpus)} and {c.free_memory_mb} MB free" for c in known]
+    parts += [f"{name} has not reported its capacity yet" for name in unknown]
     shown = "; ".join(parts[:SHOWN_NODES])
     if len(parts) > SHOWN_NODES:
         shown += f"; and {len(parts) - SHOWN_NODES} more online nodes with less"

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from flask import current_app
 from sqlalchemy import delete, func, select
+from sqlalchemy.orm import joinedload
 
 from app.extensions import db
 from app.models import ApiToken, LoginFailure, User
@@ -126,7 +127,9 @@ def user_for_token(raw):
     """The active user behind a bearer token, or Unauthorized with the reason."""
     if not raw or not raw.startswith(TOKEN_PREFIX):
         raise Unauthorized("the bearer token is malformed; create one under Settings > API tokens")
-    token = db.session.scalar(select(ApiToken).where(ApiToken.token_hash == _digest(raw)))
+    # The user comes in the same query: every API call from a script pays for this lookup.
+    token = db.session.scalar(select(ApiToken).options(joinedload(ApiToken.user))
+                              .where(ApiToken.token_hash == _digest(raw)))
     # The hash lookup is exact; compare again in constant time for belt and braces.
     if token is None or not hmac.compare_digest(token.token_hash, _digest(raw)):
         raise Unauthorized("the bearer token is unknown")

@@ -326,14 +326,22 @@ def cleanup_minutes(deployment):
 
 
 def expires_at(deployment):
-    if deployment.status in REMOVING_STATUSES:
+    return expiry(deployment.status, deployment.last_activity_at, cleanup_minutes(deployment))
+
+
+def expiry(status, last_activity_at, minutes):
+    """When a deployment in `status` is auto-cleaned; None once it is being deleted."""
+    if status in REMOVING_STATUSES:
         return None
-    return deployment.last_activity_at + timedelta(minutes=cleanup_minutes(deployment))
+    return last_activity_at + timedelta(minutes=minutes)
 
 
 def remaining_seconds(deployment, now=None):
     """Seconds until auto-cleanup (for the UI's countdown); None once it is being deleted."""
-    expires = expires_at(deployment)
+    return seconds_until(expires_at(deployment), now)
+
+
+def seconds_until(expires, now=None):
     if expires is None:
         return None
     return max(0, int((expires - (now or utcnow())).total_seconds()))

@@ -35,14 +35,24 @@ def image_reference(registry, image, tag):
 
 def service_host(deployment, step_id):
     environment = deployment.environment
-    return f"{step_id}.{deployment.name}.{environment.name}.{environment.base_domain}"
+    return host_name(step_id, deployment.name, environment.name, environment.base_domain)
+
+
+def host_name(step_id, deployment_name, environment_name, base_domain):
+    return f"{step_id}.{deployment_name}.{environment_name}.{base_domain}"
 
 
 def service_urls(deployment, resolved=None):
     """{step id: stable URL} of the services the ingress exposes (those with exposed ports)."""
-    steps = (resolved or deployment.pipeline_version.resolved)["steps"]
-    return {step["id"]: f"http://{service_host(deployment, step['id'])}"
-            for step in steps if step["kind"] == "service" and step.get("exposed_ports")}
+    environment = deployment.environment
+    return exposed_urls(resolved or deployment.pipeline_version.resolved, deployment.name,
+                        environment.name, environment.base_domain)
+
+
+def exposed_urls(resolved, deployment_name, environment_name, base_domain):
+    """service_urls() from plain values (the API's lists read columns, not objects)."""
+    return {step["id"]: f"http://{host_name(step['id'], deployment_name, environment_name, base_domain)}"
+            for step in resolved["steps"] if step["kind"] == "service" and step.get("exposed_ports")}
 
 
 def compile_spec(deployment):

@@ -27,7 +27,7 @@ from app import demo
 from app.controller import Controller
 from app.extensions import db
 from app.models import PipelineVersion, Plugin, Project, ProjectSecret, Registry, Service
-from app.services import admission
+from app.models import nodes as node_model
 from tests.caddytools import caddy, web  # noqa: F401 - fixtures
 from tests.dockertools import HASH_LABEL, left_behind
 from tests.e2e.support import Caller
@@ -165,13 +165,8 @@ def cpu_report_ignored(monkeypatch):
     the host's CPU use of the last seconds, and on a busy CI host (or next to the copies this
     test just started) it refuses the clone for reasons this test is not about. Admission's
     own tests cover the report (tests/test_admission.py)."""
-    real = admission.reported_free
-
-    def memory_only(node, now):
-        found = real(node, now)
-        return None if found is None else (float("inf"), found[1])
-
-    monkeypatch.setattr(admission, "reported_free", memory_only)
+    real = node_model.reported_free
+    monkeypatch.setattr(node_model, "reported_free", lambda figures: (None, real(figures)[1]))
 
 
 def wait_for(api, deployment_id, *statuses, timeout=READY_TIMEOUT_S):
