@@ -62,7 +62,8 @@ def move_node(node, new, reason=""):
 
 DEPLOYMENT_STATUSES = ("pending", "deploying", "ready", "degraded", "failed", "offline", "deleting",
                        "cleanup_failed", "deleted")
-# Live: holds resources on its node and counts for admission.
+# Live: holds resources on its node and counts for admission. Every status but deleted, so
+# queries may say `deleted_at IS NULL` (a constraint ties it to the status; indexes use it).
 LIVE_DEPLOYMENT_STATUSES = ("pending", "deploying", "ready", "degraded", "failed", "offline",
                             "deleting", "cleanup_failed")
 DEPLOYMENT_TRANSITIONS = {
@@ -94,4 +95,6 @@ def move_deployment(deployment, new, message=""):
     if changed:
         deployment.status = new
         deployment.status_changed_at = utcnow()
+        if new == "deleted":  # the two go together (a constraint says so): "live" is indexed by it
+            deployment.deleted_at = deployment.status_changed_at
     return changed

@@ -3,6 +3,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
 
 from app.controller import state
 from app.extensions import db
@@ -59,7 +60,12 @@ def test_allocation_counts_live_deployments_only(staging, version):
     # 8 live ones hold 2 CPUs and 2048 MB: the node is full; the deleted one holds nothing.
     assert refusal(staging, 0.25, 1) == ("no online node in staging has 0.25 CPUs and 1 MB free: "
                                          "node-1 has 0 CPUs and 0 MB free")
-    db.session.execute(db.text("UPDATE deployments SET status = 'deleted' WHERE name = 'live-failed'"))
+    # Admission reads "live" as deleted_at IS NULL: the database keeps the two together.
+    with pytest.raises(IntegrityError):
+        db.session.execute(db.text("UPDATE deployments SET status = 'deleted' WHERE name = 'live-failed'"))
+    db.session.rollback()
+    db.session.execute(db.text("UPDATE deployments SET status = 'deleted', deleted_at = CURRENT_TIMESTAMP "
+                               "WHERE name = 'live-failed'"))
     db.session.commit()
     assert admission.place(staging, 0.25, 256).id == node.id
 

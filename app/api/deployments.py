@@ -140,7 +140,7 @@ def _project(project_id, action="view"):
 def list_deployments(params):
     values = {name: getattr(params, name) for name in ("project_id", "environment_id", "status")
               if getattr(params, name) is not None}
-    visibility = access.visibility_params(current_user)
+    visibility = access.visibility_params(current_user, params.project_id, params.environment_id)
     query = _list_query(tuple(values), params.include_deleted, visibility is not None)
     now = utcnow()
     return paginate(query, params, shape=lambda row: _out(row, now),

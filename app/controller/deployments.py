@@ -175,8 +175,8 @@ def due_work(online_node_ids, busy_ids, now):
             deployment.cleanup_attempts = 0
             deployment.next_attempt_at = None
         if deployment.status == "deleting" and deployment.node_id is None:
-            _deleted(deployment, now, "its node was removed from NullOps: nothing could be checked "
-                                      "or removed there")
+            _deleted(deployment, "its node was removed from NullOps: nothing could be checked "
+                                 "or removed there")
         elif deployment.id in busy_ids or deployment.node_id not in online_node_ids:
             continue
         elif deployment.status == "deleting":
@@ -237,8 +237,8 @@ def record_deletes(items):
         if deployment is None or deployment.status != "deleting":
             outcomes.append(None)
         elif answer.get("run_id") is None and answer.get("status") == "deleted":
-            _deleted(deployment, now, f"removed; nothing labelled {deployment.agent_id} is left on "
-                                      f"node {_node_name(deployment)}")
+            _deleted(deployment, f"removed; nothing labelled {deployment.agent_id} is left on "
+                                 f"node {_node_name(deployment)}")
             outcomes.append(DELETED)
         elif answer.get("run_id") == deployment.run_id:
             outcomes.append(WAITING)  # the delete run counted already is still going
@@ -271,9 +271,8 @@ def fail_cleanups(items):
     db.session.commit()
 
 
-def _deleted(deployment, now, message):
+def _deleted(deployment, message):
     if move(deployment, "deleted", message):
-        deployment.deleted_at = now
         deployment.run_id = None
         deployment.next_attempt_at = None
 

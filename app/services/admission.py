@@ -22,7 +22,6 @@ from app.extensions import db
 from app.models import Deployment, Node
 from app.models.types import utcnow
 from app.services.errors import InsufficientResources
-from app.states import LIVE_DEPLOYMENT_STATUSES
 
 FRESH_FOR = timedelta(seconds=60)   # agents send resources frames every few seconds
 SHOWN_NODES = 5                     # nodes a refusal names; the rest are counted
@@ -56,10 +55,10 @@ def _room(environment, now):
     minus what live deployments hold, capped by the agent's report while it is fresh."""
     held = (select(Deployment.node_id, func.sum(Deployment.cpus).label("cpus"),
                    func.sum(Deployment.memory_mb).label("memory_mb"))
-            # deleted_at is NULL for every live status; saying so lets the partial index serve
+            # Live: every status but deleted, which is what deleted_at says (a constraint holds
+            # the two together), and what the index the sums are read from holds.
             .where(Deployment.environment_id == environment.id, Deployment.node_id.is_not(None),
-                   Deployment.deleted_at.is_(None),
-                   Deployment.status.in_(LIVE_DEPLOYMENT_STATUSES))
+                   Deployment.deleted_at.is_(None))
             .group_by(Deployment.node_id).subquery())
     fresh = Node.resources_at >= now - FRESH_FOR
     capacity_cpus = func.coalesce(Node.cpus_override, Node.reported_cpus)

@@ -300,7 +300,6 @@ def _delete(actor, deployment, reason):
     if deployment.node_id is None:  # nothing to remove, nothing to check
         gone = "its node no longer exists: nothing to remove"
         _move(deployment, "deleted", gone)
-        deployment.deleted_at = now
         record_event(deployment, "deleted", None, gone)
     audit.record(actor, "deployment.delete", "deployment", deployment,
                  {"status": before, **({"reason": reason} if reason else {})})

@@ -10,6 +10,7 @@ from agent.protocol import verifier_for
 from app.controller import Controller
 from app.extensions import db
 from app.models import Environment, Node
+from app.models.types import utcnow
 from app.services.catalog import keyring
 from tests.agent.link.support import AgentProcess
 from tests.caddytools import caddy, web  # noqa: F401 - fixtures
@@ -159,7 +160,8 @@ def make_deployment(catalog):
             name=name or f"d{len(made) + 1}-{uuid.uuid4().hex[:4]}", project_id=project.id,
             environment_id=environment.id, node_id=node_id, pipeline_version_id=version.id,
             tags={s["id"]: s["tag"] for s in steps if s["kind"] == "service"},
-            cpus=project.cpus, memory_mb=project.memory_mb, status=status)
+            cpus=project.cpus, memory_mb=project.memory_mb, status=status,
+            deleted_at=utcnow() if status == "deleted" else None)
         db.session.add(deployment)
         db.session.commit()
         made.append(deployment.id)
