@@ -19,8 +19,11 @@ A user's grants are read once per request (one small query) and kept in `flask.g
 asks about the same project and environment five times, a list filters by all of them. A
 flush that touches a team, a membership or a grant drops what was kept.
 """
+import functools
+
 from flask import g, has_request_context
-from sqlalchemy import bindparam, event, select
+from sqlalchemy import Integer, any_, bindparam, event, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from app.extensions import db
@@ -195,15 +198,24 @@ def can(user, action, obj):
     return bool(rule and rule(user, action, obj))
 
 
-# The deployments a non-admin may view, the granted ids as bind parameters (visibility_params
-# gives them): for statements the API builds once and runs many times (its deployment lists).
-DEPLOYMENTS_VISIBLE = (
-    Deployment.environment_id.in_(bindparam("visible_environment_ids", expanding=True))
-    | Deployment.project_id.in_(bindparam("visible_project_ids", expanding=True)))
+@functools.cache
+def deployments_visible(dialect):
+    """The condition on deployments a non-admin may view, the granted ids as two bind parameters
+    (visibility_params gives them): for statements built once and run many times (the API's
+    deployment routes). On PostgreSQL each list is one array parameter (`= ANY`): an `IN` of a
+    few hundred ids costs the web tier more CPU to render than the query costs to run."""
+    if dialect == "postgresql":
+        def granted(column, name):
+            return column == any_(bindparam(name, type_=postgresql.ARRAY(Integer)))
+    else:
+        def granted(column, name):
+            return column.in_(bindparam(name, expanding=True))
+    return (granted(Deployment.environment_id, "visible_environment_ids")
+            | granted(Deployment.project_id, "visible_project_ids"))
 
 
 def visibility_params(user, project_id=None, environment_id=None):
-    """The values of DEPLOYMENTS_VISIBLE for `user`; None when they see every deployment, or
+    """The values of deployments_visible() for `user`; None when they see every deployment, or
     every one of the project or environment a query is limited to (a grant on either shows all
     of its deployments, and the clause would only cost the database time)."""
     if _is_admin(user) and user.is_active:
@@ -225,7 +237,7 @@ def visible(user, model):
     if not _is_user(user):
         return stmt.where(False)
     if model is Deployment:
-        return stmt.where(DEPLOYMENTS_VISIBLE).params(visibility_params(user))
+        return stmt.where(deployments_visible(db.engine.dialect.name)).params(visibility_params(user))
     # The granted ids go in as literals: a few hundred at most, and plain lists let the planner
     # use the indexes (the deployments count is an index-only scan).
     if model is Project:

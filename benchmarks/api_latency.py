@@ -422,6 +422,20 @@ class Client:
 
 
 # --- CPU over one phase ------------------------------------------------------------------------
+def speed_check_ms(rounds=5):
+    """How long this machine takes for a fixed piece of pure-Python work (best of `rounds`): the
+    same code measures slower when the host under this virtual machine is busy (a third or more,
+    with nothing else running here), and this says which kind of minute a phase ran in."""
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.process_time()
+        total = 0
+        for i in range(300_000):
+            total += i * i % 7
+        best = min(best, time.process_time() - start)
+    return 1000 * best
+
+
 def machine_busy_s():
     """CPU seconds all processes of the machine used so far (every core)."""
     times = psutil.cpu_times()
@@ -603,12 +617,14 @@ def table(summaries):
                 lines.append(f"| {variant} | {v['requests']:,} | {fmt(v['p50_ms'])} | {fmt(v['p95_ms'])} |")
     cores = os.cpu_count() or 1
     lines += ["", "| CPU per request (ms) | web tier | PostgreSQL | clients "
-              f"| machine busy (% of {cores} cores) | of which other processes |", "|---" * 6 + "|"]
+              f"| machine busy (% of {cores} cores) | of which other processes | speed check (ms) |",
+              "|---" * 7 + "|"]
     for s in summaries:
         n, capacity = s["requests"] or 1, s["wall_s"] * cores / 100
         lines.append(f"| {s['operation']} | {fmt(1000 * s['web_cpu_s'] / n)} "
                      f"| {fmt(1000 * s['postgres_cpu_s'] / n)} | {fmt(1000 * s['client_cpu_s'] / n)} "
-                     f"| {s['machine_cpu_s'] / capacity:.0f} | {s['other_cpu_s'] / capacity:.0f} |")
+                     f"| {s['machine_cpu_s'] / capacity:.0f} | {s['other_cpu_s'] / capacity:.0f} "
+                     f"| {fmt(s['speed_check_ms'])} |")
     return "\n".join(lines)
 
 
@@ -683,6 +699,9 @@ and 8 keep-alive connections can end up 8 and 0, which leaves half the machine i
   clients), divided by its requests. **Other processes** is what the rest of the machine
   used meanwhile: this machine is shared, and before each operation the benchmark waits until
   others use less than 10 % of it (`--quiet`), but it cannot stop them from starting later.
+  **Speed check**: what a fixed piece of pure-Python work took just before the phase (best of
+  5). This virtual machine's speed changes with its host's load, by a third or more within an
+  hour with nothing else running here; CPU per request, and so the latencies, change with it.
 
 Target on these 2 cores (issue 5): p95 under 50 ms for reads and under 150 ms for create.
 
@@ -739,6 +758,7 @@ def measure(server, info, seeder, args):
     for seed, (name, make, count, warmup) in enumerate(plan, start=1):
         refresher = None
         wait_for_quiet(args.quiet, args.quiet_timeout)
+        speed = speed_check_ms()
         if name == "create":
             seeder.refresh_resources()  # admission ignores figures older than 60 s
             refresher = ResourcesRefresher(seeder)
@@ -755,6 +775,7 @@ def measure(server, info, seeder, args):
             if refresher is not None:
                 refresher.stop()
         summary = summarise(name, results, wall, cpu)
+        summary["speed_check_ms"] = speed
         summary["connections_per_worker"] = server.connections_per_worker()
         summaries.append(summary)
         log(f"{name}: {count} requests in {wall:.1f} s, p50 {fmt(summary['p50_ms'])} ms, p95 "

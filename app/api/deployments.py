@@ -93,20 +93,24 @@ def _out(row, now):
     return DeploymentOut.model_validate(data).model_dump(mode="json")
 
 
+def _dialect():
+    return db.engine.dialect.name
+
+
 @functools.cache
-def _one_query(restricted):
+def _one_query(restricted, dialect):
     """The select of one deployment (`deployment_id`), limited to the visible ones or not."""
     stmt = select(Deployment).where(Deployment.id == bindparam("deployment_id"))
-    return _shown(stmt.where(access.DEPLOYMENTS_VISIBLE) if restricted else stmt)
+    return _shown(stmt.where(access.deployments_visible(dialect)) if restricted else stmt)
 
 
 @functools.cache
-def _list_query(filters, include_deleted, restricted):
+def _list_query(filters, include_deleted, restricted, dialect):
     """The PageQuery of one shape of deployments list: `filters`, the names of the columns
     compared with a value (bind parameters of the same names)."""
     stmt = select(Deployment)
     if restricted:
-        stmt = stmt.where(access.DEPLOYMENTS_VISIBLE)
+        stmt = stmt.where(access.deployments_visible(dialect))
     for name in filters:
         stmt = stmt.where(getattr(Deployment, name) == bindparam(name))
     if not include_deleted:
@@ -118,7 +122,8 @@ def deployment_out(deployment):
     """A deployment as the API shows it, read again after the change that the caller has just
     committed (its identity survives the commit's expiry, so nothing is reloaded twice)."""
     deployment_id = inspect(deployment).identity[0]
-    row = db.session.execute(_one_query(False), {"deployment_id": deployment_id}).one()
+    row = db.session.connection().execute(_one_query(False, _dialect()),
+                                          {"deployment_id": deployment_id}).one()
     return _out(row, utcnow())
 
 
@@ -141,7 +146,7 @@ def list_deployments(params):
     values = {name: getattr(params, name) for name in ("project_id", "environment_id", "status")
               if getattr(params, name) is not None}
     visibility = access.visibility_params(current_user, params.project_id, params.environment_id)
-    query = _list_query(tuple(values), params.include_deleted, visibility is not None)
+    query = _list_query(tuple(values), params.include_deleted, visibility is not None, _dialect())
     now = utcnow()
     return paginate(query, params, shape=lambda row: _out(row, now),
                     values={**values, **(visibility or {})})
@@ -161,8 +166,9 @@ def create_deployment(data):
 def get_deployment(deployment_id):
     # The visibility filter and the columns in one query: reads are the hot path.
     visibility = access.visibility_params(current_user)
-    row = db.session.execute(_one_query(visibility is not None),
-                             {"deployment_id": deployment_id, **(visibility or {})}).one_or_none()
+    row = db.session.connection().execute(
+        _one_query(visibility is not None, _dialect()),
+        {"deployment_id": deployment_id, **(visibility or {})}).one_or_none()
     if row is None:
         raise NotFound(f"deployment {deployment_id} does not exist")
     return _out(row, utcnow())
