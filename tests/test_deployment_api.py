@@ -130,6 +130,10 @@ def test_the_list_filters_and_hides_deleted_ones_unless_asked(client, ex, versio
     assert names(environment_id=ex["environment"].id, per_page=1) in (["ready-one"], ["failed-one"],
                                                                       ["billing-one"])
     assert names("outsider") == []
+    # The total counts every visible row, on a full page, a short one and one past the end.
+    for page, shown in ((1, 2), (2, 1), (3, 0)):
+        body = client.get(API, headers=as_("reader"), query_string={"per_page": 2, "page": page}).json
+        assert (len(body["items"]), body["total"]) == (shown, 3)
     bad = client.get(API, headers=as_("reader"), query_string={"status": "sleeping"})
     assert bad.status_code == 422 and "status" in bad.json["error"]["fields"]
 

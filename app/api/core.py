@@ -116,13 +116,18 @@ class PageQuery:
     """A list's count and page selects, built once from a select of its rows (and, optionally,
     `shown`, which turns the page's select into the one to run: to join what a page shows after
     the limit, not before). Building statements costs more CPU than running these; routes on the
-    hot path keep one per shape of query and pass the values at each call."""
+    hot path keep one per shape of query and pass the values at each call. A page of plain rows
+    carries the count as a column `page_total` (one round trip less), read apart only when the
+    page is empty."""
 
     def __init__(self, stmt, shown=None):
         self.count = select(func.count()).select_from(stmt.order_by(None).subquery())
         page = stmt.limit(bindparam("page_limit")).offset(bindparam("page_offset"))
-        self.page = shown(page) if shown is not None else page
-        self.entity = len(self.page.column_descriptions) == 1
+        self.entity = shown is None and len(page.column_descriptions) == 1
+        if not self.entity:
+            page = (shown(page) if shown is not None else page).add_columns(
+                self.count.scalar_subquery().label("page_total"))
+        self.page = page
 
 
 def paginate(stmt, params, schema=None, shape=None, values=None):
@@ -130,14 +135,16 @@ def paginate(stmt, params, schema=None, shape=None, values=None):
     on the caller), and the count of all rows. `stmt`: a select of the rows or a PageQuery;
     `values`: its bind parameters. A select of one entity yields its objects, of columns rows."""
     query = stmt if isinstance(stmt, PageQuery) else PageQuery(stmt)
-    values = dict(values or {})
-    # Plain rows need none of the ORM's work on a statement: the session's connection runs them
-    # (the same transaction) for a third less CPU.
-    run = db.session if query.entity else db.session.connection()
-    total = run.scalar(query.count, values)
-    values.update(page_limit=params.per_page, page_offset=(params.page - 1) * params.per_page)
-    result = run.execute(query.page, values)
-    rows = (result.scalars() if query.entity else result).all()
+    values = {**(values or {}), "page_limit": params.per_page,
+              "page_offset": (params.page - 1) * params.per_page}
+    if query.entity:
+        total = db.session.scalar(query.count, values)
+        rows = db.session.scalars(query.page, values).all()
+    else:
+        # Plain rows need none of the ORM's work on a statement: the session's connection runs
+        # them (the same transaction) for a third less CPU.
+        rows = db.session.connection().execute(query.page, values).all()
+        total = rows[0].page_total if rows else db.session.connection().scalar(query.count, values)
     return {
         "items": [shape(row) if shape is not None else dump(schema, row) for row in rows],
         "page": params.page,
