@@ -238,8 +238,7 @@ def visible(user, model):
         return stmt.where(False)
     if model is Deployment:
         return stmt.where(deployments_visible(db.engine.dialect.name)).params(visibility_params(user))
-    # The granted ids go in as literals: a few hundred at most, and plain lists let the planner
-    # use the indexes (the deployments count is an index-only scan).
+    # The granted ids go in as lists (a few hundred at most; read once per request by _grants).
     if model is Project:
         return stmt.where(Project.id.in_(_granted_ids(user, Project)))
     if model is Environment:
