@@ -119,18 +119,24 @@ def _list_query(filters, include_deleted, restricted, dialect):
     return PageQuery(stmt.order_by(Deployment.created_at.desc(), Deployment.id.desc()), _shown)
 
 
+def _read_one(deployment_id, visibility=None):
+    """A deployment as the API shows it, or None: `visibility` (access.visibility_params)
+    limits it to what the caller may see."""
+    row = db.session.connection().execute(
+        _one_query(visibility is not None, _dialect()),
+        {"deployment_id": deployment_id, **(visibility or {})}).one_or_none()
+    return None if row is None else _out(row, utcnow())
+
+
 def deployment_out(deployment):
     """A deployment as the API shows it, read again after the change that the caller has just
     committed (its identity survives the commit's expiry, so nothing is reloaded twice)."""
-    deployment_id = inspect(deployment).identity[0]
-    row = db.session.connection().execute(_one_query(False, _dialect()),
-                                          {"deployment_id": deployment_id}).one()
-    return _out(row, utcnow())
+    return _read_one(inspect(deployment).identity[0])
 
 
 def _deployment(deployment_id, action="deploy"):
     deployment = access.get_visible(current_user, Deployment, deployment_id, "deployment")
-    if action != "view":  # get_visible has just decided "view" (two grant queries each time)
+    if action != "view":  # get_visible has just decided "view"
         access.require(current_user, action, deployment)
     return deployment
 
@@ -166,13 +172,10 @@ def create_deployment(data):
            response=DeploymentOut)
 def get_deployment(deployment_id):
     # The visibility filter and the columns in one query: reads are the hot path.
-    visibility = access.visibility_params(current_user)
-    row = db.session.connection().execute(
-        _one_query(visibility is not None, _dialect()),
-        {"deployment_id": deployment_id, **(visibility or {})}).one_or_none()
-    if row is None:
+    shown = _read_one(deployment_id, access.visibility_params(current_user))
+    if shown is None:
         raise NotFound(f"deployment {deployment_id} does not exist")
-    return _out(row, utcnow())
+    return shown
 
 
 @operation("DELETE", "/deployments/<int:deployment_id>",

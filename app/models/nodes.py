@@ -1,7 +1,8 @@
 """Nodes (Docker hosts with an agent) and the commands the web tier leaves for the controller."""
 import math
 
-from sqlalchemy import JSON, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, String, Text, UniqueConstraint, func
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
 from app.extensions import db
@@ -57,13 +58,25 @@ class Node(db.Model):
         self.reported_free_cpus, self.reported_free_memory_mb = reported_free(figures)
         return figures
 
-    @property
+    # The capacity admission counts with: an admin's override, else the agent's report (in
+    # Python and, for admission's query, in SQL).
+    @hybrid_property
     def capacity_cpus(self):
         return self.cpus_override if self.cpus_override is not None else self.reported_cpus
 
-    @property
+    @capacity_cpus.inplace.expression
+    @classmethod
+    def _capacity_cpus_expression(cls):
+        return func.coalesce(cls.cpus_override, cls.reported_cpus)
+
+    @hybrid_property
     def capacity_memory_mb(self):
         return self.memory_mb_override if self.memory_mb_override is not None else self.reported_memory_mb
+
+    @capacity_memory_mb.inplace.expression
+    @classmethod
+    def _capacity_memory_mb_expression(cls):
+        return func.coalesce(cls.memory_mb_override, cls.reported_memory_mb)
 
 
 def reported_free(figures):

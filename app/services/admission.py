@@ -61,12 +61,10 @@ def _room(environment, now):
                    Deployment.deleted_at.is_(None))
             .group_by(Deployment.node_id).subquery())
     fresh = Node.resources_at >= now - FRESH_FOR
-    capacity_cpus = func.coalesce(Node.cpus_override, Node.reported_cpus)
-    capacity_memory_mb = func.coalesce(Node.memory_mb_override, Node.reported_memory_mb)
     return (select(Node.id, Node.name,
-                   _lower(capacity_cpus - func.coalesce(held.c.cpus, 0),
+                   _lower(Node.capacity_cpus - func.coalesce(held.c.cpus, 0),
                           case((fresh, Node.reported_free_cpus))).label("free_cpus"),
-                   _lower(capacity_memory_mb - func.coalesce(held.c.memory_mb, 0),
+                   _lower(Node.capacity_memory_mb - func.coalesce(held.c.memory_mb, 0),
                           case((fresh, Node.reported_free_memory_mb))).label("free_memory_mb"))
             .outerjoin(held, held.c.node_id == Node.id)
             .where(Node.environment_id == environment.id, Node.status == "online",
