@@ -9,9 +9,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import serve
 
 from agent import protocol
+from app.api.schemas.deployments import DeploymentOut
 from app.controller.internal import internal_token
 from app.extensions import db
-from app.models import AuditEntry, Deployment, DeploymentEvent
+from app.models import AuditEntry, Deployment, DeploymentEvent, PipelineVersion
 from app.services import registries
 from tests.access.deployments import (
     add_deployment,
@@ -136,6 +137,41 @@ def test_the_list_filters_and_hides_deleted_ones_unless_asked(client, ex, versio
         assert (len(body["items"]), body["total"]) == (shown, 3)
     bad = client.get(API, headers=as_("reader"), query_string={"status": "sleeping"})
     assert bad.status_code == 422 and "status" in bad.json["error"]["fields"]
+
+
+def test_lists_and_details_are_exactly_what_the_schema_dumps(client, ex, version, node, as_):
+    # Rows are shaped without validation on the hot path: every optional part, set and unset,
+    # must come out as DeploymentOut would write it (datetimes in the same ISO form, floats...).
+    source = add_deployment(version, ex["environment"], node, "ready-one", progress={"web": "ready"})
+    add_deployment(version, ex["environment"], None, "unplaced", status="pending",
+                   created_by_id=ex["writer"].id, cloned_from_id=source.id)
+    add_deployment(version, ex["environment"], node, "gone", status="deleted")
+    items = client.get(API, headers=as_("reader"), query_string={"include_deleted": "true"}).json["items"]
+    details = [client.get(f"{API}/{item['id']}", headers=as_("reader")).json for item in items]
+    assert len(items) == 3 and details == items
+    for item in items:
+        assert DeploymentOut.model_validate(item).model_dump(mode="json") == item
+    assert {item["name"]: bool(item["urls"]) for item in items} == {
+        "ready-one": True, "unplaced": True, "gone": False}
+
+
+def test_a_version_id_given_again_gets_its_own_urls(client, ex, version, node, as_):
+    # Versions' exposed ports are read once per process; SQLite gives a deleted row's id to the
+    # next row, so a version that replaces a deleted one must not inherit its ports.
+    first = add_deployment(version, ex["environment"], node, "first")
+    assert client.get(f"{API}/{first.id}", headers=as_("reader")).json["urls"] == {
+        "web": "http://web.first.staging.localhost"}
+    version_id = version.id
+    db.session.delete(first)
+    db.session.delete(version)
+    db.session.commit()
+    again = PipelineVersion(id=version_id, project_id=ex["project"].id, number=1, definition={},
+                            resolved={"steps": [service_step("api", exposed=[9000])]})
+    db.session.add(again)
+    db.session.commit()
+    second = add_deployment(again, ex["environment"], node, "second")
+    assert client.get(f"{API}/{second.id}", headers=as_("reader")).json["urls"] == {
+        "api": "http://api.second.staging.localhost"}
 
 
 def test_a_deleted_deployment_shows_no_urls_and_no_countdown(client, ex, version, node, as_):

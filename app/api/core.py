@@ -9,6 +9,7 @@ from functools import wraps
 from flask import Blueprint, Response, g, jsonify, request
 from flask_login import current_user
 from pydantic import BaseModel, ValidationError
+from pydantic_core import to_json
 from sqlalchemy import bindparam, func, select
 
 from app.extensions import csrf, db
@@ -59,7 +60,9 @@ def operation(method, rule, *, summary, tag, body=None, query=None, response=Non
                 return "", 204
             if isinstance(result, Response):  # a view that answers in another format (YAML)
                 return result
-            return jsonify(result), status
+            # pydantic's encoder: several times faster than the json module on list pages, and
+            # it writes datetimes left in a result as the schemas' dumps do (ISO 8601, "Z").
+            return Response(to_json(result), status, mimetype="application/json")
 
         bp.add_url_rule(rule, endpoint=endpoint, view_func=view, methods=[method])
         OPERATIONS.append(
@@ -132,8 +135,9 @@ class PageQuery:
 
 def paginate(stmt, params, schema=None, shape=None, values=None):
     """A page of rows shaped by `schema` (or by the function `shape`, for responses that depend
-    on the caller), and the count of all rows. `stmt`: a select of the rows or a PageQuery;
-    `values`: its bind parameters. A select of one entity yields its objects, of columns rows."""
+    on the caller; with neither, the rows as they are), and the count of all rows. `stmt`: a
+    select of the rows or a PageQuery; `values`: its bind parameters. A select of one entity
+    yields its objects, of columns rows."""
     query = stmt if isinstance(stmt, PageQuery) else PageQuery(stmt)
     values = {**(values or {}), "page_limit": params.per_page,
               "page_offset": (params.page - 1) * params.per_page}
@@ -146,7 +150,8 @@ def paginate(stmt, params, schema=None, shape=None, values=None):
         rows = db.session.connection().execute(query.page, values).all()
         total = rows[0].page_total if rows else db.session.connection().scalar(query.count, values)
     return {
-        "items": [shape(row) if shape is not None else dump(schema, row) for row in rows],
+        "items": [shape(row) for row in rows] if shape is not None
+        else [dump(schema, row) for row in rows] if schema is not None else rows,
         "page": params.page,
         "per_page": params.per_page,
         "total": total,

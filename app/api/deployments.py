@@ -34,7 +34,7 @@ from app.models import (
 from app.models.types import utcnow
 from app.services import deployments
 from app.services.errors import Forbidden, NotFound
-from app.services.specs import exposed_urls
+from app.services.specs import VERSION_PORTS, exposed_urls
 
 TAG = "deployments"
 
@@ -59,7 +59,8 @@ def _shown(deployments_stmt):
     return (select(d.c.id, d.c.name, d.c.project_id, Project.name.label("project_name"),
                    d.c.environment_id, Environment.name.label("environment_name"),
                    Environment.base_domain, d.c.node_id, node_name.label("node_name"),
-                   PipelineVersion.number.label("version_number"), PipelineVersion.resolved,
+                   d.c.pipeline_version_id, PipelineVersion.number.label("version_number"),
+                   PipelineVersion.created_at.label("version_created_at"),
                    d.c.tags, d.c.cpus, d.c.memory_mb, d.c.status, d.c.status_message,
                    d.c.status_changed_at, d.c.progress, d.c.created_by_id,
                    creator_name.label("creator_name"), d.c.created_at, d.c.last_activity_at,
@@ -72,18 +73,28 @@ def _shown(deployments_stmt):
             .order_by(d.c.created_at.desc(), d.c.id.desc()))
 
 
-def _out(row, now):
+def _out(rows):
+    """DeploymentOut of _shown() rows, as the JSON encoder takes it (datetimes as they are): the
+    rows come from our own columns, so they are shaped, not validated again (tests check the
+    shape against the schema)."""
+    now = utcnow()
+    ports = VERSION_PORTS.of({(row.pipeline_version_id, row.version_created_at) for row in rows})
+    return [_one_out(row, now, ports[(row.pipeline_version_id, row.version_created_at)])
+            for row in rows]
+
+
+def _one_out(row, now, ports):
     expires = deployments.expiry(row.status, row.last_activity_at, row.cleanup_minutes)
-    urls = {} if row.deleted_at is not None else exposed_urls(
-        row.resolved, row.name, row.environment_name, row.base_domain)
-    data = {
+    return {
         "id": row.id, "name": row.name,
         "project": {"id": row.project_id, "name": row.project_name},
         "environment": {"id": row.environment_id, "name": row.environment_name},
         "node": None if row.node_id is None else {"id": row.node_id, "name": row.node_name},
         "pipeline_version": row.version_number, "tags": row.tags or {}, "cpus": row.cpus,
         "memory_mb": row.memory_mb, "status": row.status, "status_message": row.status_message,
-        "status_changed_at": row.status_changed_at, "progress": row.progress or {}, "urls": urls,
+        "status_changed_at": row.status_changed_at, "progress": row.progress or {},
+        "urls": {} if row.deleted_at is not None else exposed_urls(
+            ports, row.name, row.environment_name, row.base_domain),
         "created_by": None if row.created_by_id is None
         else {"id": row.created_by_id, "username": row.creator_name},
         "created_at": row.created_at, "last_activity_at": row.last_activity_at,
@@ -91,7 +102,6 @@ def _out(row, now):
         "cloned_from_id": row.cloned_from_id,
         "delete_requested_at": row.delete_requested_at, "deleted_at": row.deleted_at,
     }
-    return DeploymentOut.model_validate(data).model_dump(mode="json")
 
 
 def _dialect():
@@ -122,10 +132,10 @@ def _list_query(filters, include_deleted, restricted, dialect):
 def _read_one(deployment_id, visibility=None):
     """A deployment as the API shows it, or None: `visibility` (access.visibility_params)
     limits it to what the caller may see."""
-    row = db.session.connection().execute(
+    rows = db.session.connection().execute(
         _one_query(visibility is not None, _dialect()),
-        {"deployment_id": deployment_id, **(visibility or {})}).one_or_none()
-    return None if row is None else _out(row, utcnow())
+        {"deployment_id": deployment_id, **(visibility or {})}).all()
+    return _out(rows)[0] if rows else None
 
 
 def deployment_out(deployment):
@@ -154,9 +164,9 @@ def list_deployments(params):
               if getattr(params, name) is not None}
     visibility = access.visibility_params(current_user, params.project_id, params.environment_id)
     query = _list_query(tuple(values), params.include_deleted, visibility is not None, _dialect())
-    now = utcnow()
-    return paginate(query, params, shape=lambda row: _out(row, now),
-                    values={**values, **(visibility or {})})
+    page = paginate(query, params, values={**values, **(visibility or {})})
+    page["items"] = _out(page["items"])
+    return page
 
 
 @operation("POST", "/deployments",

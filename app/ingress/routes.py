@@ -10,27 +10,9 @@ from sqlalchemy import func, select
 
 from app.extensions import db
 from app.models import Deployment, Environment, Node, PipelineVersion
+from app.services.specs import VERSION_PORTS
 
 PROXIED = ("ready", "degraded")
-
-
-class ExposedPorts:
-    """{pipeline version id: {service step: first exposed port or None}}; versions never
-    change, so each is read once per process."""
-
-    def __init__(self):
-        self._known = {}
-
-    def of(self, version_ids):
-        missing = set(version_ids) - self._known.keys()
-        if missing:
-            rows = db.session.execute(select(PipelineVersion.id, PipelineVersion.resolved)
-                                      .where(PipelineVersion.id.in_(missing)))
-            for version_id, resolved in rows:
-                self._known[version_id] = {
-                    step["id"]: (step.get("exposed_ports") or [None])[0]
-                    for step in resolved["steps"] if step["kind"] == "service"}
-        return self._known
 
 
 def fingerprint():
@@ -49,21 +31,23 @@ def fingerprint():
     return tuple(counters) + tuple(tuple(row) for row in environments)
 
 
-def route_table(exposed):
+def route_table(version_ports=VERSION_PORTS):
     rows = db.session.execute(
         select(Deployment.name, Deployment.published, Deployment.pipeline_version_id,
+               PipelineVersion.created_at.label("version_created_at"),
                Environment.name.label("environment"), Environment.base_domain,
                Node.host.label("node_host"))
+        .join(PipelineVersion, PipelineVersion.id == Deployment.pipeline_version_id)
         .join(Environment, Environment.id == Deployment.environment_id)
         .join(Node, Node.id == Deployment.node_id)
         .where(Deployment.deleted_at.is_(None), Deployment.status.in_(PROXIED),
                Node.status == "online")
     ).all()
-    ports = exposed.of({row.pipeline_version_id for row in rows})
+    ports = version_ports.of({(row.pipeline_version_id, row.version_created_at) for row in rows})
     table = {}
     for row in rows:
         node_host = f"[{row.node_host}]" if ":" in row.node_host else row.node_host
-        for step_id, port in ports.get(row.pipeline_version_id, {}).items():
+        for step_id, port in ports[(row.pipeline_version_id, row.version_created_at)].items():
             published = ((row.published or {}).get(step_id) or {}).get("ports") or {}
             if port is not None and published.get(str(port)):
                 host = f"{step_id}.{row.name}.{row.environment}.{row.base_domain}"

@@ -7,7 +7,7 @@ import time
 
 from app.extensions import db
 from app.ingress import caddy
-from app.ingress.routes import ExposedPorts, fingerprint, route_table
+from app.ingress.routes import fingerprint, route_table
 
 log = logging.getLogger("nullops.ingress")
 POLL_S = 0.5
@@ -19,7 +19,6 @@ class IngressSync:
     def __init__(self, app, admin_url, listen, pages_upstream):
         self.app = app
         self.caddy = caddy.CaddyAdmin(admin_url, listen, pages_upstream)
-        self.exposed = ExposedPorts()
         self.applied = None   # {host: upstream} Caddy has, as far as we know; None: unknown
         self._seen = None     # the fingerprint the applied table was built from
         self._built_at = 0.0
@@ -65,7 +64,7 @@ class IngressSync:
                 if not force and self.applied is not None and seen == self._seen and fresh:
                     table = self.applied
                 else:
-                    table = route_table(self.exposed)
+                    table = route_table()
                     self._seen, self._built_at = seen, time.monotonic()
             finally:
                 db.session.remove()

@@ -17,8 +17,10 @@ Secrets are decrypted here, only when the controller is about to send them to th
 """
 from urllib.parse import urlsplit
 
+from sqlalchemy import select
+
 from app.extensions import db
-from app.models import ProjectSecret, Registry
+from app.models import PipelineVersion, ProjectSecret, Registry
 from app.models.registries import DOCKER_HUB_URL
 from app.services.catalog import reveal_secret
 from app.services.registries import reveal_password
@@ -45,14 +47,43 @@ def host_name(step_id, deployment_name, environment_name, base_domain):
 def service_urls(deployment, resolved=None):
     """{step id: stable URL} of the services the ingress exposes (those with exposed ports)."""
     environment = deployment.environment
-    return exposed_urls(resolved or deployment.pipeline_version.resolved, deployment.name,
-                        environment.name, environment.base_domain)
+    return exposed_urls(exposed_ports(resolved or deployment.pipeline_version.resolved),
+                        deployment.name, environment.name, environment.base_domain)
 
 
-def exposed_urls(resolved, deployment_name, environment_name, base_domain):
-    """service_urls() from plain values (the API's lists read columns, not objects)."""
-    return {step["id"]: f"http://{host_name(step['id'], deployment_name, environment_name, base_domain)}"
-            for step in resolved["steps"] if step["kind"] == "service" and step.get("exposed_ports")}
+def exposed_urls(ports, deployment_name, environment_name, base_domain):
+    """service_urls() from plain values: `ports` as exposed_ports() gives them (the API's lists
+    read columns and VERSION_PORTS, not objects)."""
+    return {step_id: f"http://{host_name(step_id, deployment_name, environment_name, base_domain)}"
+            for step_id, port in ports.items() if port is not None}
+
+
+def exposed_ports(resolved):
+    """{service step id: its first exposed port, or None when it exposes none}."""
+    return {step["id"]: (step.get("exposed_ports") or [None])[0]
+            for step in resolved["steps"] if step["kind"] == "service"}
+
+
+class VersionPorts:
+    """exposed_ports() of pipeline versions, each read once per process: versions never change.
+    Keyed by id and creation time, because SQLite may give a deleted version's id to the next."""
+
+    def __init__(self):
+        self._known = {}
+
+    def of(self, versions):
+        """{(version id, created_at): exposed_ports} covering `versions`, (id, created_at) pairs."""
+        missing = {version for version in versions if version not in self._known}
+        if missing:
+            rows = db.session.execute(
+                select(PipelineVersion.id, PipelineVersion.created_at, PipelineVersion.resolved)
+                .where(PipelineVersion.id.in_({version_id for version_id, _ in missing})))
+            for version_id, created_at, resolved in rows:
+                self._known[(version_id, created_at)] = exposed_ports(resolved)
+        return self._known
+
+
+VERSION_PORTS = VersionPorts()
 
 
 def compile_spec(deployment):
