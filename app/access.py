@@ -64,16 +64,22 @@ _MEMO = "access_grants"
 _LEVELS = {level.value: level for level in AccessLevel}
 
 
+@functools.cache
+def _grants_of_user():
+    """Built once: every API call asks it, and building a statement costs more than running it."""
+    return (select(Grant.project_id, Grant.environment_id, Grant.level)
+            .join(TeamMember, TeamMember.team_id == Grant.team_id)
+            .where(TeamMember.user_id == bindparam("user_id")))
+
+
 def _grants(user):
     """{Project or Environment: {id: strongest level}} the user's teams hold."""
     memo = g.setdefault(_MEMO, {}) if has_request_context() else {}
     found = memo.get(user.id)
     if found is None:
         found = memo[user.id] = {Project: {}, Environment: {}}
-        rows = db.session.execute(
-            select(Grant.project_id, Grant.environment_id, Grant.level)
-            .join(TeamMember, TeamMember.team_id == Grant.team_id)
-            .where(TeamMember.user_id == user.id))
+        db.session.flush()  # what Session.execute would do; the connection's is half the CPU
+        rows = db.session.connection().execute(_grants_of_user(), {"user_id": user.id})
         for project_id, environment_id, level in rows:
             levels, target_id = (found[Project], project_id) if project_id is not None \
                 else (found[Environment], environment_id)

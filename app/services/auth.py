@@ -1,11 +1,12 @@
 """Logins (throttled) and personal API tokens."""
+import functools
 import hashlib
 import hmac
 import secrets
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.orm import joinedload
 
 from app.extensions import db
@@ -123,13 +124,19 @@ def get_token(token_id):
     return token
 
 
+@functools.cache
+def _token_by_hash():
+    """Built once (a statement costs more to build than to run): every API call asks it."""
+    return (select(ApiToken).options(joinedload(ApiToken.user))
+            .where(ApiToken.token_hash == bindparam("token_hash")))
+
+
 def user_for_token(raw):
     """The active user behind a bearer token, or Unauthorized with the reason."""
     if not raw or not raw.startswith(TOKEN_PREFIX):
         raise Unauthorized("the bearer token is malformed; create one under Settings > API tokens")
     # The user comes in the same query: every API call from a script pays for this lookup.
-    token = db.session.scalar(select(ApiToken).options(joinedload(ApiToken.user))
-                              .where(ApiToken.token_hash == _digest(raw)))
+    token = db.session.scalar(_token_by_hash(), {"token_hash": _digest(raw)})
     # The hash lookup is exact; compare again in constant time for belt and braces.
     if token is None or not hmac.compare_digest(token.token_hash, _digest(raw)):
         raise Unauthorized("the bearer token is unknown")
