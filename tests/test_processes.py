@@ -85,3 +85,16 @@ def test_processes_refuse_to_start_without_a_master_key(process_env):
         assert result.returncode != 0
         assert "nullops keys generate" in result.stderr + result.stdout
         assert "Traceback" not in result.stderr
+
+
+def test_the_web_tier_keeps_a_database_connection_per_thread(process_env, monkeypatch):
+    # `nullops web --threads N` builds its app with build_app(pool_size=N): with a smaller pool
+    # every busy moment opens and closes PostgreSQL connections (docs/benchmarks.md).
+    from app.cli import build_app
+    from app.extensions import db
+
+    for key, value in process_env.items():
+        monkeypatch.setenv(key, value)
+    app = build_app(pool_size=12)
+    with app.app_context():
+        assert db.engine.pool.size() == 12
