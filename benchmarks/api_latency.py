@@ -344,20 +344,40 @@ class WebServer:
     def processes(self):
         return [self.master, *self.master.children(recursive=True)]
 
-    def connect_evenly(self, clients, tries=100):
+    def connect_evenly(self, clients, tries=200):
         """Connect the clients so that each worker holds as many of their connections as the
         others (one more at most), as a proxy's pool or many short connections would be spread
         on average. Each new connection goes to whichever worker accepts it first, and 8
-        keep-alive connections may well end up 8/0: one worker, one GIL, half the machine."""
-        for _ in range(tries):
-            for client in clients:
+        keep-alive connections may well end up 8/0: one worker, one GIL, half the machine. So
+        the clients connect one at a time, and a connection that lands on a worker that has
+        its share already is made again."""
+        for client in clients:
+            if client.conn is not None:
+                client.conn.close()
+                client.conn = None
+        self._wait_for_connections(0)
+        workers = len(self.master.children())
+        for k, client in enumerate(clients):
+            share = -(-(k + 1) // workers)  # after this one, no worker needs more than this
+            for _ in range(tries):
                 client.connect()
-            deadline = time.monotonic() + 2
-            while sum(counts := self.connections_per_worker()) < len(clients) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if sum(counts) == len(clients) and max(counts) - min(counts) <= 1:
-                return counts
-        log(f"WARNING: the connections stay spread {counts} over the workers")
+                counts = self._wait_for_connections(k + 1)
+                if max(counts) <= share:
+                    break
+                client.conn.close()
+                client.conn = None
+                self._wait_for_connections(k)
+            else:
+                client.connect()
+        counts = self._wait_for_connections(len(clients))
+        if max(counts) - min(counts) > 1:
+            log(f"WARNING: the connections stay spread {counts} over the workers")
+        return counts
+
+    def _wait_for_connections(self, expected, timeout=2.0):
+        deadline = time.monotonic() + timeout
+        while sum(counts := self.connections_per_worker()) != expected and time.monotonic() < deadline:
+            time.sleep(0.005)
         return counts
 
     def connections_per_worker(self):
