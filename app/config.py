@@ -108,6 +108,16 @@ class Config:
         # address NullOps's Caddy server listens on for deployment URLs.
         self.NULLOPS_CADDY_ADMIN_URL = env_str("NULLOPS_CADDY_ADMIN_URL", "http://127.0.0.1:2019", env)
         self.NULLOPS_INGRESS_LISTEN = env_str("NULLOPS_INGRESS_LISTEN", ":80", env)
+        if not self.NULLOPS_INGRESS_LISTEN.rsplit(":", 1)[-1].isdigit():
+            raise ConfigError(f"NULLOPS_INGRESS_LISTEN={self.NULLOPS_INGRESS_LISTEN!r} has no port:"
+                              " give host:port or :port, such as :80")
+        # How people reach deployment URLs, when something in front of Caddy changes it (a load
+        # balancer terminating TLS: https and 443). The port defaults to the listen address's.
+        self.NULLOPS_INGRESS_PUBLIC_SCHEME = env_str("NULLOPS_INGRESS_PUBLIC_SCHEME", "http", env)
+        if self.NULLOPS_INGRESS_PUBLIC_SCHEME not in ("http", "https"):
+            raise ConfigError(f"NULLOPS_INGRESS_PUBLIC_SCHEME={self.NULLOPS_INGRESS_PUBLIC_SCHEME!r}"
+                              " is not a URL scheme for deployments: use http or https")
+        self.NULLOPS_INGRESS_PUBLIC_PORT = env_int("NULLOPS_INGRESS_PUBLIC_PORT", None, env, minimum=1)
         # Where Caddy reaches the web tier for the pages it does not proxy (landing, offline, 404).
         self.NULLOPS_INGRESS_PAGES_UPSTREAM = env_str(
             "NULLOPS_INGRESS_PAGES_UPSTREAM", f"{self.NULLOPS_HOST}:{self.NULLOPS_PORT}", env)

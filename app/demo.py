@@ -13,6 +13,7 @@ import json
 import secrets as random_secrets
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
@@ -224,12 +225,10 @@ def wait_ready(deployment_id, timeout=READY_TIMEOUT_S, say=None):
 def addresses(deployment, ingress_listen):
     """(ingress URL, curl fallback, published URL or None) of the demo's web service."""
     url = service_urls(deployment)["web"]
-    port = ingress_listen.rsplit(":", 1)[-1]
-    url_with_port = f"{url}:{port}/" if port != "80" else f"{url}/"
-    host = url.split("://", 1)[1]
-    curl = f"curl -H 'Host: {host}' http://127.0.0.1:{port}/"
+    host = urlsplit(url).hostname
+    curl = f"curl -H 'Host: {host}' http://127.0.0.1:{ingress_listen.rsplit(':', 1)[-1]}/"
     published = ((deployment.published or {}).get("web") or {}).get("ports", {}).get("8000")
-    return url_with_port, curl, f"http://127.0.0.1:{published}/" if published else None
+    return f"{url}/", curl, f"http://127.0.0.1:{published}/" if published else None
 
 
 # --- make demo: NullOps in the background, then the deployment -----------------------------------

@@ -14,6 +14,7 @@ from app.controller.internal import internal_token
 from app.extensions import db
 from app.models import AuditEntry, Deployment, DeploymentEvent, PipelineVersion
 from app.services import registries
+from app.services.specs import service_urls
 from tests.access.deployments import (
     add_deployment,
     add_node,
@@ -71,6 +72,28 @@ def test_create_answers_the_deployment_with_urls_and_countdown(client, ex, versi
     assert body["urls"] == {"web": "http://web.feature-1.staging.localhost"}
     assert body["remaining_seconds"] == pytest.approx(ex["environment"].cleanup_minutes * 60, abs=5)
     assert body["expires_at"] and body["cloned_from_id"] is None and body["deleted_at"] is None
+
+
+@pytest.mark.parametrize("settings, url", [
+    ({"NULLOPS_INGRESS_LISTEN": "127.0.0.1:8081"}, "http://web.pr-2.staging.localhost:8081"),
+    ({"NULLOPS_INGRESS_LISTEN": ":8081", "NULLOPS_INGRESS_PUBLIC_PORT": 80}, "http://web.pr-2.staging.localhost"),
+    ({"NULLOPS_INGRESS_PUBLIC_SCHEME": "https", "NULLOPS_INGRESS_PUBLIC_PORT": 443},
+     "https://web.pr-2.staging.localhost"),
+    ({"NULLOPS_INGRESS_PUBLIC_SCHEME": "https", "NULLOPS_INGRESS_PUBLIC_PORT": 8443},
+     "https://web.pr-2.staging.localhost:8443"),
+])
+def test_urls_are_what_people_type_port_and_scheme_included(client, app, ex, version, node, as_,
+                                                             monkeypatch, settings, url):
+    for name, value in settings.items():
+        monkeypatch.setitem(app.config, name, value)
+    created = client.post(API, headers=as_("writer"), json={
+        "project_id": ex["project"].id, "environment_id": ex["environment"].id, "name": "pr-2"})
+    assert created.status_code == 201, created.text
+    assert created.json["urls"] == {"web": url}
+    assert client.get(API, headers=as_("reader")).json["items"][0]["urls"] == {"web": url}
+    deployment = db.session.get(Deployment, created.json["id"])
+    # The spec for the agent takes these (what it substitutes for ${services.web.url}).
+    assert service_urls(deployment) == {"web": url}
 
 
 @pytest.mark.parametrize("body,field", [

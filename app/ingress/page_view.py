@@ -9,6 +9,7 @@ from app.ingress import pages
 from app.ingress.caddy import PAGE_PATH
 from app.ingress.routes import PROXIED
 from app.models import Deployment, Environment
+from app.services.specs import exposed_ports, service_urls
 
 bp = Blueprint("ingress_pages", __name__)
 PUBLIC_ENDPOINTS = frozenset({"ingress_pages.ingress_page"})
@@ -33,11 +34,6 @@ def _locate(host):
     return None
 
 
-def _services(deployment):
-    steps = deployment.pipeline_version.resolved["steps"]
-    return {s["id"]: (s.get("exposed_ports") or [None])[0] for s in steps if s["kind"] == "service"}
-
-
 @bp.get(PAGE_PATH)
 def ingress_page():
     host = request.host.rsplit(":", 1)[0].lower().rstrip(".")
@@ -50,14 +46,13 @@ def ingress_page():
             Deployment.deleted_at.is_(None)))
     if deployment is None or deployment.status in GONE:
         return _html(pages.unknown(), 404)
-    services = _services(deployment)
+    services = exposed_ports(deployment.pipeline_version.resolved)
     node_online = deployment.node is not None and deployment.node.status == "online"
     status = "offline" if deployment.status in PROXIED and not node_online else deployment.status
     if step is None:
-        base = host
-        listed = [(sid, f"http://{sid}.{base}" if port else None,
-                   "" if port else "exposes no port: reachable inside the deployment only")
-                  for sid, port in sorted(services.items())]
+        urls = service_urls(deployment)
+        inside_only = "exposes no port: reachable inside the deployment only"
+        listed = [(sid, urls.get(sid), "" if sid in urls else inside_only) for sid in sorted(services)]
         return _html(pages.landing(deployment.name, environment.name, status, listed), 200)
     if step not in services:
         return _html(pages.unknown(), 404)

@@ -17,6 +17,7 @@ Secrets are decrypted here, only when the controller is about to send them to th
 """
 from urllib.parse import urlsplit
 
+from flask import current_app
 from sqlalchemy import select
 
 from app.extensions import db
@@ -35,11 +36,6 @@ def image_reference(registry, image, tag):
     return f"{host}/{image}:{tag}"
 
 
-def service_host(deployment, step_id):
-    environment = deployment.environment
-    return host_name(step_id, deployment.name, environment.name, environment.base_domain)
-
-
 def host_name(step_id, deployment_name, environment_name, base_domain):
     return f"{step_id}.{deployment_name}.{environment_name}.{base_domain}"
 
@@ -54,8 +50,21 @@ def service_urls(deployment, resolved=None):
 def exposed_urls(ports, deployment_name, environment_name, base_domain):
     """service_urls() from plain values: `ports` as exposed_ports() gives them (the API's lists
     read columns and VERSION_PORTS, not objects)."""
-    return {step_id: f"http://{host_name(step_id, deployment_name, environment_name, base_domain)}"
-            for step_id, port in ports.items() if port is not None}
+    scheme, port = public_scheme_and_port()
+    port = "" if port == DEFAULT_PORTS[scheme] else f":{port}"
+    return {step_id: f"{scheme}://{host_name(step_id, deployment_name, environment_name, base_domain)}{port}"
+            for step_id, exposed in ports.items() if exposed is not None}
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def public_scheme_and_port():
+    """How people reach the ingress: the configured public scheme and port, the port by default
+    the one Caddy listens on (`nullops dev`'s 8081 belongs in the URLs it shows)."""
+    config = current_app.config
+    port = config["NULLOPS_INGRESS_PUBLIC_PORT"] or int(config["NULLOPS_INGRESS_LISTEN"].rsplit(":", 1)[-1])
+    return config["NULLOPS_INGRESS_PUBLIC_SCHEME"], port
 
 
 def exposed_ports(resolved):

@@ -52,7 +52,9 @@ def test_urls_follow_the_deployment_through_caddy(ingress_config, caddy, agents,
     assert body.strip() == "hello-from-the-deployment"
     assert seconds < 1.0, f"routable {seconds:.2f} s after the database said ready"
     landing = caddy.get(base)
-    assert landing[0] == 200 and f"http://{host}" in landing[1] and "ready" in landing[1]
+    # Its link to the service is the URL people open: with the port Caddy listens on.
+    assert landing[0] == 200 and f'href="http://{host}:{caddy.http_port}"' in landing[1]
+    assert "ready" in landing[1]
 
     agent.proc.kill()                                          # the node goes away
     _status, body, _s = through_caddy(caddy, host, 503)

@@ -289,8 +289,9 @@ def test_two_demo_copies_run_side_by_side_isolated_then_clone_and_delete(
         copies[name] = wait_for(api, copies[name]["id"], "ready")
     deployed_s = time.monotonic() - started
     alpha, beta = copies["alpha"], copies["beta"]
-    assert alpha["urls"]["web"] == "http://web.alpha.local.localhost"
-    assert beta["urls"]["web"] == "http://web.beta.local.localhost"
+    # With the port Caddy listens on, as a browser needs it (Caddy matches the host without it).
+    assert alpha["urls"]["web"] == f"http://web.alpha.local.localhost:{caddy.http_port}"
+    assert beta["urls"]["web"] == f"http://web.beta.local.localhost:{caddy.http_port}"
 
     status, seen_alpha = through(caddy, alpha["urls"]["web"])
     assert status == 200, seen_alpha

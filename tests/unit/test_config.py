@@ -50,3 +50,13 @@ def test_typed_helpers_name_the_variable():
         env_int("Y", 1, {"Y": "ten"})
     with pytest.raises(ConfigError, match="at least 1"):
         env_int("Y", 1, {"Y": "0"}, minimum=1)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"NULLOPS_INGRESS_LISTEN": "0.0.0.0"}, "has no port"),
+    ({"NULLOPS_INGRESS_PUBLIC_SCHEME": "ftp"}, "use http or https"),
+    ({"NULLOPS_INGRESS_PUBLIC_PORT": "0"}, "must be at least 1"),
+])
+def test_a_deployment_url_setting_that_makes_no_url_is_refused(setting, message):
+    with pytest.raises(ConfigError, match=message):
+        Config({"NULLOPS_SECRET_KEY": KEY, "NULLOPS_SESSION_SECRET": SESSION, **setting})
