@@ -6,7 +6,9 @@ Node statuses (issue: controller and nodes):
   offline       not linked (unreachable, link lost, heartbeat missed); the controller retries
   untrusted     the agent's certificate changed; nothing is sent until an admin approves it
   incompatible  the agent's version differs from the control plane's; it gets no work
-  disabled      an admin disabled it; no new deployments, existing ones keep running
+  disabled      an admin disabled it and nothing is left on it: no link. While deployments
+                are left, a disabled node (enabled false) keeps its link status and its link,
+                so they keep running and can be deleted (app/services/nodes.py)
   revoked       its token was revoked; reconnects are refused until a new token is issued
 
 Deployment statuses (issue: catalog and deployment lifecycle):

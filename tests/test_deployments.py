@@ -295,6 +295,16 @@ def test_a_retry_is_refused_when_the_selectable_steps_changed(ex, node):
                              "choose: api); clone it with tags instead of retrying")
 
 
+def test_a_retry_on_a_disabled_node_is_refused_with_the_way_out(ex, version, node):
+    deployment = add_deployment(version, ex["environment"], node, "d1", status="failed")
+    node.enabled = False
+    db.session.commit()
+    error = refused(Conflict, deployments.retry, ex["writer"], deployment)
+    assert error.message == ("the node of d1, node-1, is disabled and takes no new deployments; "
+                             "clone it to deploy it on another node")
+    assert error.fields == {"node": "disabled"} and deployment.status == "failed"
+
+
 def test_a_retry_on_a_node_that_is_away_stays_there_and_says_so(ex, version, node):
     deployment = add_deployment(version, ex["environment"], node, "d1", status="failed")
     node.status = "offline"
@@ -328,6 +338,15 @@ def test_delete_is_idempotent(ex, version, node, status):
     before = counts()
     assert deployments.request_delete(ex["writer"], deployment).status == status
     assert counts() == before
+
+
+def test_a_delete_on_a_node_that_is_away_says_what_it_waits_for(ex, version, node):
+    deployment = add_deployment(version, ex["environment"], node, "d1", status="offline")
+    node.status = "offline"
+    deployments.request_delete(ex["writer"], deployment)
+    assert (deployment.status, deployment.status_message) == (
+        "deleting", "deletion requested by se-bob; its node node-1 is offline: it is removed and "
+                    "checked when the node links again")
 
 
 def test_a_deployment_whose_node_is_gone_is_deleted_at_once(ex, version):

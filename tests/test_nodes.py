@@ -6,11 +6,13 @@ from sqlalchemy import select
 from agent.protocol import verifier_for
 from app import __version__, access
 from app.extensions import db
-from app.models import AuditEntry, Environment, Node, NodeCommand
+from app.models import AuditEntry, Environment, Node, NodeCommand, Project
+from app.models.types import utcnow
 from app.services import catalog, nodes
 from app.services.catalog import keyring
 from app.services.errors import Conflict, ValidationFailed
 from app.states import NODE_TRANSITIONS
+from tests.access.deployments import add_deployment, pipeline_version, service_step
 
 PINNED = "a" * 64
 PRESENTED = "c0ffee" + "b" * 58
@@ -236,13 +238,45 @@ def test_disabling_and_enabling(added, admin):
     node.status = "online"
     db.session.commit()
     nodes.set_enabled(admin, node, False)
-    assert (node.enabled, node.status) == (False, "disabled")
-    assert "keep running" in node.status_reason
+    assert (node.enabled, node.status) == (False, "disabled")  # nothing on it: no link either
+    assert "does not connect" in node.status_reason
     nodes.set_enabled(admin, node, False)  # again: nothing to do
     nodes.set_enabled(admin, node, True)
     assert (node.enabled, node.status) == (True, "pending")
     assert [e.action for e in db.session.scalars(select(AuditEntry).order_by(AuditEntry.id))][-2:] == [
         "node.disable", "node.enable"]
+
+
+def test_a_disabled_node_drains_linked_until_its_last_deployment_is_deleted(added, admin, env):
+    node, _token, _command = added
+    node.status = "online"
+    project = catalog.create(admin, Project, "shop")
+    version = pipeline_version(project, [service_step("web")])
+    failed = add_deployment(version, env, node, "pr-1", status="failed")
+    ready = add_deployment(version, env, node, "pr-2")
+    nodes.set_enabled(admin, node, False)
+    # Still linked (the controller links nodes in these statuses): what is there keeps running.
+    assert (node.enabled, node.status) == (False, "online") and node.status in nodes.LINKED_STATUSES
+    assert "stays linked until the last one" in node.status_reason
+    for deployment in (ready, failed):
+        nodes.settle_drained(node.id)
+        assert node.status == "online"  # a failed one's row and leftovers are the node's too
+        deployment.status, deployment.deleted_at = "deleted", utcnow()
+    nodes.settle_drained(node.id)
+    db.session.commit()  # as the controller does
+    assert node.status == "disabled" and "does not connect" in node.status_reason
+    nodes.set_enabled(admin, node, True)
+    assert node.status == "pending"
+
+
+def test_a_draining_node_given_a_new_token_is_dialled_again(added, admin, env):
+    node, _token, _command = added
+    project = catalog.create(admin, Project, "shop")
+    add_deployment(pipeline_version(project, [service_step("web")]), env, node, "pr-1")
+    nodes.set_enabled(admin, node, False)
+    nodes.revoke_token(admin, node)
+    node, _token, _command = nodes.rotate_token(admin, node)
+    assert (node.enabled, node.status) == (False, "pending")
 
 
 def test_overrides_set_and_clear_and_the_address_change_reconnects(added, admin):

@@ -9,8 +9,9 @@ from sqlalchemy import select
 
 from agent.protocol import verifier_for
 from app.extensions import db
-from app.models import Environment, Node
+from app.models import Environment, Node, Project
 from app.services import catalog, nodes
+from tests.access.deployments import add_deployment, pipeline_version, service_step
 from tests.conftest import csrf_from
 
 
@@ -168,6 +169,19 @@ def test_revoke_disable_enable_settings_and_delete_from_the_node_page(as_admin, 
     response = _post(client, url, f"{url}/delete")
     assert response.headers["Location"] == f"/environments/{environment.id}"
     assert db.session.scalar(select(db.func.count()).select_from(Node)) == 0
+
+
+def test_a_disabled_node_with_deployments_left_is_shown_draining(as_admin, admin):
+    environment = catalog.create(admin, Environment, "staging")
+    node, _token, _command = nodes.add(admin, environment, "node-1", "10.0.0.5")
+    node.status = "online"
+    project = catalog.create(admin, Project, "shop")
+    add_deployment(pipeline_version(project, [service_step("web")]), environment, node, "pr-1")
+    assert 'data-testid="node-draining"' not in as_admin.get(f"/nodes/{node.id}").text
+    _post(as_admin, f"/nodes/{node.id}", f"/nodes/{node.id}/disable")
+    for page in (f"/nodes/{node.id}", f"/environments/{environment.id}"):
+        html = as_admin.get(page).text
+        assert 'data-testid="node-status">online<' in html and 'data-testid="node-draining"' in html
 
 
 def test_members_see_their_environments_nodes_without_addresses_or_buttons(client, spec_example, login):

@@ -19,6 +19,7 @@ from agent import protocol
 from app.extensions import db
 from app.models import Deployment, DeploymentEvent
 from app.models.types import utcnow
+from app.services import nodes
 from app.services.specs import apply_params
 from app.states import TransitionError, move_deployment
 
@@ -275,6 +276,8 @@ def _deleted(deployment, message):
     if move(deployment, "deleted", message):
         deployment.run_id = None
         deployment.next_attempt_at = None
+        if deployment.node_id is not None:
+            nodes.settle_drained(deployment.node_id)  # a disabled node's last one: unlinked now
 
 
 def _cleanup_failed(deployment, now, reason):

@@ -15,10 +15,6 @@ from app.states import TransitionError, move_node
 
 log = logging.getLogger("nullops.controller")
 
-# Statuses the controller keeps a link for. Untrusted nodes wait for an admin's approval,
-# disabled and revoked ones for an admin; they get no connection attempts at all.
-LINKED_STATUSES = ("pending", "online", "offline", "incompatible")
-
 
 def link_targets():
     """{node id: target} of every node that should have a link, verifier decrypted."""
@@ -26,8 +22,10 @@ def link_targets():
     # ~60 ms of CPU each time.
     linked = db.session.execute(
         select(Node.id, Node.name, Node.host, Node.port, Node.thumbprint, Node.verifier_ciphertext)
-        .where(Node.enabled.is_(True), Node.verifier_ciphertext.is_not(None),
-               Node.status.in_(LINKED_STATUSES))
+        # Untrusted nodes wait for an admin's approval, disabled and revoked ones for an admin:
+        # no connection attempts at all. A disabled node that still holds deployments keeps its
+        # link status (app/services/nodes.py) and so its link.
+        .where(Node.verifier_ciphertext.is_not(None), Node.status.in_(nodes.LINKED_STATUSES))
     ).all()
     targets = {}
     for node in linked:

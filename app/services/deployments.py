@@ -243,6 +243,9 @@ def retry(actor, deployment):
     if node is None:
         raise Conflict(f"the node of {deployment.name} no longer exists; clone it to deploy it on "
                        "another node", {"node": "removed"})
+    if not node.enabled:  # being emptied: a retry would be a new deployment there
+        raise Conflict(f"the node of {deployment.name}, {node.name}, is disabled and takes no new "
+                       "deployments; clone it to deploy it on another node", {"node": "disabled"})
     version = _require_version(deployment.project)
     before, after = _selectable_ids(deployment.pipeline_version), _selectable_ids(version)
     if before != after:
@@ -255,9 +258,8 @@ def retry(actor, deployment):
     tags = {step["id"]: deployment.tags[step["id"]] if step["id"] in after else step["tag"]
             for step in service_steps(version)}
     message = f"retry requested by {_who(actor)}"
-    if node.status != "online" or not node.enabled:
-        state = node.status if node.enabled else "disabled"
-        message += f"; its node {node.name} is {state}: the retry stays on it and waits for it"
+    if node.status != "online":
+        message += f"; its node {node.name} is {node.status}: the retry stays on it and waits for it"
     _move(deployment, "pending", message)
     deployment.pipeline_version = version
     deployment.tags = tags
@@ -291,6 +293,10 @@ def _delete(actor, deployment, reason):
     """The locked deployment to deleting (or straight to deleted when its node row is gone)."""
     before = deployment.status
     message = reason or f"deletion requested by {_who(actor)}"
+    node = deployment.node
+    if node is not None and node.status != "online":
+        message += (f"; its node {node.name} is {node.status}: it is removed and checked when the "
+                    "node links again")
     _move(deployment, "deleting", message)
     now = utcnow()
     deployment.delete_requested_at = now

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from agent.protocol import verifier_for
 from app import __version__
 from app.extensions import db
-from app.models import Node, NodeCommand
+from app.models import Deployment, Node, NodeCommand
 from app.models.types import utcnow
 from app.services import audit
 from app.services.catalog import keyring
@@ -36,6 +36,14 @@ THUMBPRINT = re.compile(r"^[0-9a-f]{64}$")
 ROTATE_TOKEN = "rotate_token"  # push the new verifier (payload) over the live link
 DROP_LINK = "drop_link"        # close the link now: the token was revoked
 RECONNECT = "reconnect"        # close and dial again: a new thumbprint or a new address
+
+# Statuses the controller keeps a link for: an enabled node's, and a disabled one's while it
+# still holds deployments (draining). A disabled node with none is "disabled" and not dialled;
+# set_enabled, rotate_token and settle_drained keep it so.
+LINKED_STATUSES = ("pending", "online", "offline", "incompatible")
+DISABLED = "disabled by an admin: no deployments on it, the controller does not connect"
+DRAINING = ("disabled by an admin: no new deployments; the controller stays linked until the last "
+            "one here is deleted, so they keep running and can be deleted")
 
 TOKEN_SHOWN_ONCE = "Copy the token now: it is shown only once and NullOps does not store it."
 ROTATED_MESSAGE = (
@@ -148,10 +156,10 @@ def rotate_token(actor, node):
     details = {}
     if node.status == "revoked":
         # A new token starts over: the controller dials again and proves the new token.
-        if node.enabled:
+        if node.enabled or holds_deployments(node.id):
             _move(node, "pending", "new token issued; waiting for the agent to be started with it")
         else:
-            _move(node, "disabled", "disabled by an admin")
+            _move(node, "disabled", DISABLED)
         details["status"] = ["revoked", node.status]
     audit.record(actor, "node.rotate_token", "node", node, details or None)
     db.session.commit()
@@ -218,8 +226,10 @@ def approve_thumbprint(actor, node, thumbprint):
 
 
 def set_enabled(actor, node, enabled):
-    """Disabling stops new deployments on the node; the ones there keep running. Enabling
-    starts over at pending: the controller connects and decides the status."""
+    """Disabling stops new deployments on the node (graceful decommissioning, the spec): the
+    ones there keep running, routed and deletable, because the link stays until the last is
+    deleted (settle_drained). Enabling a drained node starts over at pending: the controller
+    connects and decides the status."""
     _lock(node)
     if node.enabled == bool(enabled):
         return node
@@ -228,11 +238,31 @@ def set_enabled(actor, node, enabled):
     if node.status != "revoked":
         if enabled and node.status == "disabled":
             _move(node, "pending", "enabled; waiting for the controller to connect")
-        elif not enabled:
-            _move(node, "disabled", "disabled by an admin; deployments on it keep running")
+        elif enabled:
+            _move(node, node.status, "enabled")
+        elif holds_deployments(node.id):
+            _move(node, node.status, DRAINING)
+        else:
+            _move(node, "disabled", DISABLED)
     audit.record(actor, "node.enable" if enabled else "node.disable", "node", node)
     db.session.commit()
     return node
+
+
+def holds_deployments(node_id):
+    """Whether any deployment on the node is not deleted yet (failed ones included: their rows
+    and whatever the agent still has are the node's until they are deleted)."""
+    return db.session.scalar(select(select(Deployment.id).where(
+        Deployment.node_id == node_id, Deployment.deleted_at.is_(None)).exists()))
+
+
+def settle_drained(node_id):
+    """After a deployment on the node is deleted: a disabled node that holds no more becomes
+    "disabled", and the controller drops its link. The caller commits."""
+    node = db.session.get(Node, node_id)
+    if (node is not None and not node.enabled and node.status not in ("disabled", "revoked")
+            and not holds_deployments(node_id)):
+        _move(node, "disabled", DISABLED)
 
 
 def update(actor, node, host=None, port=None, cpus_override=UNCHANGED, memory_mb_override=UNCHANGED):

@@ -177,7 +177,8 @@ def node_enable(node_id):
 @service_call(_to_node)
 def node_disable(node_id):
     node = nodes.set_enabled(_actor(), _load(Node, node_id, "manage"), False)
-    flash(f"Node {node.name} disabled: no new deployments go there; existing ones keep running.", "ok")
+    flash(f"Node {node.name} disabled: no new deployments go there; the ones there keep running and "
+          "can be deleted, and NullOps stays linked until the last is gone.", "ok")
 
 
 @bp.post("/nodes/<int:node_id>/delete")

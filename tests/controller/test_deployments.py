@@ -10,9 +10,10 @@ from app.controller import deployments, state
 from app.extensions import db
 from app.models import DeploymentEvent, Node
 from app.models.types import utcnow
+from app.services import nodes
 from tests.dockertools import left_behind
 
-from .conftest import deployment_row, wait_for_deployment, wait_for_status, web_step
+from .conftest import deployment_row, node_row, wait_for_deployment, wait_for_status, web_step
 
 TOKEN = "node-token-deployments-test-0001"
 docker = pytest.mark.docker  # these drive a real agent and the local Docker engine
@@ -131,6 +132,30 @@ def test_deployments_go_offline_with_their_node_and_are_ready_again_when_it_retu
     wait_for_deployment(running, "ready", timeout=30)  # the agent kept it: the sync says so
     wait_for_deployment(waiting, "ready", timeout=30)
     assert ("offline", "ready") in statuses_seen(running)
+
+
+@docker
+def test_a_disabled_node_keeps_its_link_until_its_last_deployment_is_deleted(
+        linked, make_deployment, admin, docker_client, busybox_image):
+    """Graceful decommissioning (the spec): disabled, no new deployments, the ones there keep
+    running and can still be deleted; once the node holds none, the link goes."""
+    agent, node_id, active = linked
+    running = make_deployment(node_id)
+    wait_for_deployment(running, "ready")
+    nodes.set_enabled(admin, node_row(node_id), False)
+    time.sleep(1)  # several controller rounds
+    assert node_row(node_id).status == "online" and node_id in active.manager.online_node_ids()
+    assert deployment_row(running).status == "ready"
+
+    request_delete(running)
+    wait_for_deployment(running, "deleted", timeout=30)  # the agent removed it, checked
+    assert left_behind(docker_client, labelled_for(agent, running)) == []
+    node = wait_for_status(node_id, "disabled")
+    assert "does not connect" in node.status_reason
+    deadline = time.monotonic() + 10
+    while node_id in active.manager.links:
+        assert time.monotonic() < deadline, "the drained node's link is still up"
+        time.sleep(0.1)
 
 
 @docker
