@@ -54,3 +54,36 @@ def test_migrations_build_exactly_the_models_on_postgresql():
 
 def test_migrations_build_exactly_the_models_on_sqlite(tmp_path):
     _upgrade_compare_downgrade(f"sqlite:///{tmp_path / 'fresh.db'}")
+
+
+def test_a_disabled_node_left_holding_deployments_drains_after_the_upgrade(tmp_path):
+    # Before 0008 disabling dropped the link whatever the node held: such a node goes offline
+    # (the controller dials it and it drains); an empty disabled node stays as it is.
+    from app.models import Environment, Node, Project
+    from app.services import catalog, nodes, users
+    from tests.conftest import STRONG_PASSWORD
+    from tests.access.deployments import add_deployment, pipeline_version, service_step
+
+    app = create_app(TestConfig(database_url=f"sqlite:///{tmp_path / 'old.db'}"))
+    with app.app_context():
+        upgrade()
+        admin = users.create(None, "admin", STRONG_PASSWORD, role="admin")
+        environment = catalog.create(admin, Environment, "staging")
+        holding, _token, _command = nodes.add(admin, environment, "node-1", "10.0.0.5")
+        empty, _token, _command = nodes.add(admin, environment, "node-2", "10.0.0.6")
+        version = pipeline_version(catalog.create(admin, Project, "shop"), [service_step("web")])
+        add_deployment(version, environment, holding, "pr-1")
+        for node in (holding, empty):   # as the old set_enabled left them
+            node.enabled, node.status = False, "disabled"
+        db.session.commit()
+
+        downgrade(revision="0007")
+        upgrade()
+        db.session.expire_all()
+        assert (db.session.get(Node, holding.id).status, db.session.get(Node, empty.id).status) == (
+            "offline", "disabled")
+        assert "stays linked" in db.session.get(Node, holding.id).status_reason
+        downgrade(revision="0007")
+        db.session.expire_all()
+        assert db.session.get(Node, holding.id).status == "disabled"
+        db.engine.dispose()
