@@ -61,8 +61,8 @@ def test_a_disabled_node_left_holding_deployments_drains_after_the_upgrade(tmp_p
     # (the controller dials it and it drains); an empty disabled node stays as it is.
     from app.models import Environment, Node, Project
     from app.services import catalog, nodes, users
-    from tests.conftest import STRONG_PASSWORD
     from tests.access.deployments import add_deployment, pipeline_version, service_step
+    from tests.conftest import STRONG_PASSWORD
 
     app = create_app(TestConfig(database_url=f"sqlite:///{tmp_path / 'old.db'}"))
     with app.app_context():

@@ -269,6 +269,21 @@ def test_a_disabled_node_drains_linked_until_its_last_deployment_is_deleted(adde
     assert node.status == "pending"
 
 
+def test_the_controller_links_enabled_nodes_and_disabled_ones_still_holding_deployments(added, admin, env):
+    from app.controller.state import link_targets
+
+    node, _token, _command = added
+    project = catalog.create(admin, Project, "shop")
+    deployment = add_deployment(pipeline_version(project, [service_step("web")]), env, node, "pr-1")
+    assert node.id in link_targets()
+    nodes.set_enabled(admin, node, False)
+    assert node.id in link_targets()
+    node.status = "pending"   # however it got there: disabled and empty is never dialled
+    deployment.status, deployment.deleted_at = "deleted", utcnow()
+    db.session.commit()
+    assert node.id not in link_targets()
+
+
 def test_a_draining_node_given_a_new_token_is_dialled_again(added, admin, env):
     node, _token, _command = added
     project = catalog.create(admin, Project, "shop")

@@ -2,7 +2,7 @@
 manager runs them in worker threads, each inside an app context, one transaction each."""
 import logging
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, or_, select, update
 
 from app.controller import deployments
 from app.extensions import db
@@ -24,8 +24,9 @@ def link_targets():
         select(Node.id, Node.name, Node.host, Node.port, Node.thumbprint, Node.verifier_ciphertext)
         # Untrusted nodes wait for an admin's approval, disabled and revoked ones for an admin:
         # no connection attempts at all. A disabled node that still holds deployments keeps its
-        # link status (app/services/nodes.py) and so its link.
-        .where(Node.verifier_ciphertext.is_not(None), Node.status.in_(nodes.LINKED_STATUSES))
+        # link status (app/services/nodes.py) and its link: it drains.
+        .where(Node.verifier_ciphertext.is_not(None), Node.status.in_(nodes.LINKED_STATUSES),
+               or_(Node.enabled.is_(True), nodes.HOLDS_DEPLOYMENTS))
     ).all()
     targets = {}
     for node in linked:

@@ -249,11 +249,14 @@ def set_enabled(actor, node, enabled):
     return node
 
 
+# Whether any deployment on the node is not deleted yet (failed ones included: their rows and
+# whatever the agent still has are the node's until they are deleted), as a condition on nodes.
+HOLDS_DEPLOYMENTS = select(Deployment.id).where(
+    Deployment.node_id == Node.id, Deployment.deleted_at.is_(None)).exists()
+
+
 def holds_deployments(node_id):
-    """Whether any deployment on the node is not deleted yet (failed ones included: their rows
-    and whatever the agent still has are the node's until they are deleted)."""
-    return db.session.scalar(select(select(Deployment.id).where(
-        Deployment.node_id == node_id, Deployment.deleted_at.is_(None)).exists()))
+    return db.session.scalar(select(HOLDS_DEPLOYMENTS).where(Node.id == node_id))
 
 
 def settle_drained(node_id):

@@ -47,6 +47,9 @@ def service_urls(deployment, resolved=None):
                         deployment.name, environment.name, environment.base_domain)
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def exposed_urls(ports, deployment_name, environment_name, base_domain):
     """service_urls() from plain values: `ports` as exposed_ports() gives them (the API's lists
     read columns and VERSION_PORTS, not objects)."""
@@ -54,9 +57,6 @@ def exposed_urls(ports, deployment_name, environment_name, base_domain):
     port = "" if port == DEFAULT_PORTS[scheme] else f":{port}"
     return {step_id: f"{scheme}://{host_name(step_id, deployment_name, environment_name, base_domain)}{port}"
             for step_id, exposed in ports.items() if exposed is not None}
-
-
-DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def public_scheme_and_port():
