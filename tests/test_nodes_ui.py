@@ -40,6 +40,13 @@ def as_admin(client, admin, login):
     return client
 
 
+def test_the_environment_form_shows_deployment_urls_as_people_type_them(as_admin, app, monkeypatch):
+    monkeypatch.setitem(app.config, "NULLOPS_INGRESS_LISTEN", "127.0.0.1:8081")
+    page = as_admin.get("/environments").text
+    form = "http://&lt;service&gt;.&lt;deployment&gt;.&lt;environment&gt;.&lt;base domain&gt;:8081"
+    assert f"<code>{form}</code>" in page
+
+
 def test_admin_creates_an_environment_and_bad_values_are_flashed(as_admin):
     client = as_admin
     response = _post(client, "/environments", "/environments", name="staging",
