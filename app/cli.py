@@ -72,12 +72,18 @@ def dev(host, port):
     # Caddy stop with us instead of lingering.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     app = build_app()
+    host = host or app.config["NULLOPS_HOST"]
+    port = port or app.config["NULLOPS_PORT"]
+    busy = devstack.busy_addresses(host, port, app.config["NULLOPS_CONTROLLER_INTERNAL"])
+    if busy:
+        raise click.ClickException(
+            f"{', '.join(busy)} already in use: is another `nullops dev` running? Stop it (Ctrl-C "
+            "where it runs) or move this one (--port, NULLOPS_CONTROLLER_INTERNAL, "
+            "NULLOPS_DEV_AGENT_PORT)")
     agent = devstack.start_agent(app)
     caddy = devstack.start_caddy(app)
     controller = Controller(app)
     controller.start()
-    host = host or app.config["NULLOPS_HOST"]
-    port = port or app.config["NULLOPS_PORT"]
     click.echo(f"NullOps dev: http://{host}:{port}/  (Ctrl-C stops it)")
     try:
         # Not app.run(): Flask refuses it inside its own CLI. Werkzeug's server is enough for

@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -40,6 +41,23 @@ def _token():
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(32))
     return path.read_text().strip()
+
+
+def busy_addresses(web_host, web_port, internal):
+    """The addresses `nullops dev` listens on (web, the controller's internal endpoint, the
+    local agent) that something already holds: a second `nullops dev` would otherwise start its
+    agent and controller beside the first one's and fail half-way."""
+    internal_host, _, internal_port = internal.rpartition(":")
+    busy = []
+    for host, port in ((web_host, web_port), (internal_host, int(internal_port)),
+                       ("127.0.0.1", AGENT_PORT)):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+            try:
+                sock.bind((host.strip("[]"), port))
+            except OSError:
+                busy.append(f"{host}:{port}")
+    return busy
 
 
 def _docker_answers():

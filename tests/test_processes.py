@@ -98,3 +98,19 @@ def test_the_web_tier_keeps_a_database_connection_per_thread(process_env, monkey
     app = build_app(pool_size=12)
     with app.app_context():
         assert db.engine.pool.size() == 12
+
+
+def test_dev_refuses_to_start_beside_another_holding_its_port(process_env):
+    # A second `make run` used to start its agent and controller beside the first one's, then
+    # fail on the web port half-way; now it stops first and says what to do.
+    env = {**process_env, "NULLOPS_CONTROLLER_INTERNAL": f"127.0.0.1:{_free_port()}",
+           "NULLOPS_DEV_AGENT_PORT": str(_free_port())}
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        result = subprocess.run([NULLOPS, "dev", "--port", str(port)], env=env, capture_output=True,
+                                text=True, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"127.0.0.1:{port} already in use: is another `nullops dev` running?" in result.stderr
+    assert "local agent" not in result.stdout and "Traceback" not in result.stderr
