@@ -221,6 +221,16 @@ def test_writer_retries_extends_clones_and_deletes(client, login, shop):
     assert kinds == ["retried", "extended", "cloned", "delete_requested"]
 
 
+def test_a_failed_deployment_on_a_disabled_node_offers_clone_not_retry(client, login, shop):
+    failed = add_deployment(shop["version"], shop["environment"], shop["node"], "broken", status="failed")
+    shop["node"].enabled = False
+    db.session.commit()
+    login("se-bob")
+    html = client.get(f"/deployments/{failed.id}").text
+    assert "Retry" not in _buttons(html) and "Clone" in _buttons(html)
+    assert "Its node node-1 is disabled: clone it to deploy it again." in html
+
+
 def test_a_failed_action_is_flashed_on_the_deployment_page(client, login, shop):
     ready = add_deployment(shop["version"], shop["environment"], shop["node"], "shared")
     login("se-bob")
