@@ -6,7 +6,7 @@ from sqlalchemy import select
 from agent.protocol import verifier_for
 from app import __version__, access
 from app.extensions import db
-from app.models import AuditEntry, Environment, Node, NodeCommand, Project
+from app.models import AuditEntry, DeploymentEvent, Environment, Node, NodeCommand, Project
 from app.models.types import utcnow
 from app.services import catalog, nodes
 from app.services.catalog import keyring
@@ -282,6 +282,39 @@ def test_the_controller_links_enabled_nodes_and_disabled_ones_still_holding_depl
     deployment.status, deployment.deleted_at = "deleted", utcnow()
     db.session.commit()
     assert node.id not in link_targets()
+
+
+def test_a_node_holding_deployments_is_not_deleted_unless_forced(added, admin, env):
+    node, _token, _command = added
+    project = catalog.create(admin, Project, "shop")
+    version = pipeline_version(project, [service_step("web")])
+    ready = add_deployment(version, env, node, "pr-1")
+    deleting = add_deployment(version, env, node, "pr-2", status="deleting")
+    add_deployment(version, env, node, "pr-0", status="deleted")
+    before = len(_audit("node.delete"))
+    with pytest.raises(Conflict) as refused:
+        nodes.delete(admin, node)
+    assert refused.value.message == (
+        "node node-1 still holds 2 deployments (pr-1, pr-2): delete them first and wait until they "
+        "are gone (disable the node so no new ones arrive); if its host is gone for good, delete "
+        "the node with force, which records them as deleted without checking the host")
+    assert refused.value.fields == {"deployments": "2 left on the node"}
+    db.session.rollback()
+    assert db.session.get(Node, node.id) is not None and len(_audit("node.delete")) == before
+
+    nodes.delete(admin, node, force=True)
+    assert db.session.get(Node, node.id) is None
+    for deployment, was in ((ready, "ready"), (deleting, "deleting")):
+        db.session.refresh(deployment)
+        assert (deployment.status, deployment.node_id) == ("deleted", None)
+        assert deployment.deleted_at is not None
+        assert deployment.status_message == ("its node node-1 was removed from NullOps by admin: "
+                                             "nothing on the host could be removed or checked")
+        event = db.session.scalar(select(DeploymentEvent).where(
+            DeploymentEvent.deployment_id == deployment.id, DeploymentEvent.kind == "deleted"))
+        assert (event.actor_id, event.data) == (admin.id, {"status": was})
+    assert _audit("node.delete")[-1].details == {"environment": "staging",
+                                                 "deployments_left": ["pr-1", "pr-2"]}
 
 
 def test_a_draining_node_given_a_new_token_is_dialled_again(added, admin, env):

@@ -5,11 +5,12 @@ from sqlalchemy import select
 
 from agent.protocol import verifier_for
 from app.extensions import db
-from app.models import AuditEntry, Environment, Node, NodeCommand
+from app.models import AuditEntry, Environment, Node, NodeCommand, Project
 from app.services import catalog, nodes
 from app.services.catalog import keyring
 from app.services.errors import ValidationFailed
 from app.states import NODE_TRANSITIONS
+from tests.access.deployments import add_deployment, pipeline_version, service_step
 
 NODE_FIELDS = {
     "id", "environment_id", "name", "host", "port", "enabled", "status", "status_reason",
@@ -181,6 +182,25 @@ def test_enable_disable_patch_and_delete(client, headers, added):
     assert (moved["host"], moved["port"]) == ("node-1.internal", 6000)
     assert client.delete(url, headers=headers).status_code == 204
     assert client.get(url, headers=headers).status_code == 404
+
+
+def test_a_node_with_deployments_left_is_deleted_only_with_force(client, headers, added, admin):
+    url = f"/api/v1/nodes/{added['id']}"
+    node = db.session.get(Node, added["id"])
+    project = catalog.create(admin, Project, "shop")
+    deployment = add_deployment(pipeline_version(project, [service_step("web")]), node.environment,
+                                node, "pr-1")
+    refused = client.delete(url, headers=headers)
+    assert refused.status_code == 409
+    assert refused.json["error"]["fields"] == {"deployments": "1 left on the node"}
+    assert "still holds 1 deployment (pr-1)" in refused.json["error"]["message"]
+    assert client.get(url, headers=headers).status_code == 200
+    bad = client.delete(f"{url}?force=maybe", headers=headers)
+    assert bad.status_code == 422 and "force" in bad.json["error"]["fields"]
+    assert client.delete(f"{url}?force=true", headers=headers).status_code == 204
+    assert client.get(url, headers=headers).status_code == 404
+    db.session.refresh(deployment)
+    assert deployment.status == "deleted"
 
 
 # Who sees what

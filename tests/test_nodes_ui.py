@@ -191,6 +191,23 @@ def test_a_disabled_node_with_deployments_left_is_shown_draining(as_admin, admin
         assert 'data-testid="node-status">online<' in html and 'data-testid="node-draining"' in html
 
 
+def test_a_node_holding_deployments_is_deleted_from_its_page_only_anyway(as_admin, admin):
+    environment = catalog.create(admin, Environment, "staging")
+    node, _token, _command = nodes.add(admin, environment, "node-1", "10.0.0.5")
+    project = catalog.create(admin, Project, "shop")
+    add_deployment(pipeline_version(project, [service_step("web")]), environment, node, "pr-1")
+    url = f"/nodes/{node.id}"
+    page = as_admin.get(url).text
+    assert 'data-testid="node-holds-deployments"' in page and "Delete node anyway" in page
+    _post(as_admin, url, f"{url}/delete")   # the plain form, as an old page would send it
+    assert ("error", "node node-1 still holds 1 deployment (pr-1): delete them first and wait until "
+            "they are gone (disable the node so no new ones arrive); if its host is gone for good, "
+            "delete the node with force, which records them as deleted without checking the "
+            "host") in _flashes(as_admin.get(url).text)
+    _post(as_admin, url, f"{url}/delete", force="1")
+    assert db.session.scalar(select(db.func.count()).select_from(Node)) == 0
+
+
 def test_members_see_their_environments_nodes_without_addresses_or_buttons(client, spec_example, login):
     ex = spec_example
     node, _token, _command = nodes.add(ex["admin"], ex["environment"], "node-1", "10.0.0.5")

@@ -6,6 +6,7 @@ from app.api.core import operation, paginate
 from app.api.schemas import (
     NODE_MANAGER_FIELDS,
     NodeCreate,
+    NodeDeleteQuery,
     NodeOut,
     NodeUpdate,
     NodeWithToken,
@@ -86,9 +87,10 @@ def update_node(node_id, data):
     return node_out(node, current_user)
 
 
-@operation("DELETE", "/nodes/<int:node_id>", summary="Delete a node", tag=TAG, status=204)
-def delete_node(node_id):
-    nodes.delete(_actor(), _node(node_id))
+@operation("DELETE", "/nodes/<int:node_id>", summary="Delete a node (409 while deployments are left "
+           "on it, unless force)", tag=TAG, query=NodeDeleteQuery, status=204)
+def delete_node(node_id, params):
+    nodes.delete(_actor(), _node(node_id), force=params.force)
 
 
 @operation("POST", "/nodes/<int:node_id>/rotate-token",

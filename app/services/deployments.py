@@ -311,6 +311,23 @@ def _delete(actor, deployment, reason):
                  {"status": before, **({"reason": reason} if reason else {})})
 
 
+def forget_on_removed_node(actor, node):
+    """A node removed for good (its host is gone): its live deployments are recorded as deleted
+    without a check, each with its event and audit entry saying so. The caller commits."""
+    message = (f"its node {node.name} was removed from NullOps by {_who(actor)}: nothing on the "
+               "host could be removed or checked")
+    for deployment in db.session.scalars(select(Deployment).where(
+            Deployment.node_id == node.id, Deployment.deleted_at.is_(None)).with_for_update()):
+        before = deployment.status
+        if before not in REMOVING_STATUSES:
+            _move(deployment, "deleting", message)
+            deployment.delete_requested_at = utcnow()
+        _move(deployment, "deleted", message)
+        record_event(deployment, "deleted", actor, message, {"status": before})
+        audit.record(actor, "deployment.delete", "deployment", deployment,
+                     {"status": before, "reason": "node removed"})
+
+
 def request_delete(actor, deployment, reason=""):
     """Delete, or cancel while it is being created (the spec: cancel = delete). Idempotent:
     a deployment already being removed is left as it is."""

@@ -302,9 +302,30 @@ def update(actor, node, host=None, port=None, cpus_override=UNCHANGED, memory_mb
     return node
 
 
-def delete(actor, node):
+def delete(actor, node, force=False):
     """Delete a node and its queued commands; the controller drops its link when the row is
-    gone. The deployments lifecycle adds the refusal (409) while deployments run on it."""
-    audit.record(actor, "node.delete", "node", node, {"environment": node.environment.name})
+    gone. Refused while deployments are left on it: removing the node would leave their
+    containers on the host unchecked, the leak NullOps exists to prevent. `force` is for a host
+    that is gone for good: its deployments are recorded as deleted without a check."""
+    _lock(node)
+    left = db.session.scalars(select(Deployment.name).where(
+        Deployment.node_id == node.id, Deployment.deleted_at.is_(None)).order_by(Deployment.name)).all()
+    if left and not force:
+        shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+        raise Conflict(
+            f"node {node.name} still holds {len(left)} deployment{'s' if len(left) > 1 else ''} "
+            f"({shown}): delete them first and wait until they are gone (disable the node so no new "
+            "ones arrive); if its host is gone for good, delete the node with force, which records "
+            "them as deleted without checking the host",
+            {"deployments": f"{len(left)} left on the node"})
+    details = {"environment": node.environment.name}
+    if left:
+        # Imported here: app.services.deployments reaches the controller's modules (live data),
+        # and they import this one.
+        from app.services.deployments import forget_on_removed_node
+
+        forget_on_removed_node(actor, node)
+        details["deployments_left"] = left
+    audit.record(actor, "node.delete", "node", node, details)
     db.session.delete(node)
     db.session.commit()

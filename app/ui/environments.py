@@ -1,6 +1,6 @@
 """Environments and their nodes. Thin: parse the form, call one service, flash the outcome."""
 
-from flask import abort, flash, redirect, render_template, url_for
+from flask import abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy.orm import selectinload
 
@@ -129,6 +129,7 @@ def node_detail(node_id):
     shown_once = _pop_shown_once(node) if can_manage else None
     page = render_template(
         "ui/node.html", node=node, can_manage=can_manage, shown_once=shown_once,
+        holds_deployments=can_manage and nodes.holds_deployments(node.id),
         settings_form=NodeSettingsForm(obj=node) if can_manage else None,
         thumbprint_form=ThumbprintForm(), empty=EmptyForm(),
     )
@@ -190,6 +191,6 @@ def node_disable(node_id):
 def node_delete(node_id):
     node = _load(Node, node_id, "manage")
     environment_id, name = node.environment_id, node.name
-    nodes.delete(_actor(), node)
+    nodes.delete(_actor(), node, force=request.form.get("force") == "1")
     flash(f"Node {name} deleted.", "ok")
     return redirect(_to_environment(environment_id))

@@ -335,6 +335,11 @@ class ThumbprintApproval(Request):
     )
 
 
+class NodeDeleteQuery(Query):
+    force: bool = Field(False, description="Also when deployments are left on it (its host is gone "
+                        "for good): they are recorded as deleted without a check")
+
+
 class NodeCapacity(BaseModel):
     cpus: float | None = Field(description="What admission uses: the override, else the report")
     memory_mb: int | None
