@@ -8,7 +8,7 @@ import pytest
 from app.extensions import db
 from app.models import AuditEntry, Deployment, DeploymentEvent
 from app.models.types import utcnow
-from app.services import deployments, registries
+from app.services import catalog, deployments, registries
 from app.services.errors import Conflict, Forbidden, NotFound, ServiceError, ValidationFailed
 from app.services.registries import RegistryDenied, RegistryUnreachable
 from tests.access.deployments import (
@@ -114,6 +114,24 @@ def test_tags_for_pinned_or_unknown_steps_are_refused(ex, version, node, tags, f
     error = refused(ValidationFailed, deployments.create, ex["writer"], ex["project"],
                     ex["environment"], "d1", tags)
     assert error.message == message and field in error.fields
+
+
+def test_a_secret_deleted_since_the_pipeline_was_saved_is_named_before_anything_is_written(
+        ex, node):
+    web = service_step("web", tag="1.4")
+    web["env"] = {"DB_PASSWORD": "${secrets.DB_PASSWORD}", "KEY": "${secrets.API_KEY}"}
+    version = pipeline_version(ex["project"], [web])
+    catalog.put_secret(ex["admin"], ex["project"], "DB_PASSWORD", "s3cret-value")
+    failed = add_deployment(version, ex["environment"], node, "d1", status="failed")
+    for call, args in ((deployments.create, (ex["writer"], ex["project"], ex["environment"], "d2", {})),
+                       (deployments.retry, (ex["writer"], failed))):
+        error = refused(Conflict, call, *args)
+        assert error.message == ("pipeline version 1 of shop uses the secret API_KEY, which the "
+                                 "project no longer has: add it under the project's secrets, or "
+                                 "save the pipeline without it")
+        assert error.fields == {"secrets": "missing: API_KEY"}
+    catalog.put_secret(ex["admin"], ex["project"], "API_KEY", "another-value")
+    assert deployments.create(ex["writer"], ex["project"], ex["environment"], "d2", {}).status == "pending"
 
 
 def test_a_project_without_pipeline_is_refused(ex, node):

@@ -18,9 +18,10 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from agent import protocol
+from agent.spec import secret_names
 from app import access
 from app.extensions import db
-from app.models import Deployment, DeploymentEvent, Environment, Project, Registry
+from app.models import Deployment, DeploymentEvent, Environment, Project, ProjectSecret, Registry
 from app.models.types import utcnow
 from app.services import admission, audit, live, registries
 from app.services.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -178,10 +179,27 @@ def _check_tags_exist(version, chosen):
 
 
 # --- create and clone ---------------------------------------------------------------------------
+def _check_secrets(project, version):
+    """The secrets the pipeline version uses must still exist: saving checked them, but one may
+    have been deleted since, and the agent would refuse the spec after admission."""
+    wanted = secret_names(version.resolved)
+    if not wanted:
+        return
+    missing = sorted(wanted - set(db.session.scalars(select(ProjectSecret.name).where(
+        ProjectSecret.project_id == project.id, ProjectSecret.name.in_(wanted)))))
+    if missing:
+        listed = ", ".join(missing)
+        raise Conflict(f"pipeline version {version.number} of {project.name} uses the secret"
+                       f"{'s' if len(missing) > 1 else ''} {listed}, which the project no longer has: "
+                       "add it under the project's secrets, or save the pipeline without it",
+                       {"secrets": f"missing: {listed}"})
+
+
 def _create(actor, project, environment, name, tags, source=None):
     """Validate, admit, add the row, its event and audit entry; the caller commits."""
     _require_deploy(actor, project, environment)
     version = _require_version(project)
+    _check_secrets(project, version)
     name = _check_name(environment, name, version)
     if source is not None and isinstance(tags, dict | None):
         # The source's tags for the steps still selectable, then the caller's changes.
@@ -247,6 +265,7 @@ def retry(actor, deployment):
         raise Conflict(f"the node of {deployment.name}, {node.name}, is disabled and takes no new "
                        "deployments; clone it to deploy it on another node", {"node": "disabled"})
     version = _require_version(deployment.project)
+    _check_secrets(deployment.project, version)
     before, after = _selectable_ids(deployment.pipeline_version), _selectable_ids(version)
     if before != after:
         changes = [f"{label}: {', '.join(sorted(ids))}" for label, ids in
