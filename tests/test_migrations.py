@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from app import create_app
 from app.config import TestConfig
 from app.extensions import db
-from tests.conftest import PG_URL
+from tests.conftest import PG_URL, drop_database
 
 
 def test_there_is_exactly_one_head(app):
@@ -47,8 +47,7 @@ def test_migrations_build_exactly_the_models_on_postgresql():
     try:
         _upgrade_compare_downgrade(make_url(PG_URL).set(database=name).render_as_string(False))
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        drop_database(admin, name)
         admin.dispose()
 
 
