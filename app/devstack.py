@@ -17,14 +17,17 @@ from sqlalchemy import select
 
 from agent.protocol import verifier_for
 from app.config import VAR_DIR
+from app.controller.internal import parse_address
 from app.extensions import db
 from app.models import Environment, Node
 from app.services import nodes
 from app.services.catalog import keyring
+from app.services.specs import url_pattern
 
 AGENT_DIR = VAR_DIR / "agent"
 CADDY_DIR = VAR_DIR / "caddy"
 LOCAL = "local"
+LOCAL_BASE_DOMAIN = "localhost"  # browsers and curl resolve *.localhost to this machine
 AGENT_PORT = int(os.environ.get("NULLOPS_DEV_AGENT_PORT", "8092"))
 
 
@@ -47,10 +50,8 @@ def busy_addresses(web_host, web_port, internal):
     """The addresses `nullops dev` listens on (web, the controller's internal endpoint, the
     local agent) that something already holds: a second `nullops dev` would otherwise start its
     agent and controller beside the first one's and fail half-way."""
-    internal_host, _, internal_port = internal.rpartition(":")
     busy = []
-    for host, port in ((web_host, web_port), (internal_host, int(internal_port)),
-                       ("127.0.0.1", AGENT_PORT)):
+    for host, port in ((web_host, web_port), parse_address(internal), ("127.0.0.1", AGENT_PORT)):
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
             try:
@@ -75,7 +76,7 @@ def register_local_node(app, token):
     with app.app_context():
         environment = db.session.scalar(select(Environment).where(Environment.name == LOCAL))
         if environment is None:
-            environment = Environment(name=LOCAL, base_domain="localhost",
+            environment = Environment(name=LOCAL, base_domain=LOCAL_BASE_DOMAIN,
                                       description="this machine (nullops dev)")
             db.session.add(environment)
             db.session.flush()
@@ -143,9 +144,10 @@ def start_caddy(app):
             _say(f"Caddy did not start; see {CADDY_DIR / 'caddy.log'}")
             return None
         time.sleep(0.1)
-    listen = app.config["NULLOPS_INGRESS_LISTEN"]
-    _say(f"Caddy ingress on {listen}: a deployment `demo` of environment `local` answers at "
-         f"http://<service>.demo.local.localhost:{listen.rsplit(':', 1)[-1]}/")
+    with app.app_context():
+        pattern = url_pattern("demo", LOCAL, LOCAL_BASE_DOMAIN)
+    _say(f"Caddy ingress on {app.config['NULLOPS_INGRESS_LISTEN']}: a deployment `demo` of "
+         f"environment `{LOCAL}` answers at {pattern}/")
     return process
 
 

@@ -59,6 +59,12 @@ def exposed_urls(ports, deployment_name, environment_name, base_domain):
             for step_id, exposed in ports.items() if exposed is not None}
 
 
+def url_pattern(deployment_name="<deployment>", environment_name="<environment>",
+                base_domain="<base domain>"):
+    """A service URL with `<service>` for the step id, for hints: how deployments answer."""
+    return exposed_urls({"<service>": True}, deployment_name, environment_name, base_domain)["<service>"]
+
+
 def public_scheme_and_port():
     """How people reach the ingress: the configured public scheme and port, the port by default
     the one Caddy listens on (`nullops dev`'s 8081 belongs in the URLs it shows)."""

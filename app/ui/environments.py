@@ -9,7 +9,7 @@ from app.extensions import db
 from app.models import Environment, Node
 from app.services import catalog, nodes
 from app.services.errors import NotFound, ValidationFailed
-from app.services.specs import exposed_urls
+from app.services.specs import url_pattern
 from app.ui import bp, shown_once
 from app.ui.forms import (
     EmptyForm,
@@ -65,10 +65,8 @@ def environment_list():
         .order_by(Environment.name)
     ).all()
     form = EnvironmentForm() if access.can(current_user, "create", Environment) else None
-    # The URL form with the scheme and port people use (`make run`: :8081), for the form's hint.
-    url_form = exposed_urls({"<service>": 1}, "<deployment>", "<environment>", "<base domain>")
     return render_template("ui/environments.html", environments=rows, form=form,
-                           url_form=url_form["<service>"])
+                           url_form=url_pattern())
 
 
 @bp.post("/environments")
