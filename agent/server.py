@@ -93,7 +93,9 @@ class Link:
         self.ws = ws
         self.peer = peer
         self.closed = threading.Event()
-        self.last_sent = 0  # highest event seq sent on this link: acks never go past it
+        # Every event up to this seq was sent on this link or acknowledged before it: acks never
+        # go past it, and the sender waits for events after it.
+        self.last_sent = 0
         self._send_lock = threading.Lock()
 
     def send(self, frame):
@@ -279,7 +281,14 @@ class AgentLinks:
         """Send the outbox after link.last_sent; returns whether anything was sent."""
         sent = False
         while not link.closed.is_set():
+            # Read before the batch: seqs only grow, so an empty batch means nothing up to
+            # `latest` is left to send (all of it was acknowledged before this link). Without
+            # this, a new link waited for events after 0 and the hub, whose latest seq is higher,
+            # woke it at once, forever (issue #14.1).
+            latest = self.store.last_event_seq()
             batch = self.store.events_after(link.last_sent, EVENT_BATCH)
+            if not batch:
+                link.last_sent = max(link.last_sent, latest)
             for item in batch:
                 if not link.send({"type": protocol.EVENT, **item}):
                     return sent

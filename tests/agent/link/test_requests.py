@@ -175,3 +175,27 @@ def test_a_frame_over_the_size_limit_closes_the_link_with_1009(agent, link):
     assert closed.value.rcvd.code == 1009
     ws, _ = open_link(agent.port)  # the agent itself is fine
     ws.close()
+
+
+def test_a_new_link_after_every_event_was_acknowledged_waits_instead_of_spinning(agent, monkeypatch):
+    # Issue #14.1: a new link started at seq 0 while the outbox was empty (all acknowledged) but
+    # its latest seq above 0, so the events thread re-read the store in a loop at 100 % CPU.
+    agent.hub.publish("run.progress", {"run_id": "r1"})
+    ws, _hello = open_link(agent.port)
+    try:
+        assert recv(ws)["seq"] == 1
+        assert call(ws, 1, "events.ack", {"seq": 1})["ok"] is True
+    finally:
+        ws.close()
+    reads = []
+    events_after = agent.store.events_after
+    monkeypatch.setattr(agent.store, "events_after", lambda *a, **k: reads.append(a) or events_after(*a, **k))
+    ws, _hello = open_link(agent.port)
+    try:
+        time.sleep(1.0)
+        assert len(reads) <= 3  # the replay, then a wait; the spin made thousands
+        seq = agent.hub.publish("run.progress", {"run_id": "r2"})
+        event = recv(ws)
+        assert event["seq"] == seq == 2  # and a new event still arrives at once
+    finally:
+        ws.close()
