@@ -94,8 +94,10 @@ class PipelineRun:
             return
         clean = [self.memory.redact(line) for line in lines]
         self.store.append_step_logs(self.run_id, step_id, clean)
-        self.hub.publish(protocol.STEP_LOG, {"run_id": self.run_id, "deployment_id": self.deployment_id,
-                                             "step_id": step_id, "lines": clean})
+        # A plugin's stderr may be megabytes: events of at most the budget each, in order.
+        for part in protocol.parts(clean, protocol.EVENT_BUDGET_BYTES - 512):
+            self.hub.publish(protocol.STEP_LOG, {"run_id": self.run_id, "deployment_id": self.deployment_id,
+                                                 "step_id": step_id, "lines": part})
 
     def _deployment_status(self, status, message=None, **extra):
         self.store.set_deployment_status(self.deployment_id, status, message)

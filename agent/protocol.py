@@ -14,8 +14,13 @@ import secrets
 
 from agent import __version__ as AGENT_VERSION
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+# Receivers close a link on a larger frame (1009), so every sender keeps below it: what can grow
+# without bound (log lines, the desired state, events) is cut into parts of at most a budget,
+# which leaves room for the envelope and for the relay to the web tier (issue #14.2).
 MAX_FRAME_BYTES = 4 * 1024 * 1024
+FRAME_BUDGET_BYTES = 1024 * 1024   # an answer's log lines, a stream batch, a state.sync part
+EVENT_BUDGET_BYTES = 256 * 1024    # one event in the outbox
 WEBSOCKET_PATH = "/ws"
 HANDSHAKE_TIMEOUT_S = 10   # the agent waits this long for each handshake frame
 
@@ -45,7 +50,10 @@ PING = "ping"
 DEPLOYMENT_APPLY = "deployment.apply"    # {deployment: <spec>, secrets: {NAME: value}} -> {run_id}
 DEPLOYMENT_DELETE = "deployment.delete"  # {deployment_id} -> {run_id}; cancels a running run
 DEPLOYMENT_LIST = "deployment.list"      # {} -> {deployments: [{deployment_id, status, run_id}]}
-STATE_SYNC = "state.sync"                # {deployments: [{deployment, secrets}]} full desired state
+# {deployments: [{deployment, secrets, registries}], keep?: [deployment ids]}: the desired state,
+# in parts of at most FRAME_BUDGET_BYTES; the last part lists every deployment the node should
+# run in `keep`, and the agent removes the others then.
+STATE_SYNC = "state.sync"
 RUN_GET = "run.get"                      # {run_id} -> {run: {..., steps: [...]}}
 LOGS_TAIL = "logs.tail"                  # {deployment_id, step_id, tail} -> {lines: [...]}
 LOGS_FOLLOW = "logs.follow"              # {deployment_id, step_id, tail} -> {stream_id}; then STREAM frames
@@ -62,6 +70,7 @@ METHODS = frozenset({
 # Events pushed by the agent
 RUN_PROGRESS = "run.progress"            # {run_id, deployment_id, status, step_id?, step_status?, message?}
 STEP_LOG = "step.log"                    # {run_id, deployment_id, step_id, lines: [...]}
+# Any event or live frame too large for its budget arrives cut, with "truncated": true.
 DEPLOYMENT_STATUS = "deployment.status"  # {deployment_id, status, message?}
 # Live frame (not an event: not stored, not replayed), sent every RESOURCES_INTERVAL_S on the link:
 # {"type": "resources", "at", "host": {cpus, cpu_percent, memory_total, memory_available},
@@ -75,6 +84,7 @@ UNKNOWN_METHOD = "unknown_method"
 NOT_FOUND = "not_found"
 REFUSED = "refused"          # a spec the agent will not run (privileged, host mounts, ...)
 BUSY = "busy"                # another run of the deployment, or too many log streams
+TOO_LARGE = "too_large"      # an answer that would not fit in a frame
 INTERNAL = "internal_error"
 
 
@@ -89,6 +99,79 @@ class ProtocolError(Exception):
 
 def encode(frame):
     return json.dumps(frame, separators=(",", ":"), sort_keys=True)
+
+
+def encoded_size(value):
+    """Bytes of `value` on the wire: encode() escapes everything past ASCII, so characters are
+    bytes (a binary byte of a log line becomes six)."""
+    return len(encode(value))
+
+
+def parts(items, budget):
+    """`items` in consecutive lists, each encoding within `budget` bytes when it can (an item
+    larger than the budget alone is a part of its own)."""
+    part, size = [], 2
+    for item in items:
+        item_size = encoded_size(item) + 1
+        if part and size + item_size > budget:
+            yield part
+            part, size = [], 2
+        part.append(item)
+        size += item_size
+    if part:
+        yield part
+
+
+def newest_within(lines, budget):
+    """(the newest of `lines` that encode within `budget` bytes, how many older ones were left out)."""
+    kept, size = [], 2
+    for line in reversed(lines):
+        size += encoded_size(line) + 1
+        if size > budget:
+            break
+        kept.append(line)
+    kept.reverse()
+    return kept, len(lines) - len(kept)
+
+
+CUT_MARK = " [cut]"
+
+
+def shrink(data, budget):
+    """`data` (a JSON object) made to encode within `budget` bytes and marked "truncated": true:
+    the largest string is halved or the largest list loses its older half, until it fits. For
+    events and live frames, which must still arrive when they cannot arrive whole."""
+    if encoded_size(data) <= budget:
+        return data
+    data = {**json.loads(encode(data)), "truncated": True}
+    while encoded_size(data) > budget:
+        holder, key = _largest_cuttable(data)
+        if holder is None:
+            return {"truncated": True}
+        value = holder[key]
+        if isinstance(value, str):
+            holder[key] = value[:len(value) // 2] + CUT_MARK
+        else:
+            holder[key] = value[len(value) // 2:]
+    return data
+
+
+def _largest_cuttable(value):
+    """(container, key) of the largest string or list in `value` that can still be cut."""
+    best, best_size = (None, None), 0
+    stack = [value]
+    while stack:
+        container = stack.pop()
+        keys = container.keys() if isinstance(container, dict) else range(len(container))
+        for key in keys:
+            item = container[key]
+            if isinstance(item, dict | list):
+                stack.append(item)
+            cuttable = (isinstance(item, str) and len(item) > 4 * len(CUT_MARK)
+                        or isinstance(item, list) and len(item) > 1)
+            if cuttable and (size := encoded_size(item)) > best_size:
+                best, best_size = (container, key), size
+    return best
 
 
 def decode(raw):

@@ -100,8 +100,11 @@ class Link:
 
     def send(self, frame):
         """Send one frame; False when the link is gone. Raises TypeError/ValueError for a frame
-        that is not JSON."""
+        that is not JSON. A frame the control plane would refuse as too large (closing the link)
+        goes out cut instead, or for an answer, as an error."""
         text = protocol.encode(frame)
+        if len(text) > protocol.MAX_FRAME_BYTES:
+            text = protocol.encode(_within_limit(frame, len(text)))
         with self._send_lock:
             if self.closed.is_set():
                 return False
@@ -385,6 +388,19 @@ class AgentLinks:
             # The stream's lines go to this link only and end with it (never to the outbox).
             return self.service.follow_logs(params, link.send)
         return self.service.handle(method, params)
+
+
+def _within_limit(frame, size):
+    if frame.get("type") == protocol.RESPONSE:
+        log.error("the answer to request %r is %d bytes, over the frame limit", frame.get("id"), size)
+        return protocol.error(frame.get("id"), protocol.TOO_LARGE, f"the answer is {size} bytes, "
+                              f"over the {protocol.MAX_FRAME_BYTES}-byte frame limit")
+    # An event stored by an older agent, before events were bounded: replayed first on every
+    # link, it would take each one down.
+    log.warning("a %s frame of %d bytes goes out cut to the frame budget", frame.get("type"), size)
+    if frame.get("type") == protocol.EVENT:
+        return {**frame, "data": protocol.shrink(frame["data"], protocol.FRAME_BUDGET_BYTES - 1024)}
+    return protocol.shrink(frame, protocol.FRAME_BUDGET_BYTES)
 
 
 def _agent_error_class():

@@ -32,6 +32,10 @@ from agent.spec import SpecError, secret_names, validate
 
 log = logging.getLogger("nullops.agent.service")
 
+# A stream batch stops growing past this; one more line (the engine splits lines at 16 KiB:
+# 96 KiB on the wire at most) keeps it within the frame budget.
+STREAM_BATCH_BYTES = protocol.FRAME_BUDGET_BYTES // 2
+
 
 def spec_hash(spec):
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
@@ -175,10 +179,15 @@ class AgentService:
         return {"run_id": run_id, "status": RUNNING}
 
     def sync(self, params):
-        """The full desired state replaces the agent's view (sent on every connect)."""
+        """One part of the desired state (sent on every connect, in parts that fit a frame): its
+        deployments are applied; the last part's `keep` names every deployment this node should
+        run, and the others are removed then."""
         desired = params.get("deployments")
         if not isinstance(desired, list):
             raise protocol.ProtocolError("deployments must be a list")
+        keep = params.get("keep")
+        if keep is not None and not (isinstance(keep, list) and all(isinstance(k, str) for k in keep)):
+            raise protocol.ProtocolError("keep must be a list of deployment ids")
         wanted = {}
         for item in desired:
             spec = item.get("deployment") if isinstance(item, dict) else None
@@ -193,8 +202,10 @@ class AgentService:
                 result["errors"][deployment_id] = exc.message
                 continue
             result["kept" if outcome["run_id"] is None else "applied"].append(deployment_id)
+        if keep is None:
+            return result
         local = {d["deployment_id"] for d in self.store.list_deployments()} | self.executor.deployment_ids()
-        for deployment_id in sorted(local - set(wanted)):
+        for deployment_id in sorted(local - set(wanted) - set(keep)):
             self.delete({"deployment_id": deployment_id})
             result["deleted"].append(deployment_id)
         return result
@@ -228,7 +239,14 @@ class AgentService:
         deployment_id, step_id, tail = self._log_request(params, default_tail=200, least_tail=1)
         memory = self.memory.get(deployment_id)
         lines = self.executor.logs(deployment_id, step_id, tail=tail)
-        return {"lines": [memory.redact(line) for line in lines] if memory else lines}
+        if memory:
+            lines = [memory.redact(line) for line in lines]
+        # 10,000 lines of 16 KiB (or of binary bytes, six on the wire each) exceed any frame.
+        lines, omitted = protocol.newest_within(lines, protocol.FRAME_BUDGET_BYTES - 1024)
+        if omitted:
+            lines.insert(0, f"[nullops: {omitted} older lines left out: one answer carries at most "
+                            f"{protocol.FRAME_BUDGET_BYTES // 1024} KiB]")
+        return {"lines": lines}
 
     def follow_logs(self, params, send, batch_s=0.1, max_streams=32):
         """Stream a service's log lines to the link through `send(frame) -> bool` until the
@@ -273,8 +291,11 @@ class AgentService:
                     batch, done = [], first is ended
                     if not done:
                         batch.append(first)
+                        size = protocol.encoded_size(first)
                         flush_at = time.monotonic() + batch_s
-                        while len(batch) < 500 and (left := flush_at - time.monotonic()) > 0:
+                        # Bounded by bytes too: 500 lines of binary output exceed a frame.
+                        while (len(batch) < 500 and size < STREAM_BATCH_BYTES
+                               and (left := flush_at - time.monotonic()) > 0):
                             try:
                                 item = pending.get(timeout=left)
                             except queue.Empty:
@@ -283,6 +304,7 @@ class AgentService:
                                 done = True
                                 break
                             batch.append(item)
+                            size += protocol.encoded_size(item) + 1
                     if batch and not send({"type": protocol.STREAM, "stream_id": stream_id, "lines": batch}):
                         reason = "link closed"
                         return

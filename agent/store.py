@@ -17,6 +17,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+from agent import protocol
 from agent.redaction import redact
 
 DB_FILE = "agent.db"
@@ -264,8 +265,10 @@ class Store:
         self._listeners.append(callback)
 
     def append_event(self, event, data):
-        """Put an event in the outbox; returns its seq (increasing, never reused)."""
-        payload = json.dumps(data, separators=(",", ":"), sort_keys=True)
+        """Put an event in the outbox; returns its seq (increasing, never reused). An event larger
+        than EVENT_BUDGET_BYTES is stored cut and marked: one too large for a frame would close
+        the link on every replay."""
+        payload = protocol.encode(protocol.shrink(data, protocol.EVENT_BUDGET_BYTES))
         with self._tx() as db:
             seq = db.execute("INSERT INTO events (event, data, at) VALUES (?, ?, ?)",
                              (event, payload, utc_now())).lastrowid

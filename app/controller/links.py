@@ -307,11 +307,23 @@ class NodeLink:
 
     async def _sync(self):
         desired = await self.manager.desired_state(self.node_id)
-        try:
-            result = await self.call(protocol.STATE_SYNC, {"deployments": desired}, timeout=120)
-        except RequestFailed as exc:  # the link stays; the next connect syncs again
-            log.warning("node %s refused the desired state: %s", self.target["name"], exc.message)
-            return
+        # In parts that fit a frame (a node's specs together may not): the last names them all,
+        # and only then does the agent remove what it should not run.
+        keep = [entry["deployment"]["deployment_id"] for entry in desired]
+        sections = list(protocol.parts(desired, protocol.FRAME_BUDGET_BYTES)) or [[]]
+        result = {"applied": [], "kept": [], "deleted": [], "errors": {}}
+        for number, section in enumerate(sections, 1):
+            params = {"deployments": section}
+            if number == len(sections):
+                params["keep"] = keep
+            try:
+                answer = await self.call(protocol.STATE_SYNC, params, timeout=120)
+            except RequestFailed as exc:  # the link stays; the next connect syncs again
+                log.warning("node %s refused the desired state: %s", self.target["name"], exc.message)
+                return
+            for key in ("applied", "kept", "deleted"):
+                result[key] += answer.get(key) or []
+            result["errors"].update(answer.get("errors") or {})
         if result.get("errors"):
             log.warning("node %s refused part of the desired state: %s", self.target["name"],
                         json.dumps(result["errors"])[:500])

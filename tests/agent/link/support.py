@@ -49,6 +49,8 @@ class RecordingService:
     def handle(self, method, params):
         self.calls.append((method, params))
         if method == protocol.DEPLOYMENT_LIST:
+            if "answer_bytes" in params:  # an answer of that size, for the frame limit
+                return {"deployments": [], "pad": "x" * params["answer_bytes"]}
             return {"deployments": [], "echo": params}
         if method in (protocol.STATS_GET, protocol.STATE_SYNC):
             self.release.wait(30)  # slow calls the link must not wait on forever

@@ -122,7 +122,8 @@ def test_protocol_version_mismatch_is_refused_and_logged_as_such(agent, caplog):
     ws = connect(agent.port)
     assert handshake(ws, TOKEN, version=protocol.PROTOCOL_VERSION + 1) == {"type": "auth.failed"}
     assert _closed_with(ws) == 1008
-    assert f"protocol version '{protocol.PROTOCOL_VERSION + 1}'; this agent speaks 1" in caplog.text
+    version = protocol.PROTOCOL_VERSION
+    assert f"protocol version '{version + 1}'; this agent speaks {version}" in caplog.text
 
 
 def test_a_silent_peer_is_refused_after_the_handshake_timeout(agent, caplog, monkeypatch):

@@ -15,6 +15,7 @@ import uuid
 
 import pytest
 
+from agent import protocol
 from tests.dockertools import BASE_IMAGE, HASH_LABEL, LABEL, unavailable
 
 from .support import REPO, TOKEN, open_link
@@ -128,7 +129,7 @@ def test_the_image_runs_as_documented_and_serves_the_link(docker_client, agent_i
                 time.sleep(0.3)
         logs = container.logs().decode(errors="replace")
         assert THUMBPRINT.search(logs).group(1) == hello["thumbprint"]
-        assert hello["protocol"] == 1 and hello["node_id"].startswith("node-")
+        assert hello["protocol"] == protocol.PROTOCOL_VERSION and hello["node_id"].startswith("node-")
         assert TOKEN not in logs
 
         container.stop(timeout=20)  # SIGTERM: a clean stop within the timeout

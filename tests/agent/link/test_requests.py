@@ -199,3 +199,49 @@ def test_a_new_link_after_every_event_was_acknowledged_waits_instead_of_spinning
         assert event["seq"] == seq == 2  # and a new event still arrives at once
     finally:
         ws.close()
+
+
+def _controller_link(port):
+    """A link that refuses frames over the limit, as the control plane's does (1009)."""
+    ws = connect(port, max_size=protocol.MAX_FRAME_BYTES)
+    assert handshake(ws, TOKEN)["type"] == protocol.HELLO
+    return ws
+
+
+def test_an_event_too_large_for_a_frame_arrives_cut_and_the_link_stays(agent):
+    # Issue #14.2: an 8 MB event closed the link (1009) and, left in the outbox, every next one.
+    huge = {"run_id": "r1", "deployment_id": "d1", "step_id": "seed", "lines": ["\u00ff" * 4000] * 2000}
+    seq = agent.hub.publish(protocol.STEP_LOG, huge)
+    ws = _controller_link(agent.port)
+    try:
+        event = recv(ws)
+        assert event["seq"] == seq and event["data"]["truncated"] is True
+        assert event["data"]["step_id"] == "seed" and 0 < len(event["data"]["lines"]) < 2000
+        assert call(ws, 1, "ping")["ok"] is True
+    finally:
+        ws.close()
+
+
+def test_an_oversized_event_an_older_agent_stored_is_replayed_cut(agent):
+    # Before events were bounded, one could sit in the outbox and take down every link.
+    data = {"run_id": "r1", "deployment_id": "d1", "step_id": "seed", "lines": ["\u00ff" * 4000] * 2000}
+    agent.store._db.execute("INSERT INTO events (event, data, at) VALUES (?, ?, ?)",
+                            (protocol.STEP_LOG, protocol.encode(data), "2026-12-01T00:00:00.000Z"))
+    ws = _controller_link(agent.port)
+    try:
+        event = recv(ws)
+        assert event["seq"] == 1 and event["data"]["truncated"] is True
+        assert protocol.encoded_size(event) <= protocol.FRAME_BUDGET_BYTES
+        assert call(ws, 1, "ping")["ok"] is True
+    finally:
+        ws.close()
+
+
+def test_an_answer_too_large_for_a_frame_is_an_error_and_the_link_stays(agent):
+    ws = _controller_link(agent.port)
+    try:
+        answer = call(ws, 1, "deployment.list", {"answer_bytes": protocol.MAX_FRAME_BYTES + 10})
+        assert answer["ok"] is False and answer["error"]["code"] == "too_large"
+        assert call(ws, 2, "ping")["ok"] is True
+    finally:
+        ws.close()

@@ -106,7 +106,7 @@ def test_two_agents_on_one_engine_never_touch_each_others_objects(make_agent, do
                                  "secrets": {"PW": "pw"}})
         assert run["status"] == "succeeded", run
     b_before = {k: c.id for k, c in containers_of(docker_client, b.executor.node_id, spec_id).items()}
-    a.sync({"deployments": []})  # a's desired state is empty: it deletes its copy
+    a.sync({"deployments": [], "keep": []})  # a's desired state is empty: it deletes its copy
     a.wait_idle(spec_id, 60)
     a.reconcile()
     assert containers_of(docker_client, a.executor.node_id, spec_id) == {}
@@ -124,7 +124,7 @@ def test_sync_replaces_the_agents_view_with_the_desired_state(agent, docker_clie
     result = agent.sync({"deployments": [
         {"deployment": kept_spec, "secrets": {"PW": "pw-123"}},
         {"deployment": small_stack(new_id, base_image, busybox_image), "secrets": {"PW": "x"}},
-    ]})
+    ], "keep": [kept, new_id]})
     assert result["kept"] == [kept] and result["applied"] == [new_id] and result["deleted"] == [dropped]
     for deployment_id in (dropped, new_id):
         agent.wait_idle(deployment_id, 60)

@@ -200,3 +200,60 @@ def test_no_secret_reaches_the_data_directory(agent, images, base_image, busybox
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), f"secret found in {path}"
     threading.Event().wait(0)
+
+
+def test_megabytes_of_plugin_stderr_arrive_whole_in_events_that_fit_a_frame(agent, images, busybox_image):
+    # Issue #14.2: a plugin's stderr became one step.log event of up to tens of MB on the wire,
+    # which the control plane refuses (1009) on every replay.
+    deployment_id = f"dep-{uuid.uuid4().hex[:6]}"
+    noisy = {"id": "noisy", "kind": "plugin", "image": images["echo"],
+             "params": {"stderr_lines": 2000, "line_chars": 1000}}
+    spec = {"deployment_id": deployment_id, "name": deployment_id, "pipeline_version": 1,
+            "limits": {"cpus": 1.0, "memory_mb": 256}, "steps": [noisy]}
+    run = run_to_end(agent, {"deployment": spec, "secrets": {}})
+    assert run["status"] == "succeeded", dump(run)
+    logs = [e for e in agent.store.events_after(0, limit=100000) if e["event"] == protocol.STEP_LOG]
+    assert len(logs) > 1
+    assert all(protocol.encoded_size(e) <= protocol.EVENT_BUDGET_BYTES for e in logs)
+    lines = [line for e in logs for line in e["data"]["lines"]]
+    numbered = [line for line in lines if line.startswith("line ")]
+    assert numbered == [f"line {i}" + "\u00ff" * 1000 for i in range(2000)]  # all of it, in order
+    agent.delete({"deployment_id": deployment_id})
+    agent.wait_idle(deployment_id, 60)
+
+
+def test_a_tail_and_a_follow_of_binary_logs_stay_within_a_frame(agent, docker_client, busybox_image):
+    # Issue #14.2: logs.tail answered up to 10,000 lines of 16 KiB, six bytes per binary byte.
+    deployment_id = f"dep-{uuid.uuid4().hex[:6]}"
+    binary = {"id": "binary", "kind": "service", "image": busybox_image,
+              "command": idle_service("head -c 3000000 /dev/urandom")}
+    spec = {"deployment_id": deployment_id, "name": deployment_id, "pipeline_version": 1,
+            "limits": {"cpus": 1.0, "memory_mb": 256}, "steps": [binary]}
+    run = run_to_end(agent, {"deployment": spec, "secrets": {}})
+    assert run["status"] == "succeeded", dump(run)
+    try:
+        lines = agent.logs_tail({"deployment_id": deployment_id, "step_id": "binary", "tail": 10000})["lines"]
+        assert protocol.encoded_size({"lines": lines}) <= protocol.FRAME_BUDGET_BYTES
+        assert lines[0].startswith("[nullops: ") and "older lines left out" in lines[0]
+
+        frames, ended = [], threading.Event()
+
+        def send(frame):
+            frames.append(frame)
+            if frame.get("end"):
+                ended.set()
+            return True
+
+        agent.follow_logs({"deployment_id": deployment_id, "step_id": "binary", "tail": 10000}, send)
+        deadline = time.monotonic() + 30
+        while sum(len(f.get("lines", [])) for f in frames) < 5000 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for stop in list(agent.streams.values()):
+            stop.set()
+        assert ended.wait(10)
+        batches = [f for f in frames if f.get("lines")]
+        assert sum(len(f["lines"]) for f in batches) >= 5000
+        assert all(protocol.encoded_size(f) <= protocol.FRAME_BUDGET_BYTES for f in batches)
+    finally:
+        agent.delete({"deployment_id": deployment_id})
+        agent.wait_idle(deployment_id, 60)

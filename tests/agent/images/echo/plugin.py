@@ -1,6 +1,7 @@
 """Reads the JSON input and writes {"echo": input}. Params shape extra behaviour:
-sleep (seconds before answering), stderr_lines (that many numbered lines), long_line (one
-stderr line of that many characters), leak_secrets (print the secrets to stderr, to test
+sleep (seconds before answering), stderr_lines (that many numbered lines, each followed by
+line_chars characters of "\u00ff", six bytes each in JSON), long_line (one stderr line of that
+many characters), leak_secrets (print the secrets to stderr, to test
 redaction), probe ([host, port]: report whether a TCP connection works), outputs (merged into
 the result, for `${steps.X.outputs.KEY}`), fail_on_rollback (exit 4 when asked to roll back)."""
 import json
@@ -11,8 +12,9 @@ import time
 data = json.load(sys.stdin)
 params = data.get("params") or {}
 print(f"echo plugin: action {data.get('action')}, {len(json.dumps(data))} bytes in", file=sys.stderr)
+padding = "\u00ff" * params.get("line_chars", 0)
 for i in range(params.get("stderr_lines", 0)):
-    print(f"line {i}", file=sys.stderr)
+    print(f"line {i}{padding}", file=sys.stderr)
 if params.get("long_line"):
     print("y" * params["long_line"], file=sys.stderr)
 if params.get("leak_secrets"):
