@@ -122,8 +122,6 @@ class AgentService:
         if not isinstance(registries, dict):
             raise protocol.ProtocolError("registries must map names to credentials")
         missing = secret_names(spec) - set(secrets)
-        if missing:
-            raise protocol.ProtocolError(f"secrets not sent: {', '.join(sorted(missing))}")
         deployment_id = spec["deployment_id"]
         digest = spec_hash(spec)
         with self._lock:
@@ -136,9 +134,13 @@ class AgentService:
                     protocol.BUSY)
             known = self.store.get_deployment(deployment_id)
             if known and known["status"] == READY and spec_hash(known["spec"]) == digest:
+                # Kept as it is, even when a secret it was made with is gone from the project:
+                # it runs without it; only a new run would need it.
                 self.memory[deployment_id] = _merge_memory(self.memory.get(deployment_id), secrets,
                                                            registries)
                 return {"run_id": None, "status": READY}
+            if missing:
+                raise protocol.ProtocolError(f"secrets not sent: {', '.join(sorted(missing))}")
             memory = RunMemory(secrets, registries)
             self.memory[deployment_id] = memory
             self.store.put_deployment(deployment_id, spec, "deploying")

@@ -463,3 +463,40 @@ def test_a_project_or_environment_with_live_deployments_cannot_be_deleted(ex, ve
     db.session.commit()
     catalog.delete(ex["admin"], ex["project"])          # the deleted deployment's row goes with it
     assert db.session.get(Deployment, deployment_id) is None
+
+
+# --- the desired state (issue #14.3) ------------------------------------------------------------
+def test_what_the_agent_is_sent_stays_as_first_sent_when_the_environment_registry_or_ingress_change(
+        ex, node, app, monkeypatch):
+    from app.services.specs import apply_params
+
+    local = registry("private", "http://127.0.0.1:5000", USER, PASSWORD)
+    version = pipeline_version(ex["project"], [service_step("web", tag="1.4", registry_id=local.id)])
+    deployment = add_deployment(version, ex["environment"], node, "d1", status="ready")
+    first = apply_params(deployment)
+    db.session.commit()
+    assert first["deployment"]["urls"]["web"].startswith("http://web.d1.")
+    assert first["registries"] == {"private": {"username": USER, "password": PASSWORD}}
+
+    # An admin's routine changes: base domain, the registry's address and name, public port.
+    ex["environment"].base_domain = "elsewhere.example"
+    local.url, local.name = "http://127.0.0.1:5001", "renamed"
+    db.session.commit()
+    monkeypatch.setitem(app.config, "NULLOPS_INGRESS_PUBLIC_PORT", 8443)
+    db.session.expire_all()
+    again = apply_params(db.session.get(Deployment, deployment.id))
+    assert again["deployment"] == first["deployment"]  # the same spec: the agent re-runs nothing
+    assert again["registries"] == first["registries"]  # credentials still found by the step's registry
+
+
+def test_a_retry_sends_the_spec_of_the_version_it_retries_with(ex, node):
+    from app.services.specs import apply_params
+
+    local = registry("private", "http://127.0.0.1:5000")
+    old = pipeline_version(ex["project"], [service_step("web", tag="1.4", registry_id=local.id)])
+    deployment = add_deployment(old, ex["environment"], node, "d1", status="failed")
+    assert apply_params(deployment)["deployment"]["steps"][0]["image"].endswith(":1.4")
+    db.session.commit()
+    pipeline_version(ex["project"], [service_step("web", tag="1.5", registry_id=local.id)])
+    deployments.retry(ex["writer"], deployment)
+    assert apply_params(deployment)["deployment"]["steps"][0]["image"].endswith(":1.5")

@@ -107,15 +107,11 @@ def desired_states(items):
     rows = db.session.scalars(select(Deployment).where(
         Deployment.node_id.in_(node_ids), Deployment.status.in_(DESIRED)).order_by(Deployment.id)).all()
     by_node = {node_id: [] for node_id in node_ids}
-    broken = False
     for deployment in rows:
         params = _params(deployment)
-        if params is None:
-            broken = True  # left out, the agent removes it: what "failed" means there too
-        else:
+        if params is not None:  # else failed and left out: the agent removes it, as "failed" says
             by_node[deployment.node_id].append(params)
-    if broken:
-        db.session.commit()
+    db.session.commit()  # the failed ones, and specs kept for the first time
     return [by_node[node_id] for node_id in node_ids]
 
 

@@ -37,6 +37,11 @@ class Deployment(db.Model):
     pipeline_version_id: Mapped[int] = mapped_column(ForeignKey("pipeline_versions.id",
                                                                 ondelete="RESTRICT"))
     tags = mapped_column(JSON, nullable=False, default=dict)  # {step id: image tag} of every service
+    # What the agent runs (app/services/specs.py), compiled when the controller first sends it
+    # (after creation or a retry) and sent as it is ever after: a later change to the
+    # environment, a registry or the ingress settings must not make the agent re-run a ready
+    # deployment (ARCHITECTURE.md). Deferred: only what talks to the agent reads it.
+    spec = mapped_column(JSON, nullable=True, deferred=True)
     # What admission reserved on the node: the project's limits when it was created.
     cpus: Mapped[float] = mapped_column()
     memory_mb: Mapped[int] = mapped_column()

@@ -282,6 +282,7 @@ def retry(actor, deployment):
     _move(deployment, "pending", message)
     deployment.pipeline_version = version
     deployment.tags = tags
+    deployment.spec = None  # compiled anew from this version when the controller sends it
     deployment.run_id = None
     deployment.progress = {}
     deployment.published = {}

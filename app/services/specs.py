@@ -152,19 +152,38 @@ def secrets_for(deployment, names):
     return {row.name: reveal_secret(row) for row in rows}
 
 
-def registry_credentials(spec):
-    """{registry name: {"username", "password"}} for the steps that name a registry."""
-    names = {step["registry"] for step in spec["steps"] if "registry" in step}
-    if not names:
+def registry_credentials(deployment, spec):
+    """{registry name as the spec has it: {"username", "password"}} for the steps that name a
+    registry: today's credentials of the registry each step was resolved to (a kept spec may
+    carry a name the registry no longer has)."""
+    named = {step["id"]: step["registry"] for step in spec["steps"] if "registry" in step}
+    if not named:
         return {}
-    rows = db.session.scalars(db.select(Registry).where(Registry.name.in_(names)))
-    return {r.name: {"username": r.username, "password": reveal_password(r)} for r in rows}
+    registry_ids = {step["id"]: step["registry_id"] for step in deployment.pipeline_version.resolved["steps"]}
+    rows = {r.id: r for r in db.session.scalars(
+        db.select(Registry).where(Registry.id.in_({registry_ids[step_id] for step_id in named})))}
+    credentials = {}
+    for step_id, name in named.items():
+        registry = rows.get(registry_ids[step_id])
+        if registry is not None and registry.has_credentials:
+            credentials[name] = {"username": registry.username, "password": reveal_password(registry)}
+    return credentials
+
+
+def kept_spec(deployment):
+    """The spec the agent was first sent for this run of the deployment, compiled and kept now
+    the first time (after creation, a retry, or an upgrade from before specs were kept); the
+    caller commits."""
+    if deployment.spec is None:
+        deployment.spec = compile_spec(deployment)
+    return deployment.spec
 
 
 def apply_params(deployment):
-    """The full `deployment.apply` / `state.sync` entry for a deployment."""
+    """The full `deployment.apply` / `state.sync` entry for a deployment: its kept spec, today's
+    secret values and registry credentials (those may change without re-running anything)."""
     from agent.spec import secret_names
 
-    spec = compile_spec(deployment)
+    spec = kept_spec(deployment)
     return {"deployment": spec, "secrets": secrets_for(deployment, secret_names(spec)),
-            "registries": registry_credentials(spec)}
+            "registries": registry_credentials(deployment, spec)}

@@ -387,3 +387,27 @@ def test_a_deployment_whose_spec_cannot_be_built_fails_without_holding_up_the_ot
     assert deployment_row(broken).status == "failed"
     assert "could not build its spec" in deployment_row(broken).status_message
     assert [e["deployment"]["deployment_id"] for e in deployments.desired_state(node_id)] == [f"dep-{fine}"]
+
+
+@docker
+def test_a_ready_deployment_is_not_run_again_after_routine_admin_changes_and_a_reconnect(
+        agents, linked, make_deployment, catalog, busybox_image):
+    # Issue #14.3: each sync compiled the spec anew from today's settings; a changed base domain
+    # made the agent re-run every step of a ready deployment (and roll it back on a failure).
+    from app.models import ProjectSecret
+
+    agent, node_id, _active = linked
+    step = web_step(catalog["registry"].id, env={"PASSWORD": "${secrets.DB_PASSWORD}"})
+    deployment_id = make_deployment(node_id, [step], secrets={"DB_PASSWORD": "pw-1"})
+    run_id = wait_for_deployment(deployment_id, "ready").run_id
+    catalog["environment"].base_domain = "renamed.example"
+    # A secret it was made with is removed from the project: it keeps running without it.
+    db.session.execute(db.delete(ProjectSecret).where(ProjectSecret.project_id == catalog["project"].id))
+    db.session.commit()
+    agent.stop()
+    wait_for_status(node_id, "offline", timeout=20)
+    agents.restart(agent, TOKEN)
+    wait_for_status(node_id, "online", timeout=30)
+    deployment = wait_for_deployment(deployment_id, "ready", timeout=30)
+    assert statuses_seen(deployment_id)[-2:] == [("ready", "offline"), ("offline", "ready")]
+    assert deployment.run_id == run_id  # no new run

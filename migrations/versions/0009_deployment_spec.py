@@ -1,0 +1,27 @@
+"""a deployment keeps the spec it was created with
+
+Revision ID: 0009
+Revises: 0008
+Create Date: 2026-12-03 09:40:00
+
+Rows of existing deployments get NULL: the controller compiles their spec the next time it
+sends it and keeps it from then on (docs/upgrade.md).
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = '0009'
+down_revision = '0008'
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    with op.batch_alter_table('deployments', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('spec', sa.JSON(), nullable=True))
+
+
+def downgrade():
+    with op.batch_alter_table('deployments', schema=None) as batch_op:
+        batch_op.drop_column('spec')
