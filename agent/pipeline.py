@@ -3,7 +3,8 @@ on any failure or cancel. The shape follows docker-compose v1's `parallel.py` (o
 node, dependents of a failure never start), except that a failure cancels the branches still
 running: the whole run is rolled back anyway, so finishing them only costs time.
 
-Secrets, resolved environments and step outputs live in this object's memory only.
+Secrets and resolved environments live in this object's memory only; step outputs too, and on
+disk sealed (agent/sealed.py).
 """
 import logging
 import threading
@@ -14,6 +15,7 @@ from agent import protocol, readiness
 from agent.errors import AgentError, Cancelled
 from agent.plugins import run_plugin
 from agent.redaction import redact
+from agent.sealed import SealError, seal, unseal
 from agent.spec import (
     SpecError,
     ancestors,
@@ -37,13 +39,26 @@ DEPLOYING, READY, DEPLOY_FAILED, DELETING, DELETED, DEGRADED = (
 
 
 class RunMemory:
-    """What a run knows that must never reach disk: secrets, registry credentials, outputs."""
+    """What a run knows that must never reach disk: secrets, registry credentials, outputs (on
+    disk only sealed with `output_key`: agent/sealed.py)."""
 
-    def __init__(self, secrets=None, registries=None):
+    def __init__(self, secrets=None, registries=None, output_key=None):
         self.secrets = dict(secrets or {})
         self.registries = dict(registries or {})
+        self.output_key = output_key
         self.outputs = {}
         self.secret_values = {v for v in self.secrets.values() if v}
+
+    def restore_outputs(self, store, deployment_id):
+        """Outputs of the deployment's last run from the store, when this memory has none and
+        holds the key (after an agent restart, once the control plane sent the key again)."""
+        if self.outputs or not self.output_key:
+            return
+        for step_id, text in store.sealed_outputs(deployment_id).items():
+            try:
+                self.add_outputs(step_id, unseal(self.output_key, deployment_id, step_id, text))
+            except SealError as exc:
+                log.warning("%s; the step's outputs are not available", exc)
 
     def add_outputs(self, step_id, output):
         outputs = {k: v for k, v in output.items() if k != "secret_outputs"}
@@ -258,6 +273,9 @@ class PipelineRun:
             raise
         if action == "run":
             self.memory.add_outputs(step["id"], result.output)
+            if self.memory.output_key:  # kept for after a restart, sealed
+                sealed = seal(self.memory.output_key, self.deployment_id, step["id"], result.output)
+                self.store.put_output(self.deployment_id, step["id"], sealed)
         self._step_log(step["id"], result.log)
         return result
 
@@ -291,20 +309,32 @@ class PipelineRun:
             log.exception("teardown after a failed run of %s", self.deployment_id)
 
     def delete(self):
-        """Tear a deployment down: plugin rollbacks (with what memory still has), then stop
-        services dependents first with the short grace, then remove everything by label."""
+        """Tear a deployment down: plugin rollbacks (with the secrets and outputs memory has),
+        then stop services dependents first with the short grace, then remove everything by
+        label. A rollback that fails fails the run after the teardown: what the plugin made
+        outside the node may be left, and the deployment must not be reported deleted (the
+        control plane retries the delete, rollbacks included)."""
         self._deployment_status(DELETING)
         self._progress(RUNNING, message="deleting")
         self.started = [s for s in self.order if self.steps[s]["kind"] == "plugin"]
+        failed = []
         for step_id in reversed(self.order):
             step = self.steps[step_id]
             if step["kind"] == "plugin" and step.get("rollback"):
                 try:
                     self._run_plugin(step, "rollback")
-                except Exception as exc:  # noqa: BLE001
-                    self._progress(RUNNING, step_id, "rollback_failed",
-                                   f"rollback failed: {getattr(exc, 'message', exc)}")
+                except Exception as exc:  # noqa: BLE001 - the other rollbacks and the teardown go on
+                    message = self.memory.redact(f"rollback failed: {getattr(exc, 'message', exc)}")
+                    failed.append(f"{step_id}: {message}")
+                    self._progress(RUNNING, step_id, "rollback_failed", message)
         counts = self.executor.teardown(self.deployment_id, order=self.stop_order, graceful=True)
+        if failed:
+            message = (f"the containers are removed, but {'; '.join(failed)}; what that step made "
+                       "may be left (the delete is retried)")
+            self.store.finish_run(self.run_id, FAILED, message)
+            self._deployment_status(DELETING, message)
+            self._progress(FAILED, message=message)
+            return FAILED
         self.store.finish_run(self.run_id, SUCCEEDED, None)
         self._deployment_status(DELETED)
         self._progress(SUCCEEDED, message=f"deleted: {counts}")

@@ -267,6 +267,12 @@ def valid_verifier(value):
     return isinstance(value, str) and bool(_VERIFIER.match(value))
 
 
+def valid_output_key(value):
+    """A deployment's output key as apply, state.sync and delete carry it: 64 lowercase hex
+    digits (an AES-256 key; agent/sealed.py)."""
+    return isinstance(value, str) and bool(_VERIFIER.match(value))
+
+
 def thumbprint_of_der(der):
     """The agent certificate's thumbprint as both sides write it: SHA-256 of the DER, lowercase hex.
     The control plane takes `der` from `ssl_socket.getpeercert(binary_form=True)`."""

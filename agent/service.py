@@ -20,11 +20,13 @@ from agent.errors import AgentError
 from agent.pipeline import (
     DEGRADED,
     DELETED,
+    DELETING,
     DEPLOY_FAILED,
     FAILED,
     INTERRUPTED,
     READY,
     RUNNING,
+    SUCCEEDED,
     PipelineRun,
     RunMemory,
 )
@@ -110,17 +112,12 @@ class AgentService:
 
     def apply(self, params):
         spec = params.get("deployment")
-        secrets = params.get("secrets", {})
-        registries = params.get("registries", {})
         try:
             validate(spec)
         except SpecError as exc:
             code = protocol.REFUSED if exc.refused else protocol.BAD_REQUEST
             raise protocol.ProtocolError(exc.message, code) from None
-        if not isinstance(secrets, dict) or not all(isinstance(v, str) for v in secrets.values()):
-            raise protocol.ProtocolError("secrets must map names to strings")
-        if not isinstance(registries, dict):
-            raise protocol.ProtocolError("registries must map names to credentials")
+        secrets, registries, output_key = _run_material(params)
         missing = secret_names(spec) - set(secrets)
         deployment_id = spec["deployment_id"]
         digest = spec_hash(spec)
@@ -136,14 +133,16 @@ class AgentService:
             if known and known["status"] == READY and spec_hash(known["spec"]) == digest:
                 # Kept as it is, even when a secret it was made with is gone from the project:
                 # it runs without it; only a new run would need it.
-                self.memory[deployment_id] = _merge_memory(self.memory.get(deployment_id), secrets,
-                                                           registries)
+                memory = _merge_memory(self.memory.get(deployment_id), secrets, registries, output_key)
+                memory.restore_outputs(self.store, deployment_id)
+                self.memory[deployment_id] = memory
                 return {"run_id": None, "status": READY}
             if missing:
                 raise protocol.ProtocolError(f"secrets not sent: {', '.join(sorted(missing))}")
-            memory = RunMemory(secrets, registries)
+            memory = RunMemory(secrets, registries, output_key)
             self.memory[deployment_id] = memory
             self.store.put_deployment(deployment_id, spec, "deploying")
+            self.store.drop_outputs(deployment_id)  # a new run: every step runs again
             run_id = self._new_run(deployment_id, "apply")
             cancel = threading.Event()
             run = PipelineRun(self.executor, self.store, self.hub, spec, memory, run_id, cancel)
@@ -151,9 +150,12 @@ class AgentService:
         return {"run_id": run_id, "status": RUNNING}
 
     def delete(self, params):
+        """Delete a deployment; `secrets`, `registries` and `output_key`, when sent, are what its
+        rollback plugins get after an agent restart emptied the memory."""
         deployment_id = params.get("deployment_id")
         if not isinstance(deployment_id, str):
             raise protocol.ProtocolError("deployment_id must be a string")
+        secrets, registries, output_key = _run_material(params)
         with self._lock:
             current = self.active.get(deployment_id)
             if current is not None and current.kind == "delete":
@@ -170,11 +172,13 @@ class AgentService:
                 if previous is not None:  # cancel = delete with rollback (spec)
                     previous.cancel.set()
                     previous.thread.join()
-                memory = self.memory.get(deployment_id) or RunMemory()
+                memory = _merge_memory(self.memory.get(deployment_id), secrets, registries, output_key)
+                memory.restore_outputs(self.store, deployment_id)
                 run = PipelineRun(self.executor, self.store, self.hub, spec, memory, run_id, cancel)
                 status = run.delete()
-                self.store.delete_deployment(deployment_id)
-                self.memory.pop(deployment_id, None)
+                if status == SUCCEEDED:  # else kept, with its outputs, for the delete's retry
+                    self.store.delete_deployment(deployment_id)
+                    self.memory.pop(deployment_id, None)
                 return status
 
             self._spawn(deployment_id, run_id, "delete", cancel, None, work)
@@ -413,10 +417,20 @@ class AgentService:
 
     # --- reconcile --------------------------------------------------------------------------------
     def recover_interrupted_runs(self):
-        """Runs cut short by a crash cannot go on: their secrets were in memory only. Roll them
-        back by label and say so; the control plane resends the deployment to retry."""
+        """Runs cut short by a crash cannot go on: their secrets were in memory only. An apply
+        is rolled back by label and the control plane resends the deployment to retry. A delete
+        is left as it is, still known here: the control plane sends it again with what its
+        rollback plugins need, and they run before the teardown, as in any delete."""
         for run in self.store.runs_in_state(RUNNING):
             deployment_id = run["deployment_id"]
+            if run["kind"] == "delete" and self.store.get_deployment(deployment_id) is not None:
+                message = "the agent restarted during this delete; the control plane sends it again"
+                self.store.finish_run(run["run_id"], INTERRUPTED, message)
+                self.store.set_deployment_status(deployment_id, DELETING, message)
+                self.hub.publish(protocol.RUN_PROGRESS, {"run_id": run["run_id"],
+                                                         "deployment_id": deployment_id,
+                                                         "status": INTERRUPTED, "message": message})
+                continue
             self.executor.teardown(deployment_id, graceful=False)
             message = "the agent restarted during this run; its objects were removed. Deploy again to retry."
             self.store.finish_run(run["run_id"], INTERRUPTED, message)
@@ -440,7 +454,10 @@ class AgentService:
         for deployment_id, deployment in known.items():
             if deployment_id in busy or deployment["status"] not in (READY, DEGRADED):
                 continue
-            self._heal(deployment)
+            try:
+                self._heal(deployment)
+            except Exception:  # noqa: BLE001 - one deployment's trouble must not stop the others'
+                log.exception("healing %s failed", deployment_id)
         keep = set(known) | busy
         removed = self.executor.remove_orphans(keep)
         if removed:
@@ -455,21 +472,22 @@ class AgentService:
         missing = [s for s in services if s["id"] not in present]
         memory = self.memory.get(deployment_id)
         if missing and memory is None:
-            message = (f"services {', '.join(s['id'] for s in missing)} are gone and the agent restarted "
-                       "since the deployment was made; the control plane's next sync restores them")
-            if deployment["status"] != DEGRADED:
-                self.store.set_deployment_status(deployment_id, DEGRADED, message)
-                self.hub.publish(protocol.DEPLOYMENT_STATUS, {"deployment_id": deployment_id,
-                                                              "status": DEGRADED, "message": message})
+            self._degraded(deployment, f"services {', '.join(s['id'] for s in missing)} are gone and the "
+                                       "agent restarted since the deployment was made; the control "
+                                       "plane's next sync restores them")
             return
+        failed = []
         if missing:
             run = PipelineRun(self.executor, self.store, self.hub, spec, memory, "reconcile",
                               threading.Event())
             for step in missing:
                 try:
                     run.run_service(step)
-                except AgentError as exc:
-                    log.warning("could not recreate %s/%s: %s", deployment_id, step["id"], exc.message)
+                except (AgentError, SpecError) as exc:
+                    failed.append(f"{step['id']}: {memory.redact(exc.message)}")
+        if failed:
+            self._degraded(deployment, f"could not recreate {'; '.join(failed)}")
+            return
         if restarted or missing or deployment["status"] == DEGRADED:
             ports = {sid: {"ports": {str(k): v for k, v in self.executor.published_ports(c).items()}}
                      for sid, c in self.executor.service_containers(deployment_id).items()}
@@ -479,10 +497,34 @@ class AgentService:
                                                           "services": ports, "healed": healed})
 
 
-def _merge_memory(memory, secrets, registries):
-    fresh = RunMemory(secrets, registries)
-    if memory is not None:
-        fresh.outputs = memory.outputs
-        fresh.secret_values |= memory.secret_values
+    def _degraded(self, deployment, message):
+        if (deployment["status"], deployment["message"]) != (DEGRADED, message):
+            self.store.set_deployment_status(deployment["deployment_id"], DEGRADED, message)
+            self.hub.publish(protocol.DEPLOYMENT_STATUS, {"deployment_id": deployment["deployment_id"],
+                                                          "status": DEGRADED, "message": message})
+
+
+def _run_material(params):
+    """(secrets, registries, output key) of an apply, sync entry or delete, checked."""
+    secrets, registries = params.get("secrets", {}), params.get("registries", {})
+    output_key = params.get("output_key")
+    if not isinstance(secrets, dict) or not all(isinstance(v, str) for v in secrets.values()):
+        raise protocol.ProtocolError("secrets must map names to strings")
+    if not isinstance(registries, dict):
+        raise protocol.ProtocolError("registries must map names to credentials")
+    if output_key is not None and not protocol.valid_output_key(output_key):
+        raise protocol.ProtocolError("output_key must be 64 lowercase hex digits")
+    return secrets, registries, output_key
+
+
+def _merge_memory(memory, secrets, registries, output_key):
+    """What was sent now, plus what the memory already knew (outputs, secret values, and the
+    secrets and credentials a bare delete does not carry)."""
+    if memory is None:
+        return RunMemory(secrets, registries, output_key)
+    fresh = RunMemory({**memory.secrets, **secrets}, {**memory.registries, **registries},
+                      output_key or memory.output_key)
+    fresh.outputs = memory.outputs
+    fresh.secret_values |= memory.secret_values
     return fresh
 

@@ -7,8 +7,9 @@ log batches, events), and one connection keeps transactions simple. WAL with
 synchronous=NORMAL survives a killed process; a power loss may drop the last commits, which
 the control plane's `state.sync` and event replay make good.
 
-Never stored here: secret values and tokens. Specs hold `${secrets.NAME}` references only, and
-step logs pass through `redact` before they are written.
+Never stored here: secret values and tokens. Specs hold `${secrets.NAME}` references only,
+step logs pass through `redact` before they are written, and step outputs are stored sealed
+with a key this disk never holds (agent/sealed.py).
 """
 import datetime
 import json
@@ -21,7 +22,7 @@ from agent import protocol
 from agent.redaction import redact
 
 DB_FILE = "agent.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ACTIVE_STEP_STATES = frozenset({"pending", "running", "rolling_back"})
 MAX_LINE_CHARS = 8192            # one log line; longer lines are cut
 MAX_LINES_PER_STEP = 20000       # older lines of a step are dropped
@@ -71,6 +72,17 @@ CREATE TABLE events (
     at TEXT NOT NULL
 );
 """
+# Schema changes after version 1, by the version they bring a store to.
+_UPGRADES = {
+    2: """
+CREATE TABLE outputs (
+    deployment_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    sealed TEXT NOT NULL,
+    PRIMARY KEY (deployment_id, step_id)
+);
+""",
+}
 
 
 def utc_now():
@@ -102,13 +114,15 @@ class Store:
     def _migrate(self):
         with self._tx() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                # Statement by statement: executescript() would COMMIT the transaction first.
-                for statement in filter(str.strip, _SCHEMA.split(";")):
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            elif version > SCHEMA_VERSION:
+            if version > SCHEMA_VERSION:
                 raise RuntimeError(f"{self.path} was written by a newer agent (schema {version})")
+            scripts = [_SCHEMA] if version == 0 else []
+            scripts += [_UPGRADES[v] for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1)]
+            for script in scripts:
+                # Statement by statement: executescript() would COMMIT the transaction first.
+                for statement in filter(str.strip, script.split(";")):
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextmanager
     def _tx(self):
@@ -162,8 +176,9 @@ class Store:
         return [self._deployment(r) for r in self._all("SELECT * FROM deployments ORDER BY deployment_id")]
 
     def delete_deployment(self, deployment_id):
-        """Forget a deployment; its runs stay readable (run.get of the delete run)."""
+        """Forget a deployment and its outputs; its runs stay readable (run.get of the delete run)."""
         with self._tx() as db:
+            db.execute("DELETE FROM outputs WHERE deployment_id = ?", (deployment_id,))
             cursor = db.execute("DELETE FROM deployments WHERE deployment_id = ?", (deployment_id,))
             return cursor.rowcount > 0
 
@@ -172,6 +187,22 @@ class Store:
             return db.execute(
                 "UPDATE deployments SET status = ?, message = ?, updated_at = ? WHERE deployment_id = ?",
                 (status, message, utc_now(), deployment_id)).rowcount > 0
+
+    # --- sealed step outputs --------------------------------------------------------------------
+    def put_output(self, deployment_id, step_id, sealed):
+        with self._tx() as db:
+            db.execute("INSERT INTO outputs (deployment_id, step_id, sealed) VALUES (?, ?, ?) "
+                       "ON CONFLICT (deployment_id, step_id) DO UPDATE SET sealed = excluded.sealed",
+                       (deployment_id, step_id, sealed))
+
+    def sealed_outputs(self, deployment_id):
+        """{step id: sealed output} of a deployment."""
+        return {r["step_id"]: r["sealed"] for r in self._all(
+            "SELECT step_id, sealed FROM outputs WHERE deployment_id = ?", (deployment_id,))}
+
+    def drop_outputs(self, deployment_id):
+        with self._tx() as db:
+            db.execute("DELETE FROM outputs WHERE deployment_id = ?", (deployment_id,))
 
     # --- runs and steps -------------------------------------------------------------------------
     def create_run(self, run_id, deployment_id, kind, status="running"):

@@ -66,7 +66,10 @@ def _owned_by_live_other_process(labels):
 def labelled(client, selector):
     """(containers, networks, volumes) matching a label filter (str or list, ANDed)."""
     filters = {"label": selector}
-    return (client.containers.list(all=True, filters=filters), client.networks.list(filters=filters),
+    # ignore_removed: the SDK inspects each listed container, and one another process removes
+    # meanwhile would fail the listing with NotFound (seen when runs overlap).
+    return (client.containers.list(all=True, filters=filters, ignore_removed=True),
+            client.networks.list(filters=filters),
             client.volumes.list(filters=filters))
 
 

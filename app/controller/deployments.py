@@ -20,14 +20,15 @@ from app.extensions import db
 from app.models import Deployment, DeploymentEvent
 from app.models.types import utcnow
 from app.services import nodes
-from app.services.specs import apply_params
+from app.services.specs import apply_params, delete_params
 from app.states import TransitionError, move_deployment
 
 log = logging.getLogger("nullops.controller.deployments")
 
-# What a node's agent should run: state.sync sends these; the ones left out (failed, deleting,
-# cleanup_failed) are removed by the agent.
+# What a node's agent should run: state.sync sends these; the ones left out are removed by the
+# agent, except those the round deletes itself (with what their rollback plugins need).
 DESIRED = ("pending", "deploying", "ready", "degraded", "offline")
+DELETED_BY_THE_ROUND = ("deleting", "cleanup_failed")
 GOES_OFFLINE = ("deploying", "ready", "degraded")  # with the node's link (pending stays pending)
 ATTEMPTS = 3                                       # deletes per cleanup before cleanup_failed
 BACKOFF_FIRST = timedelta(minutes=1)
@@ -102,15 +103,21 @@ def desired_state(node_id):
 
 @serialized
 def desired_states(items):
-    """[state.sync entries] for each of [(node id,)], secrets decrypted now (never log them)."""
+    """{"deployments": [state.sync entries], "keep": [agent ids]} for each of [(node id,)],
+    secrets decrypted now (never log them). `keep` adds the ones the round deletes itself: the
+    sync must not remove them without what their rollback plugins need."""
     node_ids = [node_id for (node_id,) in items]
     rows = db.session.scalars(select(Deployment).where(
-        Deployment.node_id.in_(node_ids), Deployment.status.in_(DESIRED)).order_by(Deployment.id)).all()
-    by_node = {node_id: [] for node_id in node_ids}
+        Deployment.node_id.in_(node_ids), Deployment.status.in_(DESIRED + DELETED_BY_THE_ROUND))
+        .order_by(Deployment.id)).all()
+    by_node = {node_id: {"deployments": [], "keep": []} for node_id in node_ids}
     for deployment in rows:
-        params = _params(deployment)
-        if params is not None:  # else failed and left out: the agent removes it, as "failed" says
-            by_node[deployment.node_id].append(params)
+        desired = by_node[deployment.node_id]
+        if deployment.status in DELETED_BY_THE_ROUND:
+            desired["keep"].append(deployment.agent_id)
+        elif (params := _params(deployment)) is not None:  # else failed: the agent removes it
+            desired["deployments"].append(params)
+            desired["keep"].append(deployment.agent_id)
     db.session.commit()  # the failed ones, and specs kept for the first time
     return [by_node[node_id] for node_id in node_ids]
 
@@ -125,6 +132,16 @@ def _params(deployment):
         move(deployment, "failed", f"the control plane could not build its spec "
                                    f"({type(exc).__name__}); see the controller log")
         return None
+
+
+def _delete_params(deployment):
+    """delete_params, or the bare id when they cannot be built (its rollbacks get less, but the
+    delete goes on)."""
+    try:
+        return delete_params(deployment)
+    except Exception:  # noqa: BLE001
+        log.exception("deployment %s: building its delete params failed", deployment.id)
+        return {"deployment_id": deployment.agent_id}
 
 
 def record_sync(node_id, result):
@@ -156,7 +173,7 @@ def record_syncs(items):
 @serialized
 def due_work(online_node_ids, busy_ids, now):
     """One read per manager round: ([(id, node id, apply params)] to apply, [(id, node id,
-    agent id)] to delete), for deployments on online nodes with no call in progress (busy_ids).
+    delete params)] to delete), for deployments on online nodes with no call in progress (busy_ids).
     In the same transaction: cleanups whose retry is due go back to deleting, and deleting
     ones whose node row is gone are deleted (there is nothing left to ask)."""
     rows = db.session.scalars(select(Deployment).where(
@@ -177,7 +194,7 @@ def due_work(online_node_ids, busy_ids, now):
         elif deployment.id in busy_ids or deployment.node_id not in online_node_ids:
             continue
         elif deployment.status == "deleting":
-            to_delete.append((deployment.id, deployment.node_id, deployment.agent_id))
+            to_delete.append((deployment.id, deployment.node_id, _delete_params(deployment)))
         elif (params := _params(deployment)) is not None:
             to_apply.append((deployment.id, deployment.node_id, params))
     db.session.commit()

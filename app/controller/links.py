@@ -307,10 +307,10 @@ class NodeLink:
 
     async def _sync(self):
         desired = await self.manager.desired_state(self.node_id)
-        # In parts that fit a frame (a node's specs together may not): the last names them all,
-        # and only then does the agent remove what it should not run.
-        keep = [entry["deployment"]["deployment_id"] for entry in desired]
-        sections = list(protocol.parts(desired, protocol.FRAME_BUDGET_BYTES)) or [[]]
+        # In parts that fit a frame (a node's specs together may not): the last names every one
+        # to keep, and only then does the agent remove the others.
+        keep = desired["keep"]
+        sections = list(protocol.parts(desired["deployments"], protocol.FRAME_BUDGET_BYTES)) or [[]]
         result = {"applied": [], "kept": [], "deleted": [], "errors": {}}
         for number, section in enumerate(sections, 1):
             params = {"deployments": section}

@@ -287,8 +287,8 @@ class LinkManager:
         # Not awaited here: a slow node must not hold the round (and the other nodes) up.
         for deployment_id, node_id, params in to_apply:
             self._start(deployment_id, self._apply(online[node_id], deployment_id, params))
-        for deployment_id, node_id, agent_id in to_delete:
-            self._start(deployment_id, self._delete(online[node_id], deployment_id, agent_id))
+        for deployment_id, node_id, params in to_delete:
+            self._start(deployment_id, self._delete(online[node_id], deployment_id, params))
 
     def _start(self, deployment_id, work):
         async def guarded():
@@ -316,10 +316,10 @@ class LinkManager:
             return
         await self.applied(deployment_id, result, None)
 
-    async def _delete(self, link, deployment_id, agent_id):
+    async def _delete(self, link, deployment_id, params):
         ws = link.ws
         try:
-            answer = await link.call(protocol.DEPLOYMENT_DELETE, {"deployment_id": agent_id})
+            answer = await link.call(protocol.DEPLOYMENT_DELETE, params)
         except LinkDown:
             return
         except RequestFailed as exc:

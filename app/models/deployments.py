@@ -1,5 +1,5 @@
 """Deployments and their history. Statuses and transitions: app/states.py."""
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, text
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.extensions import db
@@ -8,6 +8,7 @@ from app.models.types import UTCDateTime, utcnow
 
 class Deployment(db.Model):
     __tablename__ = "deployments"
+    __encrypted__ = {"output_key_ciphertext": "deployment.output_key"}
     __table_args__ = (
         # A name is unique among the environment's live deployments; a deleted one's row stays
         # for the history and its name (and so its URLs) may be used again.
@@ -42,6 +43,9 @@ class Deployment(db.Model):
     # environment, a registry or the ingress settings must not make the agent re-run a ready
     # deployment (ARCHITECTURE.md). Deferred: only what talks to the agent reads it.
     spec = mapped_column(JSON, nullable=True, deferred=True)
+    # The key the agent seals this deployment's step outputs with before they touch its disk
+    # (they may hold passwords); sent with the spec, never stored on the node (issue #14.7).
+    output_key_ciphertext = mapped_column(Text, nullable=True, deferred=True)
     # What admission reserved on the node: the project's limits when it was created.
     cpus: Mapped[float] = mapped_column()
     memory_mb: Mapped[int] = mapped_column()

@@ -15,15 +15,16 @@ per step:
 A deployment's `tags` hold the tag of every service step (pinned ones copied in at creation).
 Secrets are decrypted here, only when the controller is about to send them to the agent.
 """
+import secrets
 from urllib.parse import urlsplit
 
 from flask import current_app
 from sqlalchemy import select
 
 from app.extensions import db
-from app.models import PipelineVersion, ProjectSecret, Registry
+from app.models import Deployment, PipelineVersion, ProjectSecret, Registry
 from app.models.registries import DOCKER_HUB_URL
-from app.services.catalog import reveal_secret
+from app.services.catalog import keyring, reveal_secret
 from app.services.registries import reveal_password
 
 
@@ -170,6 +171,16 @@ def registry_credentials(deployment, spec):
     return credentials
 
 
+OUTPUT_KEY_CONTEXT = Deployment.__encrypted__["output_key_ciphertext"]
+
+
+def output_key(deployment):
+    """The deployment's output key (64 hex digits), made the first time; the caller commits."""
+    if deployment.output_key_ciphertext is None:
+        deployment.output_key_ciphertext = keyring().encrypt(secrets.token_hex(32), OUTPUT_KEY_CONTEXT)
+    return keyring().decrypt(deployment.output_key_ciphertext, OUTPUT_KEY_CONTEXT)
+
+
 def kept_spec(deployment):
     """The spec the agent was first sent for this run of the deployment, compiled and kept now
     the first time (after creation, a retry, or an upgrade from before specs were kept); the
@@ -186,4 +197,15 @@ def apply_params(deployment):
 
     spec = kept_spec(deployment)
     return {"deployment": spec, "secrets": secrets_for(deployment, secret_names(spec)),
-            "registries": registry_credentials(deployment, spec)}
+            "registries": registry_credentials(deployment, spec), "output_key": output_key(deployment)}
+
+
+def delete_params(deployment):
+    """The `deployment.delete` params: with what its rollback plugins need (secrets, registry
+    credentials, the key to its stored outputs) when it was ever sent to the agent."""
+    params = {"deployment_id": deployment.agent_id}
+    if deployment.spec is None:
+        return params  # never sent: no plugin ran, nothing to roll back
+    full = apply_params(deployment)
+    return {**params, "secrets": full["secrets"], "registries": full["registries"],
+            "output_key": full["output_key"]}

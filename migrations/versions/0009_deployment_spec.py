@@ -1,4 +1,4 @@
-"""a deployment keeps the spec it was created with
+"""a deployment keeps the spec it was first sent with, and a key for its outputs
 
 Revision ID: 0009
 Revises: 0008
@@ -20,8 +20,10 @@ depends_on = None
 def upgrade():
     with op.batch_alter_table('deployments', schema=None) as batch_op:
         batch_op.add_column(sa.Column('spec', sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column('output_key_ciphertext', sa.Text(), nullable=True))
 
 
 def downgrade():
     with op.batch_alter_table('deployments', schema=None) as batch_op:
+        batch_op.drop_column('output_key_ciphertext')
         batch_op.drop_column('spec')

@@ -253,7 +253,7 @@ def test_deletes_that_keep_finding_objects_end_in_cleanup_failed_and_back_off(no
     assert deployments.due_work(online, set(), first - timedelta(seconds=1)) == ([], [])
     assert deployment_row(deployment_id).status == "cleanup_failed"
     _apply, to_delete = deployments.due_work(online, set(), first)
-    assert to_delete == [(deployment_id, node_id, f"dep-{deployment_id}")]
+    assert to_delete == [(deployment_id, node_id, {"deployment_id": f"dep-{deployment_id}"})]
     deployment = deployment_row(deployment_id)
     assert deployment.status == "deleting" and deployment.cleanup_attempts == 0
 
@@ -285,7 +285,7 @@ def test_only_pending_and_deleting_deployments_of_online_nodes_without_a_call_in
     to_apply, to_delete = deployments.due_work({node_id}, set(), utcnow())
     assert [(i, n) for i, n, _params in to_apply] == [(pending, node_id)]
     assert to_apply[0][2]["deployment"]["deployment_id"] == f"dep-{pending}"
-    assert to_delete == [(deleting, node_id, f"dep-{deleting}")]
+    assert to_delete == [(deleting, node_id, {"deployment_id": f"dep-{deleting}"})]  # never sent
     assert deployments.due_work(set(), set(), utcnow()) == ([], [])  # node offline: they wait
     assert deployments.due_work({node_id}, {pending, deleting}, utcnow()) == ([], [])
 
@@ -310,12 +310,18 @@ def test_the_desired_state_leaves_out_failed_and_deleting_ones_and_carries_secre
     secrets = {"DB_PASSWORD": "s3cret"}
     wanted = [make_deployment(node_id, [step], status=status, secrets=secrets if i == 0 else None)
               for i, status in enumerate(("pending", "deploying", "ready", "degraded", "offline"))]
-    for status in ("failed", "deleting", "cleanup_failed", "deleted"):
-        make_deployment(node_id, [step], status=status)
+    left = {status: make_deployment(node_id, [step], status=status)
+            for status in ("failed", "deleting", "cleanup_failed", "deleted")}
     desired = deployments.desired_state(node_id)
-    assert [entry["deployment"]["deployment_id"] for entry in desired] == [f"dep-{i}" for i in wanted]
-    assert all(entry["secrets"] == {"DB_PASSWORD": "s3cret"} for entry in desired)
-    assert desired[0]["deployment"]["limits"] == {"cpus": 0.5, "memory_mb": 64}
+    entries = desired["deployments"]
+    assert [entry["deployment"]["deployment_id"] for entry in entries] == [f"dep-{i}" for i in wanted]
+    assert all(entry["secrets"] == {"DB_PASSWORD": "s3cret"} for entry in entries)
+    assert all(len(entry["output_key"]) == 64 for entry in entries)
+    assert entries[0]["deployment"]["limits"] == {"cpus": 0.5, "memory_mb": 64}
+    # The round deletes these itself, with what their rollbacks need: the sync keeps them.
+    assert desired["keep"] == sorted([f"dep-{i}" for i in wanted]
+                                     + [f"dep-{left['deleting']}", f"dep-{left['cleanup_failed']}"],
+                                     key=lambda agent_id: int(agent_id[4:]))
 
 
 def test_the_sync_answer_sets_what_the_agent_runs(node_id, make_deployment):
@@ -386,7 +392,8 @@ def test_a_deployment_whose_spec_cannot_be_built_fails_without_holding_up_the_ot
     assert [i for i, _node, _params in to_apply] == [fine]
     assert deployment_row(broken).status == "failed"
     assert "could not build its spec" in deployment_row(broken).status_message
-    assert [e["deployment"]["deployment_id"] for e in deployments.desired_state(node_id)] == [f"dep-{fine}"]
+    desired = deployments.desired_state(node_id)
+    assert [e["deployment"]["deployment_id"] for e in desired["deployments"]] == [f"dep-{fine}"]
 
 
 @docker
@@ -411,3 +418,18 @@ def test_a_ready_deployment_is_not_run_again_after_routine_admin_changes_and_a_r
     deployment = wait_for_deployment(deployment_id, "ready", timeout=30)
     assert statuses_seen(deployment_id)[-2:] == [("ready", "offline"), ("offline", "ready")]
     assert deployment.run_id == run_id  # no new run
+
+
+def test_a_delete_carries_what_the_rollbacks_need_once_the_deployment_was_sent(
+        node_id, make_deployment, catalog):
+    # Issue #14.7: a delete after an agent restart ran rollback plugins without secrets or outputs.
+    step = web_step(catalog["registry"].id, env={"PASSWORD": "${secrets.DB_PASSWORD}"})
+    deployment_id = make_deployment(node_id, [step], secrets={"DB_PASSWORD": "s3cret"})
+    [(_id, _node, sent)] = deployments.due_work({node_id}, set(), utcnow())[0]
+    deployment = deployment_row(deployment_id)
+    deployment.status, deployment.status_message = "deleting", "delete requested"
+    db.session.commit()
+    [(_id, _node, params)] = deployments.due_work({node_id}, set(), utcnow())[1]
+    assert params == {"deployment_id": f"dep-{deployment_id}", "secrets": {"DB_PASSWORD": "s3cret"},
+                      "registries": {}, "output_key": sent["output_key"]}
+    assert deployments.desired_state(node_id)["keep"] == [f"dep-{deployment_id}"]  # the sync keeps it

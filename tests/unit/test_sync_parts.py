@@ -12,7 +12,8 @@ class _Manager:
         self.synced = None
 
     async def desired_state(self, node_id):
-        return self.desired
+        return {"deployments": self.desired,
+                "keep": [e["deployment"]["deployment_id"] for e in self.desired] + ["dep-deleting"]}
 
     async def on_sync(self, link, result):
         self.synced = result
@@ -47,11 +48,11 @@ def test_a_desired_state_larger_than_a_frame_goes_in_parts_the_last_naming_them_
                for p in sent)
     assert sum(len(p["deployments"]) for p in sent) == 12
     assert ["keep" in p for p in sent] == [False] * (len(sent) - 1) + [True]
-    assert sent[-1]["keep"] == [f"dep-{n}" for n in range(12)]
+    assert sent[-1]["keep"] == [f"dep-{n}" for n in range(12)] + ["dep-deleting"]
     assert synced["applied"] == [f"dep-{n}" for n in range(12)] and synced["deleted"] == ["dep-old"]
 
 
-def test_an_empty_desired_state_is_one_part_that_keeps_nothing():
+def test_an_empty_desired_state_is_one_part_that_keeps_only_what_the_round_deletes():
     sent, synced = _sync([])
-    assert sent == [{"deployments": [], "keep": []}]
+    assert sent == [{"deployments": [], "keep": ["dep-deleting"]}]
     assert synced["deleted"] == ["dep-old"]

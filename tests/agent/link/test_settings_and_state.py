@@ -137,3 +137,22 @@ def test_store_survives_a_restart(tmp_path):
 
 def test_redact_replaces_whole_values_longest_first():
     assert redact("pw=abc123 and abc", ["abc", "abc123", ""]) == "pw=[redacted] and [redacted]"
+
+
+def test_a_store_an_older_agent_wrote_is_upgraded_in_place(tmp_path):
+    import sqlite3
+
+    from agent import store as store_module
+
+    db = sqlite3.connect(tmp_path / store_module.DB_FILE)
+    db.executescript(store_module._SCHEMA + "PRAGMA user_version=1;")  # as schema 1 was
+    db.execute("INSERT INTO deployments VALUES ('shop-1', '{}', 'ready', NULL, '2026-12-01T00:00:00.000Z')")
+    db.commit()
+    db.close()
+    store = Store.open(tmp_path)
+    assert store.get_deployment("shop-1")["status"] == "ready"
+    store.put_output("shop-1", "mkdb", "sealed-bytes")
+    assert store.sealed_outputs("shop-1") == {"mkdb": "sealed-bytes"}
+    assert store.get_meta("x") is None and store._one("PRAGMA user_version")[0] == store_module.SCHEMA_VERSION
+    store.close()
+    Store.open(tmp_path).close()  # opening again changes nothing

@@ -2,8 +2,9 @@
 sleep (seconds before answering), stderr_lines (that many numbered lines, each followed by
 line_chars characters of "\u00ff", six bytes each in JSON), long_line (one stderr line of that
 many characters), leak_secrets (print the secrets to stderr, to test
-redaction), probe ([host, port]: report whether a TCP connection works), outputs (merged into
-the result, for `${steps.X.outputs.KEY}`), fail_on_rollback (exit 4 when asked to roll back)."""
+redaction), print_outputs (print the outputs it was given to stderr), probe ([host, port]:
+report whether a TCP connection works), outputs (merged into the result, for
+`${steps.X.outputs.KEY}`), fail_on_rollback (exit 4 when asked to roll back)."""
 import json
 import socket
 import sys
@@ -19,6 +20,8 @@ if params.get("long_line"):
     print("y" * params["long_line"], file=sys.stderr)
 if params.get("leak_secrets"):
     print("secrets:", " ".join((data.get("secrets") or {}).values()), file=sys.stderr)
+if params.get("print_outputs"):
+    print("outputs:", json.dumps(data.get("outputs") or {}, sort_keys=True), file=sys.stderr)
 if data.get("action") == "rollback":
     print(f"echo plugin: rolling back {data['deployment']['id']}", file=sys.stderr)
     if params.get("fail_on_rollback"):
