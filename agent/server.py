@@ -277,6 +277,7 @@ class AgentLinks:
             "capacity": {"cpus": psutil.cpu_count(logical=True) or 1,
                          "memory_bytes": psutil.virtual_memory().total},
             "thumbprint": self.thumbprint,
+            "outbox": self.store.outbox_id(),
         }
 
     # events

@@ -15,6 +15,7 @@ import datetime
 import json
 import sqlite3
 import threading
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -319,6 +320,16 @@ class Store:
         """Forget every event up to and including `seq`; returns how many were dropped."""
         with self._tx() as db:
             return db.execute("DELETE FROM events WHERE seq <= ?", (seq,)).rowcount
+
+    def outbox_id(self):
+        """This outbox's identity, made once: seqs are unique within it only (a new data
+        directory starts again at 1), so the control plane knows when to forget the last seq it
+        stored."""
+        outbox = self.get_meta("outbox_id")
+        if outbox is None:
+            outbox = uuid.uuid4().hex
+            self.set_meta("outbox_id", outbox)
+        return outbox
 
     def last_event_seq(self):
         """The highest seq ever given out (0 for none), also after every event was acknowledged."""

@@ -13,11 +13,11 @@ import logging
 import threading
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from agent import protocol
 from app.extensions import db
-from app.models import Deployment, DeploymentEvent
+from app.models import Deployment, DeploymentEvent, Node
 from app.models.types import utcnow
 from app.services import nodes
 from app.services.specs import apply_params, delete_params
@@ -315,15 +315,18 @@ def node_offline(node_id, reason):
 
 
 # --- events from agents -----------------------------------------------------------------------
-def apply_event(node_id, event, data):
-    apply_events([(node_id, event, data)])
+def apply_event(node_id, event, data, seq=None):
+    apply_events([(node_id, event, data, seq)])
 
 
 @serialized
 def apply_events(items):
-    """Events of agents in the order they came, [(node id, event name, data)]: run progress
-    and deployment statuses. Deleted deployments and unknown ids are ignored, as are events a
-    node sends about a deployment placed elsewhere."""
+    """Events of agents in the order they came, [(node id, event name, data, seq)]: run
+    progress and deployment statuses. Deleted deployments and unknown ids are ignored, as are
+    events a node sends about a deployment placed elsewhere, and replays: an event whose seq is
+    not above the last one stored from its node's outbox was stored already (the link dropped
+    before the agent got the ack), and storing it again would write its history twice."""
+    items = _not_replayed(items)
     rows = _rows({i for _node_id, _event, data in items if (i := id_of(data.get("deployment_id")))})
     for node_id, event, data in items:
         deployment = rows.get(id_of(data.get("deployment_id")))
@@ -334,6 +337,24 @@ def apply_events(items):
         elif event == protocol.DEPLOYMENT_STATUS:
             _on_status(deployment, data)
     db.session.commit()
+
+
+def _not_replayed(items):
+    """[(node id, event, data)] of the items not stored before; moves each node's last seq on."""
+    table = Node.__table__
+    last = dict(db.session.execute(select(table.c.id, table.c.last_event_seq).where(
+        table.c.id.in_({node_id for node_id, *_rest in items}))).all())
+    before, fresh = dict(last), []
+    for node_id, event, data, seq in items:
+        if isinstance(seq, int) and node_id in last:
+            if seq <= last[node_id]:
+                continue
+            last[node_id] = seq
+        fresh.append((node_id, event, data))
+    for node_id, seq in last.items():
+        if seq != before[node_id]:
+            db.session.execute(update(table).where(table.c.id == node_id).values(last_event_seq=seq))
+    return fresh
 
 
 def _text(value, limit=1000):

@@ -390,7 +390,7 @@ class LinkManager:
         if entry is not None and entry.node_id == link.node_id and (
                 deleted or (run_ended and data.get("run_id") == entry.run_id)):
             del self._deletes[deployment_id]
-        await self.store_event(link.node_id, name, data)
+        await self.store_event(link.node_id, name, data, frame.get("seq"))
         if deleted or run_ended:
             self.wake()  # a deleting one is checked by the next round
 

@@ -88,6 +88,9 @@ def _online(node, thumbprint, hello):
     capacity = hello.get("capacity") or {}
     node.agent_node_id = str(hello.get("node_id", ""))[:64]
     node.agent_version = str(hello.get("agent_version", ""))[:32]
+    outbox = str(hello.get("outbox", ""))[:64]
+    if outbox != node.agent_outbox:  # a new data directory: its seqs start again at 1
+        node.agent_outbox, node.last_event_seq = outbox, 0
     if isinstance(capacity.get("cpus"), int | float):
         node.reported_cpus = float(capacity["cpus"])
     if isinstance(capacity.get("memory_bytes"), int):

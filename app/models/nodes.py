@@ -1,7 +1,7 @@
 """Nodes (Docker hosts with an agent) and the commands the web tier leaves for the controller."""
 import math
 
-from sqlalchemy import JSON, ForeignKey, String, Text, UniqueConstraint, func
+from sqlalchemy import JSON, BigInteger, ForeignKey, String, Text, UniqueConstraint, func
 from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
@@ -36,6 +36,10 @@ class Node(db.Model):
     last_seen_at = mapped_column(UTCDateTime(), nullable=True)
     agent_node_id: Mapped[str | None] = mapped_column(String(64))
     agent_version: Mapped[str | None] = mapped_column(String(32))
+    # The agent's event outbox (hello) and the highest seq of it stored here: a replay of
+    # events stored before their ack got through is skipped instead of written twice.
+    agent_outbox: Mapped[str | None] = mapped_column(String(64))
+    last_event_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # Capacity as the agent reports it, and an admin's override (None: use the report).
     reported_cpus: Mapped[float | None] = mapped_column()
     reported_memory_mb: Mapped[int | None] = mapped_column()

@@ -345,18 +345,18 @@ def test_events_update_progress_and_status_and_unknown_or_deleted_ones_are_ignor
     progress = protocol.RUN_PROGRESS
     deployments.apply_events([
         (node_id, progress, {"run_id": "run-a", "deployment_id": agent_id, "status": "running",
-                             "message": "pipeline version 1"}),
+                             "message": "pipeline version 1"}, None),
         (node_id, progress, {"run_id": "run-a", "deployment_id": agent_id, "status": "running",
-                             "step_id": "web", "step_status": "running"}),
+                             "step_id": "web", "step_status": "running"}, None),
         (node_id, progress, {"run_id": "run-a", "deployment_id": f"dep-{gone}", "status": "running",
-                             "step_id": "web", "step_status": "running"}),
-        (node_id, progress, {"run_id": "run-x", "deployment_id": "dep-424242", "status": "running"}),
-        (node_id, progress, {"run_id": "run-x", "deployment_id": "shop-1", "status": "running"}),
-        (node_id + 1, protocol.DEPLOYMENT_STATUS, {"deployment_id": agent_id, "status": "failed"}),
+                             "step_id": "web", "step_status": "running"}, None),
+        (node_id, progress, {"run_id": "run-x", "deployment_id": "dep-424242", "status": "running"}, None),
+        (node_id, progress, {"run_id": "run-x", "deployment_id": "shop-1", "status": "running"}, None),
+        (node_id + 1, protocol.DEPLOYMENT_STATUS, {"deployment_id": agent_id, "status": "failed"}, None),
         (node_id, progress, {"run_id": "run-a", "deployment_id": agent_id, "status": "running",
-                             "step_id": "web", "step_status": "done"}),
+                             "step_id": "web", "step_status": "done"}, None),
         (node_id, protocol.DEPLOYMENT_STATUS, {"deployment_id": agent_id, "status": "ready",
-                                               "services": {"web": {"ports": {"8000": 49153}}}}),
+                                               "services": {"web": {"ports": {"8000": 49153}}}}, None),
     ])
     deployment = deployment_row(deployment_id)
     assert deployment.status == "ready" and deployment.run_id == "run-a"
@@ -379,7 +379,7 @@ def test_events_update_progress_and_status_and_unknown_or_deleted_ones_are_ignor
     other = make_deployment(node_id, status="ready")
     deployments.apply_events([(node_id, progress, {"run_id": "run-b", "deployment_id": f"dep-{other}",
                                                    "status": "running", "step_id": "web",
-                                                   "step_status": "running"})])
+                                                   "step_status": "running"}, None)])
     assert deployment_row(other).run_id == "run-b"
     assert deployment_row(other).progress == {"web": "running"}
 
@@ -433,3 +433,28 @@ def test_a_delete_carries_what_the_rollbacks_need_once_the_deployment_was_sent(
     assert params == {"deployment_id": f"dep-{deployment_id}", "secrets": {"DB_PASSWORD": "s3cret"},
                       "registries": {}, "output_key": sent["output_key"]}
     assert deployments.desired_state(node_id)["keep"] == [f"dep-{deployment_id}"]  # the sync keeps it
+
+
+def test_events_replayed_after_a_lost_ack_are_not_stored_twice_until_the_agent_has_a_new_outbox(
+        node_id, make_deployment):
+    # Issue #14.8: the agent replays what it was not told was stored; history doubled.
+    deployment_id = make_deployment(node_id, status="deploying")
+    state.mark_online(node_id, None, {"node_id": "n", "agent_version": "x", "outbox": "outbox-1"})
+
+    def step(seq, step_status):
+        return (node_id, protocol.RUN_PROGRESS, {"run_id": "run-a", "deployment_id": f"dep-{deployment_id}",
+                                                 "status": "running", "step_id": "web",
+                                                 "step_status": step_status}, seq)
+
+    def lines():
+        return db.session.scalars(db.select(DeploymentEvent.message).where(
+            DeploymentEvent.deployment_id == deployment_id, DeploymentEvent.kind == "step")
+            .order_by(DeploymentEvent.id)).all()
+
+    deployments.apply_events([step(1, "pending"), step(2, "running")])
+    deployments.apply_events([step(1, "pending"), step(2, "running"), step(3, "done")])  # the replay
+    assert lines() == ["web pending", "web running", "web done"]
+    # A new data directory on the node: its outbox counts from 1 again.
+    state.mark_online(node_id, None, {"node_id": "n", "agent_version": "x", "outbox": "outbox-2"})
+    deployments.apply_events([step(1, "running")])
+    assert lines()[-1] == "web running" and len(lines()) == 4
