@@ -86,3 +86,35 @@ def test_a_disabled_node_left_holding_deployments_drains_after_the_upgrade(tmp_p
         db.session.expire_all()
         assert db.session.get(Node, holding.id).status == "disabled"
         db.engine.dispose()
+
+
+def test_a_table_recreated_on_sqlite_keeps_the_rows_that_refer_to_it(tmp_path):
+    # SQLite rebuilds a table to alter it (Alembic's batch mode: copy, drop, rename); with foreign
+    # keys enforced, the drop ran ON DELETE CASCADE and SET NULL on every row referring to it.
+    # 0007 rebuilds deployments: its downgrade and upgrade took every deployment's history and
+    # clone link with them.
+    from app.models import Deployment, DeploymentEvent, Environment, Project
+    from app.services import catalog, nodes, users
+    from tests.access.deployments import add_deployment, pipeline_version, service_step
+    from tests.conftest import STRONG_PASSWORD
+
+    app = create_app(TestConfig(database_url=f"sqlite:///{tmp_path / 'old.db'}"))
+    with app.app_context():
+        upgrade()
+        admin = users.create(None, "admin", STRONG_PASSWORD, role="admin")
+        environment = catalog.create(admin, Environment, "staging")
+        node, _token, _command = nodes.add(admin, environment, "node-1", "10.0.0.5")
+        version = pipeline_version(catalog.create(admin, Project, "shop"), [service_step("web")])
+        original = add_deployment(version, environment, node, "pr-1")
+        clone = add_deployment(version, environment, node, "pr-2", cloned_from_id=original.id)
+        db.session.add(DeploymentEvent(deployment_id=original.id, kind="status", message="ready"))
+        db.session.commit()
+
+        downgrade(revision="0006")
+        upgrade()
+        db.session.expire_all()
+        assert db.session.get(Deployment, clone.id).cloned_from_id == original.id
+        assert [e.message for e in db.session.scalars(db.select(DeploymentEvent))] == ["ready"]
+        # ... and the app's connections enforce foreign keys again afterwards.
+        assert db.session.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        db.engine.dispose()
