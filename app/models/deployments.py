@@ -3,7 +3,7 @@ from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.extensions import db
-from app.models.types import UTCDateTime, utcnow
+from app.models.types import NEVER_REUSED_IDS, UTCDateTime, utcnow
 
 
 class Deployment(db.Model):
@@ -26,6 +26,9 @@ class Deployment(db.Model):
               postgresql_where=text("deleted_at IS NULL"), sqlite_where=text("deleted_at IS NULL")),
         # Deleted is the one status that is not live, and deleted_at says so in the indexes above.
         CheckConstraint("(status = 'deleted') = (deleted_at IS NOT NULL)", name="deleted_at_with_status"),
+        # An id is never given twice (SQLite would give a deleted row's to the next one): it is
+        # the agent's label on everything the deployment owns (agent_id), and the audit log's.
+        NEVER_REUSED_IDS,
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -68,7 +71,8 @@ class Deployment(db.Model):
     @property
     def agent_id(self):
         """The deployment's id on the agent and in container labels: stable and a DNS label
-        (names alone are only unique per environment and may be reused after a delete)."""
+        (names alone are only unique per environment and may be reused after a delete; ids never
+        are, see __table_args__)."""
         return f"dep-{self.id}"
 
 

@@ -6,14 +6,17 @@ from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
 from app.extensions import db
-from app.models.types import UTCDateTime, utcnow
+from app.models.types import NEVER_REUSED_IDS, UTCDateTime, utcnow
 
 MIB = 1024 * 1024
 
 
 class Node(db.Model):
     __tablename__ = "nodes"
-    __table_args__ = (UniqueConstraint("environment_id", "name", name="uq_nodes_environment_name"),)
+    # Ids are never given twice: the controller keys links, resources frames and commands by them,
+    # and the audit log names nodes by them.
+    __table_args__ = (UniqueConstraint("environment_id", "name", name="uq_nodes_environment_name"),
+                      NEVER_REUSED_IDS)
     # The agent token never is stored: only the verifier derived from it (agent.protocol), and
     # that encrypted under the master key, so a database dump alone cannot command an agent.
     __encrypted__ = {"verifier_ciphertext": "node.verifier"}
@@ -101,6 +104,9 @@ class NodeCommand(db.Model):
     token over the live link, drop the link after a revocation, approve a thumbprint."""
 
     __tablename__ = "node_commands"
+    # Ids are never given twice: the controller marks the command it ran done by its id, however
+    # long it ran (a prepull may take minutes); another command must not be there by then.
+    __table_args__ = (NEVER_REUSED_IDS,)
     __encrypted__ = {"payload_ciphertext": "node_command.payload"}
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -81,7 +81,8 @@ def exposed_ports(resolved):
 
 class VersionPorts:
     """exposed_ports() of pipeline versions, each read once per process: versions never change.
-    Keyed by id and creation time, because SQLite may give a deleted version's id to the next."""
+    Keyed by id and creation time, a guard from before migration 0009, when SQLite gave a deleted
+    version's id to the next one; ids are never reused now."""
 
     def __init__(self):
         self._known = {}
