@@ -1,5 +1,6 @@
 """Schema only through Alembic: one head, the real migrations run on PostgreSQL and SQLite,
 and the models agree with what the migrations build."""
+import logging
 import uuid
 
 import pytest
@@ -186,3 +187,15 @@ def test_after_the_upgrade_sqlite_gives_no_id_ever_used_again(tmp_path):
         upgrade()
         assert db.session.get(Deployment, newer.id).name == "pr-3"
         db.engine.dispose()
+
+
+def test_an_upgrade_run_in_process_leaves_the_app_s_loggers_on(tmp_path):
+    # env.py reads alembic.ini's logging setup, which by default disables every logger that
+    # exists already: after the test session's upgrade the controller's and the web's loggers
+    # said nothing, so a test of what they log (or never log) could not fail.
+    logger = logging.getLogger("nullops.controller")
+    app = create_app(TestConfig(database_url=f"sqlite:///{tmp_path / 'fresh.db'}"))
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+    assert not logger.disabled
