@@ -130,13 +130,17 @@ def touch(node_id):
 def store_resources(batch):
     """The latest resources frame of many nodes, {node id: (frame, received at)}, in one
     statement: the link manager gathers them (a fleet sends one per node every 15 s, and all at
-    once when it links)."""
+    once when it links). Only usable figures are written (node_model.usable_figures): one that
+    a column cannot hold would fail every node's write. Returns {node id: [unusable figures]}
+    of the frames that held any."""
     if not batch:
-        return
+        return {}
     table = Node.__table__
-    rows = []
+    rows, unusable = [], {}
     for node_id, (frame, at) in batch.items():
-        figures = {"host": frame.get("host"), "allocated": frame.get("allocated")}
+        figures, refused = node_model.usable_figures(frame)
+        if refused:
+            unusable[node_id] = refused
         free_cpus, free_memory_mb = node_model.reported_free(figures)
         rows.append({"node_id": node_id, "at": at, "figures": figures, "free_cpus": free_cpus,
                      "free_memory_mb": free_memory_mb})
@@ -147,6 +151,7 @@ def store_resources(batch):
             reported_free_memory_mb=bindparam("free_memory_mb")),
         rows)
     db.session.commit()
+    return unusable
 
 
 def open_commands():
