@@ -9,6 +9,7 @@ sequence number that the control plane acknowledges.
 import hashlib
 import hmac
 import json
+import math
 import re
 import secrets
 
@@ -174,6 +175,19 @@ def _largest_cuttable(value):
     return best
 
 
+def _not_json_number(name):
+    # Python's json reads NaN, Infinity and -Infinity; JSON has no such numbers, and what a frame
+    # carries ends up in JSON columns, which PostgreSQL keeps to JSON.
+    raise ProtocolError(f"frame holds {name}, not a finite number")
+
+
+def _finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):  # a literal too large for a float, such as 1e400
+        raise ProtocolError(f"frame holds {text[:24]}, not a finite number")
+    return value
+
+
 def decode(raw):
     """Parse one frame; raise ProtocolError for anything that is not a JSON object with a type."""
     if isinstance(raw, bytes):
@@ -183,7 +197,7 @@ def decode(raw):
     if len(raw) > MAX_FRAME_BYTES:
         raise ProtocolError("frame too large")
     try:
-        frame = json.loads(raw)
+        frame = json.loads(raw, parse_constant=_not_json_number, parse_float=_finite_float)
     except ValueError:
         raise ProtocolError("frame is not JSON") from None
     if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):

@@ -19,6 +19,7 @@ Everything not listed here is refused, and the keys that would give a container 
 the node (privileged, capabilities, devices, host namespaces, mounts) are refused by name:
 the agent refuses them even when the control plane sends them (ARCHITECTURE.md, security).
 """
+import json
 import re
 
 ID_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -334,7 +335,15 @@ def resolve(value, spec, secrets, outputs):
         step_outputs = outputs.get(name, {})
         if key not in step_outputs:
             raise SpecError(f"step {name!r} did not output {key!r}")
-        item = step_outputs[key]
-        return item if isinstance(item, str) else str(item)
+        return output_text(step_outputs[key])
 
     return REFERENCE.sub(substitute, value)
+
+
+def output_text(item):
+    """A step output as it is substituted into a string: a string as it is, anything else as the
+    JSON it came in (a plugin's outputs are JSON; str() gave services Python's repr, such as
+    {'rows_affected': 3} or True, which no JSON parser takes)."""
+    if isinstance(item, str):
+        return item
+    return json.dumps(item, separators=(",", ":"), ensure_ascii=False)

@@ -9,8 +9,9 @@ from flask import current_app
 config = context.config
 
 # Interpret the config file for Python logging.
-# This line sets up loggers basically.
-fileConfig(config.config_file_name)
+# This line sets up loggers basically. Loggers that exist already stay on: run in-process (the
+# tests' upgrade), the default disabled the app's own, which then logged nothing at all.
+fileConfig(config.config_file_name, disable_existing_loggers=False)
 logger = logging.getLogger('alembic.env')
 
 
@@ -79,6 +80,21 @@ def render_item(type_, obj, autogen_context):
     return False
 
 
+def _sqlite_foreign_keys(connection, enforced):
+    """SQLite alters a table by rebuilding it (batch mode: copy, drop, rename), and with foreign
+    keys enforced the drop runs ON DELETE CASCADE / SET NULL on every row that refers to the
+    table: rebuilding deployments emptied deployment_events. Alembic's batch documentation asks
+    for enforcement off meanwhile. The pragma is ignored inside a transaction, so it is set
+    outside the migrations' one; the app's connections (app/extensions.py) turn it on only when
+    they connect, so this one, back in the pool afterwards, must have it on again."""
+    connection.exec_driver_sql(f"PRAGMA foreign_keys={'ON' if enforced else 'OFF'}")
+    connection.commit()
+
+
+def _sqlite_broken_references(connection):
+    return set(connection.exec_driver_sql("PRAGMA foreign_key_check").all())
+
+
 def run_migrations_online():
     """Run migrations in 'online' mode.
 
@@ -113,8 +129,23 @@ def run_migrations_online():
             **conf_args
         )
 
-        with context.begin_transaction():
-            context.run_migrations()
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            broken_before = _sqlite_broken_references(connection)
+            _sqlite_foreign_keys(connection, False)
+        try:
+            with context.begin_transaction():
+                context.run_migrations()
+            if sqlite:
+                # What enforcement would have refused while it was off fails the command loudly
+                # (after the fact: Alembic commits each migration on its own on SQLite).
+                broken = _sqlite_broken_references(connection) - broken_before
+                if broken:
+                    raise RuntimeError("the migrations left rows whose foreign keys point nowhere "
+                                       f"(table, rowid, referred table, key): {sorted(broken)[:10]}")
+        finally:
+            if sqlite:
+                _sqlite_foreign_keys(connection, True)
 
 
 if context.is_offline_mode():

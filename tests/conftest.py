@@ -121,6 +121,20 @@ def client(app):
 
 
 @pytest.fixture
+def sqlite_app(tmp_path):
+    """An app on a migrated SQLite file of the test's own, its context pushed: for what only
+    SQLite does (`make run` uses it; `make test` runs the suite on PostgreSQL)."""
+    app = create_app(TestConfig(database_url=f"sqlite:///{tmp_path / 'own.db'}"))
+    with app.app_context():
+        upgrade()
+        try:
+            yield app
+        finally:
+            db.session.remove()
+            db.engine.dispose()
+
+
+@pytest.fixture
 def make_user(app):
     def make(username="user1", role="user", password=STRONG_PASSWORD, active=True):
         user = users.create(None, username, password, role=role)

@@ -193,6 +193,39 @@ def test_a_stored_resources_frame_sets_what_admission_compares(staging):
                                          "node-1 has 2 CPUs and 2048 MB free")
 
 
+IDLE_HOST = {"cpus": 4, "cpu_percent": 50.0, "memory_total": 16 * GB, "memory_available": 2 * GB}
+
+
+def _frame(**host):
+    return {"host": {**IDLE_HOST, **host}, "allocated": {"cpus": 0, "memory_mb": 0}}
+
+
+@pytest.mark.parametrize("figure, value, free", [
+    ("memory_available", 10 ** 30, (2.0, None)),         # its MB overflow the column
+    ("cpus", 10 ** 400, (None, 2048)),                   # float() overflows
+    ("cpus", float("inf"), (None, 2048)),                # JSON columns refuse Infinity ...
+    ("cpu_percent", float("nan"), (None, 2048)),         # ... and NaN (PostgreSQL)
+    ("cpu_percent", 250.0, (None, 2048)),
+    ("memory_total", -GB, (2.0, 2048)),
+])
+def test_a_figure_out_of_range_is_dropped_for_its_node_and_the_others_are_written(
+        staging, figure, value, free):
+    # All nodes' frames go in one statement: one node's figure that a column cannot hold failed
+    # every node's write, every second while that agent kept sending it.
+    good, bad = add_node(staging, "node-1"), add_node(staging, "node-2")
+    at = utcnow()
+    dropped = state.store_resources({good.id: (_frame(), at), bad.id: (_frame(**{figure: value}), at)})
+    assert dropped == {bad.id: [f"host.{figure}"]}
+    db.session.refresh(good)
+    db.session.refresh(bad)
+    assert (good.reported_free_cpus, good.reported_free_memory_mb, good.resources_at) == (2.0, 2048, at)
+    assert good.resources == _frame()
+    # The bad node keeps its other figures, and is seen.
+    assert (bad.reported_free_cpus, bad.reported_free_memory_mb, bad.last_seen_at) == (*free, at)
+    assert bad.resources["host"][figure] is None
+    assert bad.resources["allocated"] == {"cpus": 0, "memory_mb": 0}
+
+
 def test_a_node_without_reported_capacity_is_named_as_such(staging):
     add_node(staging, "node-1", cpus=None, memory_mb=None)
     assert refusal(staging, 1, 512) == ("no online node in staging has 1 CPU and 512 MB free: "

@@ -162,6 +162,22 @@ def test_the_list_filters_and_hides_deleted_ones_unless_asked(client, ex, versio
     assert bad.status_code == 422 and "status" in bad.json["error"]["fields"]
 
 
+def test_asking_for_the_deleted_status_lists_the_deleted_ones(client, ex, version, node, as_):
+    # status=deleted answered nothing unless include_deleted=true came with it: the list's
+    # live-only condition ruled out the very rows the filter asked for.
+    add_deployment(version, ex["environment"], node, "ready-one")
+    add_deployment(version, ex["environment"], node, "gone", status="deleted")
+
+    def listed(**query):
+        response = client.get(API, headers=as_("reader"), query_string=query)
+        assert response.status_code == 200, response.text
+        return [item["name"] for item in response.json["items"]], response.json["total"]
+
+    assert listed(status="deleted") == (["gone"], 1)
+    assert listed(status="deleted", include_deleted="true") == (["gone"], 1)
+    assert listed() == (["ready-one"], 1)   # without asking, deleted ones stay out
+
+
 def test_lists_and_details_are_exactly_what_the_schema_dumps(client, ex, version, node, as_):
     # Rows are shaped without validation on the hot path: every optional part, set and unset,
     # must come out as DeploymentOut would write it (datetimes in the same ISO form, floats...).

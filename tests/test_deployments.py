@@ -500,3 +500,30 @@ def test_a_retry_sends_the_spec_of_the_version_it_retries_with(ex, node):
     pipeline_version(ex["project"], [service_step("web", tag="1.5", registry_id=local.id)])
     deployments.retry(ex["writer"], deployment)
     assert apply_params(deployment)["deployment"]["steps"][0]["image"].endswith(":1.5")
+
+
+# --- ids ----------------------------------------------------------------------------------------
+def test_a_deleted_deployment_s_id_and_agent_label_go_to_no_later_deployment_on_sqlite(sqlite_app):
+    # SQLite gave the next row the highest id plus one, a deleted row's too: the next deployment
+    # took the old one's label (dep-<id>), so a leftover of the old one (a failed cleanup) was
+    # taken for the new one's, and the audit log put both under one id. Its pipeline version's
+    # id went the same way.
+    from app.models import Environment, PipelineVersion, Project
+    from app.services import users
+    from tests.conftest import STRONG_PASSWORD
+
+    admin = users.create(None, "admin", STRONG_PASSWORD, role="admin")
+    environment = catalog.create(admin, Environment, "staging")
+    node = add_node(environment, "node-1")
+    shop = catalog.create(admin, Project, "shop")
+    old_version = pipeline_version(shop, [service_step("web")])
+    old = add_deployment(old_version, environment, node, "pr-1", status="deleted")
+    old_id, old_label, old_version_id = old.id, old.agent_id, old_version.id
+    catalog.delete(admin, shop)   # the deleted deployment's row, and the version's, go with it
+    assert db.session.get(Deployment, old_id) is None
+
+    new_version = pipeline_version(catalog.create(admin, Project, "billing"), [service_step("web")])
+    new = add_deployment(new_version, environment, node, "pr-1")
+    assert new.id > old_id and new.agent_id != old_label
+    assert new_version.id > old_version_id
+    assert db.session.get(PipelineVersion, old_version_id) is None

@@ -370,6 +370,27 @@ def test_deleting_a_node_removes_its_commands(added, admin):
     assert entry.target_id == node_id and entry.details == {"environment": "staging"}
 
 
+def test_a_deleted_node_s_ids_and_its_commands_go_to_no_later_node_on_sqlite(sqlite_app):
+    # SQLite gave a deleted node's id to the next node: the controller keys its links, their
+    # latest resources frames and the commands it runs by node id, so the old host's link could
+    # pass for the new node's until the next round, and the audit log put both under one id. A
+    # command's id likewise: the controller marks the command it ran done by id, so the old
+    # node's, finishing late, would have marked the new node's done before it ever ran.
+    from app.services import users
+    from tests.conftest import STRONG_PASSWORD
+
+    admin = users.create(None, "admin", STRONG_PASSWORD, role="admin")
+    environment = catalog.create(admin, Environment, "staging")
+    old, _token, _command = nodes.add(admin, environment, "node-1", "10.0.0.5")
+    nodes.rotate_token(admin, old)
+    old_id, (old_command,) = old.id, [command.id for command in _commands(old)]
+    nodes.delete(admin, old)
+    new, _token, _command = nodes.add(admin, environment, "node-2", "10.0.0.6")
+    nodes.rotate_token(admin, new)
+    (new_command,) = [command.id for command in _commands(new)]
+    assert new.id > old_id and new_command > old_command
+
+
 def test_audit_entries_hold_no_token_and_no_verifier(added, admin):
     node, token, _command = added
     tokens = [token]

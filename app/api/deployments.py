@@ -165,7 +165,9 @@ def list_deployments(params):
     values = {name: getattr(params, name) for name in ("project_id", "environment_id", "status")
               if getattr(params, name) is not None}
     visibility = access.visibility_params(current_user, params.project_id, params.environment_id)
-    query = _list_query(tuple(values), params.include_deleted, visibility is not None, _dialect())
+    # Deleted ones stay out unless asked for, and asking for their status is asking for them.
+    include_deleted = params.include_deleted or params.status == "deleted"
+    query = _list_query(tuple(values), include_deleted, visibility is not None, _dialect())
     page = paginate(query, params, values={**values, **(visibility or {})})
     page["items"] = _out(page["items"])
     return page

@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 
 from agent import protocol
 from app.extensions import db
-from app.models import Deployment, DeploymentEvent, Node
+from app.models import Deployment, DeploymentEvent, NodeOutbox
 from app.models.types import utcnow
 from app.services import nodes
 from app.services.specs import apply_params, delete_params
@@ -341,9 +341,9 @@ def apply_events(items):
 
 def _not_replayed(items):
     """[(node id, event, data)] of the items not stored before; moves each node's last seq on."""
-    table = Node.__table__
-    last = dict(db.session.execute(select(table.c.id, table.c.last_event_seq).where(
-        table.c.id.in_({node_id for node_id, *_rest in items}))).all())
+    table = NodeOutbox.__table__
+    last = dict(db.session.execute(select(table.c.node_id, table.c.last_seq).where(
+        table.c.node_id.in_({node_id for node_id, *_rest in items}))).all())
     before, fresh = dict(last), []
     for node_id, event, data, seq in items:
         if isinstance(seq, int) and node_id in last:
@@ -353,7 +353,7 @@ def _not_replayed(items):
         fresh.append((node_id, event, data))
     for node_id, seq in last.items():
         if seq != before[node_id]:
-            db.session.execute(update(table).where(table.c.id == node_id).values(last_event_seq=seq))
+            db.session.execute(update(table).where(table.c.node_id == node_id).values(last_seq=seq))
     return fresh
 
 

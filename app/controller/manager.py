@@ -97,6 +97,7 @@ class LinkManager:
         self._streams = {}  # (node id, stream id) -> callback(frame)
         self.on_change = None  # called after deployment or node writes (the ingress follows them)
         self._resources = {}  # node id -> (latest resources frame, received at), not yet written
+        self._unusable_figures = set()  # node ids warned about, until they send usable figures
         # One worker-thread write per link coming up, or per command done, held 1,000 nodes back
         # (benchmarks/agent_fleet.py): these gather what arrives while the last batch is written.
         self.mark_online = Batched(self, state.mark_online_many, state.mark_online)
@@ -135,7 +136,7 @@ class LinkManager:
             stopped = stopping.is_set()
             batch, self._resources = self._resources, {}
             try:
-                await self.db(state.store_resources, batch)
+                self._warn_unusable(batch, await self.db(state.store_resources, batch))
             except Exception:  # noqa: BLE001 - the database may be away: the next frames come
                 log.exception("writing %d nodes' resource figures failed", len(batch))
             if stopped:
@@ -144,6 +145,18 @@ class LinkManager:
                 await asyncio.wait_for(stopping.wait(), RESOURCES_WRITE_S)
             except TimeoutError:
                 pass
+
+    def _warn_unusable(self, batch, unusable):
+        """A warning when a node starts sending figures out of range (store_resources leaves them
+        out), not one every 15 s while it goes on; again if it does after usable ones."""
+        self._unusable_figures -= batch.keys() - unusable.keys()
+        for node_id, figures in unusable.items():
+            if node_id not in self._unusable_figures:
+                self._unusable_figures.add(node_id)
+                link = self.links.get(node_id)
+                log.warning("node %s sent resource figures out of range (%s): they are not used "
+                            "until it sends good ones", link.target["name"] if link else node_id,
+                            ", ".join(figures))
 
     # --- the loop ------------------------------------------------------------------------------
     def changed(self):

@@ -6,7 +6,7 @@ from sqlalchemy import bindparam, or_, select, update
 
 from app.controller import deployments
 from app.extensions import db
-from app.models import Node, NodeCommand
+from app.models import Node, NodeCommand, NodeOutbox
 from app.models import nodes as node_model
 from app.models.types import utcnow
 from app.services import audit, nodes
@@ -89,8 +89,11 @@ def _online(node, thumbprint, hello):
     node.agent_node_id = str(hello.get("node_id", ""))[:64]
     node.agent_version = str(hello.get("agent_version", ""))[:32]
     outbox = str(hello.get("outbox", ""))[:64]
-    if outbox != node.agent_outbox:  # a new data directory: its seqs start again at 1
-        node.agent_outbox, node.last_event_seq = outbox, 0
+    known = db.session.get(NodeOutbox, node.id)
+    if known is None:
+        db.session.add(NodeOutbox(node_id=node.id, outbox=outbox, last_seq=0))
+    elif known.outbox != outbox:  # a new data directory: its seqs start again at 1
+        known.outbox, known.last_seq = outbox, 0
     if isinstance(capacity.get("cpus"), int | float):
         node.reported_cpus = float(capacity["cpus"])
     if isinstance(capacity.get("memory_bytes"), int):
@@ -133,13 +136,17 @@ def touch(node_id):
 def store_resources(batch):
     """The latest resources frame of many nodes, {node id: (frame, received at)}, in one
     statement: the link manager gathers them (a fleet sends one per node every 15 s, and all at
-    once when it links)."""
+    once when it links). Only usable figures are written (node_model.usable_figures): one that
+    a column cannot hold would fail every node's write. Returns {node id: [unusable figures]}
+    of the frames that held any."""
     if not batch:
-        return
+        return {}
     table = Node.__table__
-    rows = []
+    rows, unusable = [], {}
     for node_id, (frame, at) in batch.items():
-        figures = {"host": frame.get("host"), "allocated": frame.get("allocated")}
+        figures, refused = node_model.usable_figures(frame)
+        if refused:
+            unusable[node_id] = refused
         free_cpus, free_memory_mb = node_model.reported_free(figures)
         rows.append({"node_id": node_id, "at": at, "figures": figures, "free_cpus": free_cpus,
                      "free_memory_mb": free_memory_mb})
@@ -150,6 +157,7 @@ def store_resources(batch):
             reported_free_memory_mb=bindparam("free_memory_mb")),
         rows)
     db.session.commit()
+    return unusable
 
 
 def open_commands():

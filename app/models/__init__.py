@@ -1,9 +1,9 @@
 """Plain models: data and small invariants only. Rules live in app/services/."""
 from app.models.audit import AuditEntry
 from app.models.catalog import Environment, Plugin, Project, ProjectSecret, Service
-from app.models.deployments import Deployment, DeploymentEvent
+from app.models.deployments import Deployment, DeploymentEvent, DeploymentSpec
 from app.models.identity import ApiToken, LoginFailure, User
-from app.models.nodes import Node, NodeCommand
+from app.models.nodes import Node, NodeCommand, NodeOutbox
 from app.models.pipelines import PipelineVersion
 from app.models.registries import Registry
 from app.models.teams import AccessLevel, Grant, Team, TeamMember
@@ -14,11 +14,13 @@ __all__ = [
     "AuditEntry",
     "Deployment",
     "DeploymentEvent",
+    "DeploymentSpec",
     "Environment",
     "Grant",
     "LoginFailure",
     "Node",
     "NodeCommand",
+    "NodeOutbox",
     "PipelineVersion",
     "Plugin",
     "Project",

@@ -3,12 +3,11 @@ from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text, t
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.extensions import db
-from app.models.types import UTCDateTime, utcnow
+from app.models.types import NEVER_REUSED_IDS, UTCDateTime, utcnow
 
 
 class Deployment(db.Model):
     __tablename__ = "deployments"
-    __encrypted__ = {"output_key_ciphertext": "deployment.output_key"}
     __table_args__ = (
         # A name is unique among the environment's live deployments; a deleted one's row stays
         # for the history and its name (and so its URLs) may be used again.
@@ -27,6 +26,9 @@ class Deployment(db.Model):
               postgresql_where=text("deleted_at IS NULL"), sqlite_where=text("deleted_at IS NULL")),
         # Deleted is the one status that is not live, and deleted_at says so in the indexes above.
         CheckConstraint("(status = 'deleted') = (deleted_at IS NOT NULL)", name="deleted_at_with_status"),
+        # An id is never given twice (SQLite would give a deleted row's to the next one): it is
+        # the agent's label on everything the deployment owns (agent_id), and the audit log's.
+        NEVER_REUSED_IDS,
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -38,14 +40,6 @@ class Deployment(db.Model):
     pipeline_version_id: Mapped[int] = mapped_column(ForeignKey("pipeline_versions.id",
                                                                 ondelete="RESTRICT"))
     tags = mapped_column(JSON, nullable=False, default=dict)  # {step id: image tag} of every service
-    # What the agent runs (app/services/specs.py), compiled when the controller first sends it
-    # (after creation or a retry) and sent as it is ever after: a later change to the
-    # environment, a registry or the ingress settings must not make the agent re-run a ready
-    # deployment (ARCHITECTURE.md). Deferred: only what talks to the agent reads it.
-    spec = mapped_column(JSON, nullable=True, deferred=True)
-    # The key the agent seals this deployment's step outputs with before they touch its disk
-    # (they may hold passwords); sent with the spec, never stored on the node (issue #14.7).
-    output_key_ciphertext = mapped_column(Text, nullable=True, deferred=True)
     # What admission reserved on the node: the project's limits when it was created.
     cpus: Mapped[float] = mapped_column()
     memory_mb: Mapped[int] = mapped_column()
@@ -77,7 +71,8 @@ class Deployment(db.Model):
     @property
     def agent_id(self):
         """The deployment's id on the agent and in container labels: stable and a DNS label
-        (names alone are only unique per environment and may be reused after a delete)."""
+        (names alone are only unique per environment and may be reused after a delete; ids never
+        are, see __table_args__)."""
         return f"dep-{self.id}"
 
 
@@ -96,3 +91,20 @@ class DeploymentEvent(db.Model):
     data = mapped_column(JSON, nullable=True)
 
     actor = relationship("User")
+
+
+class DeploymentSpec(db.Model):
+    """What the agent runs for a deployment (app/services/specs.py), compiled when the controller
+    first sends it (after creation or a retry) and sent as it is ever after: a later change to
+    the environment, a registry or the ingress settings must not make the agent re-run a ready
+    deployment (ARCHITECTURE.md). Beside it the key the agent seals the deployment's step
+    outputs with before they touch its disk (they may hold passwords; issue #14.7). A table of
+    its own: a spec may be hundreds of KiB, and only what talks to agents reads it."""
+
+    __tablename__ = "deployment_specs"
+    __encrypted__ = {"output_key_ciphertext": "deployment.output_key"}
+
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"),
+                                               primary_key=True)
+    spec = mapped_column(JSON, nullable=False)
+    output_key_ciphertext = mapped_column(Text, nullable=False)

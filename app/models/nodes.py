@@ -1,19 +1,20 @@
 """Nodes (Docker hosts with an agent) and the commands the web tier leaves for the controller."""
-import math
-
 from sqlalchemy import JSON, BigInteger, ForeignKey, String, Text, UniqueConstraint, func
 from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
 from app.extensions import db
-from app.models.types import UTCDateTime, utcnow
+from app.models.types import NEVER_REUSED_IDS, UTCDateTime, utcnow
 
 MIB = 1024 * 1024
 
 
 class Node(db.Model):
     __tablename__ = "nodes"
-    __table_args__ = (UniqueConstraint("environment_id", "name", name="uq_nodes_environment_name"),)
+    # Ids are never given twice: the controller keys links, resources frames and commands by them,
+    # and the audit log names nodes by them.
+    __table_args__ = (UniqueConstraint("environment_id", "name", name="uq_nodes_environment_name"),
+                      NEVER_REUSED_IDS)
     # The agent token never is stored: only the verifier derived from it (agent.protocol), and
     # that encrypted under the master key, so a database dump alone cannot command an agent.
     __encrypted__ = {"verifier_ciphertext": "node.verifier"}
@@ -36,10 +37,7 @@ class Node(db.Model):
     last_seen_at = mapped_column(UTCDateTime(), nullable=True)
     agent_node_id: Mapped[str | None] = mapped_column(String(64))
     agent_version: Mapped[str | None] = mapped_column(String(32))
-    # The agent's event outbox (hello) and the highest seq of it stored here: a replay of
-    # events stored before their ack got through is skipped instead of written twice.
-    agent_outbox: Mapped[str | None] = mapped_column(String(64))
-    last_event_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
     # Capacity as the agent reports it, and an admin's override (None: use the report).
     reported_cpus: Mapped[float | None] = mapped_column()
     reported_memory_mb: Mapped[int | None] = mapped_column()
@@ -83,21 +81,45 @@ class Node(db.Model):
         return func.coalesce(cls.memory_mb_override, cls.reported_memory_mb)
 
 
+# The figures of a resources frame (agent/protocol.py RESOURCES) and the range each stays in on a
+# real host. A figure outside it is not used: besides being nonsense, it could not be stored (the
+# free memory in MB is a 32-bit column; PostgreSQL's JSON has no Infinity or NaN).
+FIGURE_RANGES = {
+    "host": {"cpus": (0, 65536), "cpu_percent": (0, 100),
+             "memory_total": (0, 2 ** 50), "memory_available": (0, 2 ** 50)},   # bytes: 1 PiB
+    "allocated": {"cpus": (0, 65536), "memory_mb": (0, 2 ** 30)},
+}
+
+
+def usable_figures(frame):
+    """(figures, unusable) of a resources frame: {"host": {...}, "allocated": {...}} holding each
+    figure of FIGURE_RANGES, None where the frame lacks it or holds anything but a number in its
+    range; and the names ("host.cpus") of the figures it held that were not usable."""
+    figures, unusable = {}, []
+    for part, ranges in FIGURE_RANGES.items():
+        given = frame.get(part) if isinstance(frame, dict) else None
+        given = given if isinstance(given, dict) else {}
+        figures[part] = {}
+        for name, (low, high) in ranges.items():
+            value = given.get(name)
+            # NaN fails the comparison too; a bool is an int to Python, not a figure.
+            usable = isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high
+            if value is not None and not usable:
+                unusable.append(f"{part}.{name}")
+            figures[part][name] = value if usable else None
+    return figures, unusable
+
+
 def reported_free(figures):
     """(cpus, memory_mb) a resources frame ({"host": {...}, ...}) says are actually free; either
-    is None when the frame lacks it or holds something an agent does not send."""
-    host = figures.get("host") if isinstance(figures, dict) else None
-    host = host if isinstance(host, dict) else {}
-    try:
-        cpus = float(host["cpus"]) * (1 - float(host["cpu_percent"]) / 100)
-    except (KeyError, TypeError, ValueError):
-        cpus = None
-    try:
+    is None when the frame lacks what it takes or holds a figure usable_figures() refuses."""
+    host = usable_figures(figures)[0]["host"]
+    cpus = memory_mb = None
+    if host["cpus"] is not None and host["cpu_percent"] is not None:
+        cpus = host["cpus"] * (1 - host["cpu_percent"] / 100)
+    if host["memory_available"] is not None:
         memory_mb = int(host["memory_available"]) // MIB
-    except (KeyError, TypeError, ValueError):
-        memory_mb = None
-    finite = cpus is not None and math.isfinite(cpus)
-    return (max(cpus, 0.0) if finite else None), (max(memory_mb, 0) if memory_mb is not None else None)
+    return cpus, memory_mb
 
 
 class NodeCommand(db.Model):
@@ -105,6 +127,9 @@ class NodeCommand(db.Model):
     token over the live link, drop the link after a revocation, approve a thumbprint."""
 
     __tablename__ = "node_commands"
+    # Ids are never given twice: the controller marks the command it ran done by its id, however
+    # long it ran (a prepull may take minutes); another command must not be there by then.
+    __table_args__ = (NEVER_REUSED_IDS,)
     __encrypted__ = {"payload_ciphertext": "node_command.payload"}
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -116,3 +141,15 @@ class NodeCommand(db.Model):
     result: Mapped[str] = mapped_column(String(500), default="")
 
     node = relationship("Node", back_populates="commands")
+
+
+class NodeOutbox(db.Model):
+    """The node agent's event outbox as the controller knows it: its id (hello) and the highest
+    seq of it stored, so that a replay of events stored before their ack got through is skipped
+    instead of written twice. Seqs are unique within one outbox only: a new one starts again."""
+
+    __tablename__ = "node_outboxes"
+
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True)
+    outbox: Mapped[str] = mapped_column(String(64))
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0)

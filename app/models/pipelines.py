@@ -9,12 +9,14 @@ from sqlalchemy import JSON, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.extensions import db
-from app.models.types import UTCDateTime, utcnow
+from app.models.types import NEVER_REUSED_IDS, UTCDateTime, utcnow
 
 
 class PipelineVersion(db.Model):
     __tablename__ = "pipeline_versions"
-    __table_args__ = (UniqueConstraint("project_id", "number", name="uq_pipeline_versions_number"),)
+    # Ids are never given twice: processes cache what a version exposes by id (app/services/specs.py).
+    __table_args__ = (UniqueConstraint("project_id", "number", name="uq_pipeline_versions_number"),
+                      NEVER_REUSED_IDS)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)

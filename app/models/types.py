@@ -3,6 +3,11 @@ from datetime import UTC, datetime
 
 from sqlalchemy import DateTime, TypeDecorator
 
+# Table arguments of tables whose ids leave the database (agent labels, the controller's state,
+# caches): SQLite gives the next row the highest id plus one, a deleted row's too, unless the table
+# is AUTOINCREMENT. PostgreSQL's sequences never go back and ignore this. Migration 0009.
+NEVER_REUSED_IDS = {"sqlite_autoincrement": True}
+
 
 def utcnow():
     return datetime.now(UTC)

@@ -27,6 +27,7 @@ from app.services import admission, audit, live, registries
 from app.services.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from app.services.names import DNS_LABEL_HINT, DNS_LABEL_PATTERN, check
 from app.services.pipelines import latest_version
+from app.services.specs import forget_spec
 from app.states import LIVE_DEPLOYMENT_STATUSES, TransitionError, move_deployment
 
 REMOVING_STATUSES = ("deleting", "cleanup_failed", "deleted")
@@ -282,7 +283,7 @@ def retry(actor, deployment):
     _move(deployment, "pending", message)
     deployment.pipeline_version = version
     deployment.tags = tags
-    deployment.spec = None  # compiled anew from this version when the controller sends it
+    forget_spec(deployment)  # compiled anew from this version when the controller sends it
     deployment.run_id = None
     deployment.progress = {}
     deployment.published = {}

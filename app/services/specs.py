@@ -22,7 +22,7 @@ from flask import current_app
 from sqlalchemy import select
 
 from app.extensions import db
-from app.models import Deployment, PipelineVersion, ProjectSecret, Registry
+from app.models import DeploymentSpec, PipelineVersion, ProjectSecret, Registry
 from app.models.registries import DOCKER_HUB_URL
 from app.services.catalog import keyring, reveal_secret
 from app.services.registries import reveal_password
@@ -82,7 +82,8 @@ def exposed_ports(resolved):
 
 class VersionPorts:
     """exposed_ports() of pipeline versions, each read once per process: versions never change.
-    Keyed by id and creation time, because SQLite may give a deleted version's id to the next."""
+    Keyed by id and creation time, a guard from before migration 0009, when SQLite gave a deleted
+    version's id to the next one; ids are never reused now."""
 
     def __init__(self):
         self._known = {}
@@ -171,23 +172,25 @@ def registry_credentials(deployment, spec):
     return credentials
 
 
-OUTPUT_KEY_CONTEXT = Deployment.__encrypted__["output_key_ciphertext"]
+OUTPUT_KEY_CONTEXT = DeploymentSpec.__encrypted__["output_key_ciphertext"]
 
 
-def output_key(deployment):
-    """The deployment's output key (64 hex digits), made the first time; the caller commits."""
-    if deployment.output_key_ciphertext is None:
-        deployment.output_key_ciphertext = keyring().encrypt(secrets.token_hex(32), OUTPUT_KEY_CONTEXT)
-    return keyring().decrypt(deployment.output_key_ciphertext, OUTPUT_KEY_CONTEXT)
+def kept(deployment):
+    """The deployment's DeploymentSpec: the spec it was first sent with for this run and its
+    output key, made now the first time (after creation, a retry, or an upgrade from before
+    specs were kept); the caller commits."""
+    row = db.session.get(DeploymentSpec, deployment.id)
+    if row is None:
+        key = keyring().encrypt(secrets.token_hex(32), OUTPUT_KEY_CONTEXT)
+        row = DeploymentSpec(deployment_id=deployment.id, spec=compile_spec(deployment),
+                             output_key_ciphertext=key)
+        db.session.add(row)
+    return row
 
 
-def kept_spec(deployment):
-    """The spec the agent was first sent for this run of the deployment, compiled and kept now
-    the first time (after creation, a retry, or an upgrade from before specs were kept); the
-    caller commits."""
-    if deployment.spec is None:
-        deployment.spec = compile_spec(deployment)
-    return deployment.spec
+def forget_spec(deployment):
+    """A retry runs another pipeline version: its spec is compiled anew when next sent."""
+    db.session.execute(db.delete(DeploymentSpec).where(DeploymentSpec.deployment_id == deployment.id))
 
 
 def apply_params(deployment):
@@ -195,16 +198,17 @@ def apply_params(deployment):
     secret values and registry credentials (those may change without re-running anything)."""
     from agent.spec import secret_names
 
-    spec = kept_spec(deployment)
-    return {"deployment": spec, "secrets": secrets_for(deployment, secret_names(spec)),
-            "registries": registry_credentials(deployment, spec), "output_key": output_key(deployment)}
+    row = kept(deployment)
+    return {"deployment": row.spec, "secrets": secrets_for(deployment, secret_names(row.spec)),
+            "registries": registry_credentials(deployment, row.spec),
+            "output_key": keyring().decrypt(row.output_key_ciphertext, OUTPUT_KEY_CONTEXT)}
 
 
 def delete_params(deployment):
     """The `deployment.delete` params: with what its rollback plugins need (secrets, registry
     credentials, the key to its stored outputs) when it was ever sent to the agent."""
     params = {"deployment_id": deployment.agent_id}
-    if deployment.spec is None:
+    if db.session.get(DeploymentSpec, deployment.id) is None:
         return params  # never sent: no plugin ran, nothing to roll back
     full = apply_params(deployment)
     return {**params, "secrets": full["secrets"], "registries": full["registries"],

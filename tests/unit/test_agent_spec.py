@@ -112,6 +112,30 @@ def test_references_resolve_to_secrets_services_and_upstream_outputs():
     assert resolve(["${secrets.DB_PASSWORD}!"], BASE, {"DB_PASSWORD": "pw"}, {}) == ["pw!"]
 
 
+@pytest.mark.parametrize("output, text", [
+    ({"rows_affected": 3, "tables": ["a", "b"]}, '{"rows_affected":3,"tables":["a","b"]}'),
+    (["a", 1], '["a",1]'),
+    (3, "3"),
+    (2.5, "2.5"),
+    (True, "true"),
+    (False, "false"),
+    (None, "null"),
+    ({"name": "café"}, '{"name":"café"}'),
+])
+def test_an_output_that_is_not_a_string_is_substituted_as_json(output, text):
+    # It reached services as a Python repr ({'rows_affected': 3}, True, None), which no JSON
+    # parser takes. Whole or inside a longer string, the result is a string: env values are.
+    outputs = {"count": {"result": output}}
+    assert resolve("${steps.count.outputs.result}", BASE, {}, outputs) == text
+    assert resolve({"RESULT": "got ${steps.count.outputs.result}"}, BASE, {}, outputs) == {
+        "RESULT": f"got {text}"}
+
+
+def test_a_string_output_is_substituted_as_it_is():
+    outputs = {"mkdb": {"url": 'postgres://db/app?x="1"'}}
+    assert resolve("${steps.mkdb.outputs.url}", BASE, {}, outputs) == 'postgres://db/app?x="1"'
+
+
 def test_missing_values_at_run_time_fail_clearly():
     with pytest.raises(SpecError, match="secret 'DB_PASSWORD' was not sent"):
         resolve("${secrets.DB_PASSWORD}", BASE, {}, {})

@@ -33,7 +33,7 @@ class DeploymentQuery(Pagination):
     project_id: int | None = None
     environment_id: int | None = None
     status: Literal[DEPLOYMENT_STATUSES] | None = None
-    include_deleted: bool = False
+    include_deleted: bool = Field(False, description="Deleted ones too (status=deleted implies it)")
 
 
 class LogsQuery(Query):

@@ -52,6 +52,7 @@ def test_good_handshake_gets_hello(agent):
             "type": "hello", "agent_version": __version__, "protocol": protocol.PROTOCOL_VERSION,
             "node_id": "node-test", "thumbprint": agent.thumbprint,
             "capacity": {"cpus": psutil.cpu_count(), "memory_bytes": psutil.virtual_memory().total},
+            "outbox": agent.store.outbox_id(),
         }
         # The link is up: a request is answered.
         send(ws, protocol.request(1, "ping"))
