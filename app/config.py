@@ -123,6 +123,10 @@ class Config:
             "NULLOPS_INGRESS_PAGES_UPSTREAM", f"{self.NULLOPS_HOST}:{self.NULLOPS_PORT}", env)
         # How often the controller looks for deployments whose inactivity period ran out.
         self.NULLOPS_CLEANUP_INTERVAL_S = env_int("NULLOPS_CLEANUP_INTERVAL_S", 30, env, minimum=1)
+        # History kept (app/services/retention.py): deleted deployments and deployment events,
+        # and audit entries, in days.
+        self.NULLOPS_RETENTION_DAYS = env_int("NULLOPS_RETENTION_DAYS", 90, env, minimum=1)
+        self.NULLOPS_AUDIT_RETENTION_DAYS = env_int("NULLOPS_AUDIT_RETENTION_DAYS", 365, env, minimum=1)
         # Trust X-Forwarded-For from this many proxies when recording client addresses.
         self.NULLOPS_TRUSTED_PROXIES = env_int("NULLOPS_TRUSTED_PROXIES", 0, env, minimum=0)
 

@@ -25,6 +25,15 @@ def prune_login_failures(app):
         auth.prune_login_failures()
 
 
+def prune_history(app):
+    from app.services import retention
+
+    with app.app_context():
+        removed = retention.prune()
+    if any(removed.values()):
+        log.info("history past its retention removed: %s", removed)
+
+
 def expire_deployments(app, wake=None):
     """Auto-cleanup: deletion requested for deployments whose inactivity period ran out; the
     link manager's next round deletes them (woken at once)."""
@@ -84,6 +93,8 @@ class Controller:
         scheduler.add_job(prune_login_failures, "interval", minutes=10, args=[self.app],
                           id="prune-login-failures", replace_existing=True,
                           misfire_grace_time=300, coalesce=True, max_instances=1)
+        scheduler.add_job(prune_history, "interval", hours=1, args=[self.app], id="retention",
+                          replace_existing=True, misfire_grace_time=3600, coalesce=True, max_instances=1)
         cleanup_s = int(self.app.config.get("NULLOPS_CLEANUP_INTERVAL_S", 30))
         scheduler.add_job(expire_deployments, "interval", seconds=cleanup_s,
                           args=[self.app, self._wake_manager], id="auto-cleanup",

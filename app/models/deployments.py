@@ -80,6 +80,7 @@ class DeploymentEvent(db.Model):
     """One line of a deployment's history: who did what, status changes, step progress."""
 
     __tablename__ = "deployment_events"
+    __table_args__ = (Index("ix_deployment_events_at", "at"),)  # retention deletes by age
 
     id: Mapped[int] = mapped_column(primary_key=True)
     deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"),

@@ -1,5 +1,6 @@
 """deployment_specs: the spec a deployment was first sent with, and the key of its outputs;
-node_outboxes: the last event seq stored from each agent's outbox
+node_outboxes: the last event seq stored from each agent's outbox; deployment events by age
+(retention)
 
 Revision ID: 0010
 Revises: 0009
@@ -19,6 +20,7 @@ depends_on = None
 
 
 def upgrade():
+    op.create_index('ix_deployment_events_at', 'deployment_events', ['at'], unique=False)
     op.create_table(
         'deployment_specs',
         sa.Column('deployment_id', sa.Integer(), nullable=False),
@@ -42,3 +44,4 @@ def upgrade():
 def downgrade():
     op.drop_table('node_outboxes')
     op.drop_table('deployment_specs')
+    op.drop_index('ix_deployment_events_at', table_name='deployment_events')
