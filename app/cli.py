@@ -3,6 +3,7 @@ import os
 import secrets
 import signal
 import sys
+import threading
 
 import click
 from flask import current_app
@@ -80,8 +81,12 @@ def dev(host, port):
             f"{', '.join(busy)} already in use: is another `nullops dev` running? Stop it (Ctrl-C "
             "where it runs) or move this one (--port, NULLOPS_CONTROLLER_INTERNAL, "
             "NULLOPS_DEV_AGENT_PORT)")
-    agent = devstack.start_agent(app)
-    caddy = devstack.start_caddy(app)
+    children = [devstack.Supervised("local agent", lambda: devstack.start_agent(app),
+                                    devstack.AGENT_DIR / "agent.log"),
+                devstack.Supervised("Caddy ingress", lambda: devstack.start_caddy(app),
+                                    devstack.CADDY_DIR / "caddy.log")]
+    stopping = threading.Event()
+    supervisor = devstack.supervise(children, stopping)
     controller = Controller(app)
     controller.start()
     click.echo(f"NullOps dev: http://{host}:{port}/  (Ctrl-C stops it)")
@@ -90,8 +95,11 @@ def dev(host, port):
         # one developer; `nullops web` runs gunicorn.
         run_simple(host, port, app, threaded=True, use_reloader=False, use_debugger=False)
     finally:
+        stopping.set()
+        supervisor.join(5)  # no restart may race the stop below
         controller.stop()
-        devstack.stop(agent, caddy)
+        devstack.stop(*(child.process for child in children))
+        devstack.stop_demo_registry()
 
 
 @cli.command("web", with_appcontext=False)

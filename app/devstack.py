@@ -6,12 +6,15 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -159,3 +162,63 @@ def stop(*processes):
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+class Supervised:
+    """A helper process `nullops dev` started (the local agent, Caddy), started again when it
+    exits: before, `make run` went on serving after its agent or Caddy died, and deployments
+    stalled or stopped answering with nothing said (issue #14.8). One that keeps dying is given
+    up on, with where to look."""
+
+    GIVE_UP_AFTER = 5        # exits within WINDOW_S
+    WINDOW_S = 60.0
+
+    def __init__(self, name, start, log_path):
+        self.name, self._start, self.log_path = name, start, log_path
+        self.process = start()
+        self._exits = []
+
+    def check(self):
+        if self.process is None or self.process.poll() is None:
+            return
+        code, now = self.process.returncode, time.monotonic()
+        self._exits = [t for t in self._exits if now - t < self.WINDOW_S] + [now]
+        if len(self._exits) >= self.GIVE_UP_AFTER:
+            _say(f"the {self.name} exited {len(self._exits)} times within a minute (last code {code}); "
+                 f"not starting it again: see {self.log_path}, then restart `make run`")
+            self.process = None
+            return
+        _say(f"the {self.name} exited (code {code}); starting it again (log: {self.log_path})")
+        self.process = self._start()
+
+
+def supervise(children, stopping, interval_s=1.0):
+    """Watch `children` (Supervised) in a thread until `stopping` (a threading.Event) is set."""
+    def watch():
+        while not stopping.wait(interval_s):
+            for child in children:
+                child.check()
+
+    thread = threading.Thread(target=watch, name="dev-supervisor", daemon=True)
+    thread.start()
+    return thread
+
+
+REGISTRY_PID = VAR_DIR / "registry" / "registry.pid"
+
+
+def stop_demo_registry(pid_file=REGISTRY_PID):
+    """The demo registry scripts/demo-images.sh started for `make run`, stopped with it (it was
+    left running after `make run` ended). Only that process: its pid file must name a
+    docker-registry; the next `make run` starts it again."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        command = (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except (OSError, ValueError):
+        return
+    if b"docker-registry" in command:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        pid_file.unlink(missing_ok=True)

@@ -114,3 +114,64 @@ def test_dev_refuses_to_start_beside_another_holding_its_port(process_env):
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"127.0.0.1:{port} already in use: is another `nullops dev` running?" in result.stderr
     assert "local agent" not in result.stdout and "Traceback" not in result.stderr
+
+
+def test_nullops_dev_starts_a_helper_that_died_again_and_gives_up_on_one_that_keeps_dying(
+        tmp_path, capsys):
+    # Issue #14.8: `make run` went on serving after its local agent or Caddy died.
+    from app import devstack
+
+    started = []
+
+    def start(command):
+        def run():
+            started.append(subprocess.Popen(command))
+            return started[-1]
+        return run
+
+    try:
+        steady = devstack.Supervised("local agent", start(["sleep", "60"]), tmp_path / "agent.log")
+        first = steady.process
+        first.kill()
+        first.wait()
+        steady.check()
+        assert steady.process is not first and steady.process.poll() is None
+        assert "the local agent exited (code -9); starting it again" in capsys.readouterr().out
+
+        dying = devstack.Supervised("Caddy ingress", start(["false"]), tmp_path / "caddy.log")
+        for _ in range(devstack.Supervised.GIVE_UP_AFTER):
+            dying.process.wait()
+            dying.check()
+        assert dying.process is None
+        said = capsys.readouterr().out
+        assert "exited 5 times within a minute (last code 1); not starting it again" in said
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def test_the_demo_registry_stops_with_nullops_dev_and_nothing_else_does(tmp_path):
+    # make run left the registry scripts/demo-images.sh started running after it ended.
+    from app import devstack
+
+    config = tmp_path / "config.yml"
+    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/data\n"
+                      f"http:\n  addr: 127.0.0.1:{_free_port()}\n")
+    registry = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        pid_file = tmp_path / "registry.pid"
+        pid_file.write_text(f"{other.pid}\n")   # a pid file naming something else: left alone
+        devstack.stop_demo_registry(pid_file)
+        assert other.poll() is None and pid_file.exists()
+        pid_file.write_text(f"{registry.pid}\n")
+        devstack.stop_demo_registry(pid_file)
+        assert registry.wait(10) is not None and not pid_file.exists()
+    finally:
+        for process in (registry, other):
+            if process.poll() is None:
+                process.kill()
+            process.wait()
