@@ -73,7 +73,7 @@ class RunMemory:
 
 class PipelineRun:
     def __init__(self, executor, store, hub, spec, memory, run_id, cancel, *, max_parallel=4,
-                 readiness_timeout_s=120):
+                 readiness_timeout_s=120, owed=None):
         self.executor = executor
         self.store = store
         self.hub = hub
@@ -83,6 +83,7 @@ class PipelineRun:
         self.cancel = cancel
         self.max_parallel = max_parallel
         self.readiness_timeout_s = readiness_timeout_s
+        self.owed = owed  # (spec, step ids): rollbacks an interrupted run left (Store.owe_rollbacks)
         self.deployment_id = spec["deployment_id"]
         self.steps = {s["id"]: s for s in spec["steps"]}
         self.order = topological_order(spec["steps"])
@@ -129,6 +130,8 @@ class PipelineRun:
         self._progress(RUNNING, message=f"pipeline version {self.spec.get('pipeline_version')}")
         try:
             self.executor.ensure_network(self.deployment_id)
+            if self.owed is not None:
+                self._settle_owed_rollbacks()
             self._run_graph()
         except Cancelled:
             self._rollback("cancelled")
@@ -308,19 +311,38 @@ class PipelineRun:
         except Exception:  # noqa: BLE001 - the periodic reconcile removes what is left
             log.exception("teardown after a failed run of %s", self.deployment_id)
 
-    def delete(self):
-        """Tear a deployment down: plugin rollbacks (with the secrets and outputs memory has),
-        then stop services dependents first with the short grace, then remove everything by
-        label. A rollback that fails fails the run after the teardown: what the plugin made
-        outside the node may be left, and the deployment must not be reported deleted (the
-        control plane retries the delete, rollbacks included)."""
+    def _settle_owed_rollbacks(self):
+        """Roll back what an interrupted run's plugins made, with the memory this run brought
+        (secrets, and the outputs of that run, restored): before this run's steps make anew.
+        A failure is logged and the run goes on; the step's own run may reuse what is left."""
+        spec, step_ids = self.owed
+        earlier = PipelineRun(self.executor, self.store, self.hub, spec, self.memory, self.run_id,
+                              threading.Event())
+        for step_id in step_ids:
+            try:
+                earlier._run_plugin(earlier.steps[step_id], "rollback")
+                self._step_log(step_id, ["rollback of the run the agent's restart interrupted: done"])
+            except Exception as exc:  # noqa: BLE001 - this run goes on
+                why = getattr(exc, "message", exc)
+                self._step_log(step_id, [self.memory.redact(
+                    f"rollback of the run the agent's restart interrupted failed: {why}")])
+        self.store.settle_rollbacks(self.deployment_id)
+        self.memory.outputs = {}  # this run's steps make their own
+
+    def delete(self, undo=None):
+        """Tear a deployment down: plugin rollbacks (with the secrets and outputs memory has;
+        `undo` names the steps when not all of them: a failed run rolled back already), then
+        stop services dependents first with the short grace, then remove everything by label.
+        A rollback that fails fails the run after the teardown: what the plugin made outside
+        the node may be left, and the deployment must not be reported deleted (the control
+        plane retries the delete, rollbacks included)."""
         self._deployment_status(DELETING)
         self._progress(RUNNING, message="deleting")
         self.started = [s for s in self.order if self.steps[s]["kind"] == "plugin"]
         failed = []
         for step_id in reversed(self.order):
             step = self.steps[step_id]
-            if step["kind"] == "plugin" and step.get("rollback"):
+            if step["kind"] == "plugin" and step.get("rollback") and (undo is None or step_id in undo):
                 try:
                     self._run_plugin(step, "rollback")
                 except Exception as exc:  # noqa: BLE001 - the other rollbacks and the teardown go on

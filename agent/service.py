@@ -30,7 +30,7 @@ from agent.pipeline import (
     PipelineRun,
     RunMemory,
 )
-from agent.spec import SpecError, secret_names, validate
+from agent.spec import SpecError, secret_names, topological_order, validate
 
 log = logging.getLogger("nullops.agent.service")
 
@@ -141,11 +141,14 @@ class AgentService:
                 raise protocol.ProtocolError(f"secrets not sent: {', '.join(sorted(missing))}")
             memory = RunMemory(secrets, registries, output_key)
             self.memory[deployment_id] = memory
+            owed = self.store.owed_rollbacks(deployment_id)
+            if owed is not None:
+                memory.restore_outputs(self.store, deployment_id)  # the interrupted run's, for its rollbacks
             self.store.put_deployment(deployment_id, spec, "deploying")
             self.store.drop_outputs(deployment_id)  # a new run: every step runs again
             run_id = self._new_run(deployment_id, "apply")
             cancel = threading.Event()
-            run = PipelineRun(self.executor, self.store, self.hub, spec, memory, run_id, cancel)
+            run = PipelineRun(self.executor, self.store, self.hub, spec, memory, run_id, cancel, owed=owed)
             self._spawn(deployment_id, run_id, "apply", cancel, digest, run.apply)
         return {"run_id": run_id, "status": RUNNING}
 
@@ -164,6 +167,10 @@ class AgentService:
             if known is None and deployment_id not in self.executor.deployment_ids():
                 return {"run_id": None, "status": DELETED}
             spec = known["spec"] if known else {"deployment_id": deployment_id, "steps": []}
+            undo = None
+            if known and known["status"] == DEPLOY_FAILED:  # its failed run rolled back already,
+                owed = self.store.owed_rollbacks(deployment_id)  # all but what a restart cut short
+                undo = owed[1] if owed else []
             run_id = self._new_run(deployment_id, "delete")
             cancel = threading.Event()
             previous = current
@@ -175,7 +182,7 @@ class AgentService:
                 memory = _merge_memory(self.memory.get(deployment_id), secrets, registries, output_key)
                 memory.restore_outputs(self.store, deployment_id)
                 run = PipelineRun(self.executor, self.store, self.hub, spec, memory, run_id, cancel)
-                status = run.delete()
+                status = run.delete(undo)
                 if status == SUCCEEDED:  # else kept, with its outputs, for the delete's retry
                     self.store.delete_deployment(deployment_id)
                     self.memory.pop(deployment_id, None)
@@ -341,7 +348,7 @@ class AgentService:
         vm = psutil.virtual_memory()
         cpus = memory_mb = 0.0
         for deployment in self.store.list_deployments():
-            if deployment["status"] in (DELETED,):
+            if deployment["status"] in (DELETED, DEPLOY_FAILED):  # nothing of it runs
                 continue
             spec = deployment["spec"]
             for step in spec["steps"]:
@@ -431,6 +438,9 @@ class AgentService:
                                                          "deployment_id": deployment_id,
                                                          "status": INTERRUPTED, "message": message})
                 continue
+            known = self.store.get_deployment(deployment_id)
+            if known is not None:
+                self._owe_rollbacks(known["spec"], run["run_id"])
             self.executor.teardown(deployment_id, graceful=False)
             message = "the agent restarted during this run; its objects were removed. Deploy again to retry."
             self.store.finish_run(run["run_id"], INTERRUPTED, message)
@@ -444,6 +454,16 @@ class AgentService:
                                                      "status": INTERRUPTED, "message": message})
             self.hub.publish(protocol.DEPLOYMENT_STATUS, {"deployment_id": deployment_id, "status": status,
                                                           "message": message})
+
+    def _owe_rollbacks(self, spec, run_id):
+        """Note the plugin steps with a rollback that the interrupted run had started."""
+        started = {s["step_id"] for s in (self.store.get_run(run_id) or {}).get("steps", [])
+                   if s["status"] not in ("pending", "skipped", "cancelled")}
+        undoable = {s["id"] for s in spec["steps"] if s["kind"] == "plugin" and s.get("rollback")}
+        undo = [step_id for step_id in reversed(topological_order(spec["steps"]))
+                if step_id in started & undoable]
+        if undo:
+            self.store.owe_rollbacks(spec["deployment_id"], spec, undo)
 
     def reconcile(self):
         """Level-triggered: restart dead services of ready deployments, recreate missing ones

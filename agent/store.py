@@ -154,6 +154,21 @@ class Store:
             db.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
+    # --- rollbacks an interrupted run owes ---------------------------------------------------
+    # An apply cut short by a restart may have had plugins make things outside the node; their
+    # rollbacks need the secrets and outputs only the next apply or delete brings (issue #14.7).
+    def owe_rollbacks(self, deployment_id, spec, step_ids):
+        self.set_meta(f"rollback:{deployment_id}", json.dumps({"spec": spec, "steps": step_ids}))
+
+    def owed_rollbacks(self, deployment_id):
+        """(the interrupted run's spec, its plugin step ids to roll back, dependents first) or None."""
+        raw = self.get_meta(f"rollback:{deployment_id}")
+        return None if raw is None else (json.loads(raw)["spec"], json.loads(raw)["steps"])
+
+    def settle_rollbacks(self, deployment_id):
+        with self._tx() as db:
+            db.execute("DELETE FROM meta WHERE key = ?", (f"rollback:{deployment_id}",))
+
     # --- deployments ----------------------------------------------------------------------------
     def put_deployment(self, deployment_id, spec, status="pending", message=None):
         """Insert or replace a deployment's spec (references only, never secret values)."""
@@ -180,6 +195,7 @@ class Store:
         """Forget a deployment and its outputs; its runs stay readable (run.get of the delete run)."""
         with self._tx() as db:
             db.execute("DELETE FROM outputs WHERE deployment_id = ?", (deployment_id,))
+            db.execute("DELETE FROM meta WHERE key = ?", (f"rollback:{deployment_id}",))
             cursor = db.execute("DELETE FROM deployments WHERE deployment_id = ?", (deployment_id,))
             return cursor.rowcount > 0
 

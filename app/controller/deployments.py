@@ -26,9 +26,10 @@ from app.states import TransitionError, move_deployment
 log = logging.getLogger("nullops.controller.deployments")
 
 # What a node's agent should run: state.sync sends these; the ones left out are removed by the
-# agent, except those the round deletes itself (with what their rollback plugins need).
+# agent, except those it keeps for the round to delete with what their rollback plugins need
+# (a failed one too: a user deletes or retries it, and a run a restart cut short owes rollbacks).
 DESIRED = ("pending", "deploying", "ready", "degraded", "offline")
-DELETED_BY_THE_ROUND = ("deleting", "cleanup_failed")
+KEPT_FOR_THE_ROUND = ("failed", "deleting", "cleanup_failed")
 GOES_OFFLINE = ("deploying", "ready", "degraded")  # with the node's link (pending stays pending)
 ATTEMPTS = 3                                       # deletes per cleanup before cleanup_failed
 BACKOFF_FIRST = timedelta(minutes=1)
@@ -108,12 +109,12 @@ def desired_states(items):
     sync must not remove them without what their rollback plugins need."""
     node_ids = [node_id for (node_id,) in items]
     rows = db.session.scalars(select(Deployment).where(
-        Deployment.node_id.in_(node_ids), Deployment.status.in_(DESIRED + DELETED_BY_THE_ROUND))
+        Deployment.node_id.in_(node_ids), Deployment.status.in_(DESIRED + KEPT_FOR_THE_ROUND))
         .order_by(Deployment.id)).all()
     by_node = {node_id: {"deployments": [], "keep": []} for node_id in node_ids}
     for deployment in rows:
         desired = by_node[deployment.node_id]
-        if deployment.status in DELETED_BY_THE_ROUND:
+        if deployment.status in KEPT_FOR_THE_ROUND:
             desired["keep"].append(deployment.agent_id)
         elif (params := _params(deployment)) is not None:  # else failed: the agent removes it
             desired["deployments"].append(params)

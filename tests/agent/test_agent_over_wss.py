@@ -141,6 +141,46 @@ def test_sigkill_in_the_middle_of_a_run_then_restart_converges(node, tmp_path, d
     ws.close()
 
 
+def test_a_run_cut_short_by_sigkill_has_its_plugins_rolled_back_by_the_next_apply(
+        node, tmp_path, docker_client, base_image, busybox_image, plugin_images):
+    # Issue #14.7: the restarted agent removed the containers but could not run the rollback of
+    # a plugin that had made something outside the node (no secrets, no outputs after a restart).
+    node_id, start = node
+    data_dir = tmp_path / "data"
+    agent = start(data_dir)
+    ws, _ = open_link(agent.port, pinned=agent.thumbprint)
+    deployment_id, key = f"dep-{uuid.uuid4().hex[:6]}", "ab" * 32
+    made = {"id": "made", "kind": "plugin", "image": plugin_images["echo"], "rollback": True,
+            "params": {"print_outputs": True, "outputs": {"url": "pg://app:${secrets.PW}@db", "rows": 3},
+                       "secret_outputs": ["url"]}}
+    sleeper = {"id": "sleep", "kind": "plugin", "image": plugin_images["sleepy"], "depends_on": ["made"],
+               "params": {"seconds": 120}}
+    spec = {"deployment_id": deployment_id, "limits": {"cpus": 0.5, "memory_mb": 128},
+            "steps": [made, sleeper]}
+    params = {"deployment": spec, "secrets": {"PW": SECRET}, "output_key": key}
+    call(ws, "apply-1", protocol.DEPLOYMENT_APPLY, params)
+    events_until(ws, lambda f: f["event"] == protocol.RUN_PROGRESS and f["data"].get("step_id") == "sleep"
+                 and f["data"].get("step_status") == "running")
+    agent.proc.kill()
+    agent.proc.wait(10)
+
+    restarted = start(data_dir)
+    ws, _ = open_link(restarted.port, pinned=agent.thumbprint)
+    spec["steps"][1]["params"]["seconds"] = 0
+    assert call(ws, "apply-2", protocol.DEPLOYMENT_APPLY, params)["ok"]
+    seen = events_until(ws, status_is(deployment_id, "ready"))
+    lines = [line for f in seen if f["event"] == protocol.STEP_LOG and f["data"]["step_id"] == "made"
+             for line in f["data"]["lines"]]
+    rollback = lines.index("rollback of the run the agent's restart interrupted: done")
+    # It ran with the interrupted run's outputs (the secret one redacted), before the step ran anew.
+    assert any(line.startswith("outputs:") and '"rows": 3' in line and "[redacted]" in line
+               for line in lines[:rollback]), lines
+    assert any("action run" in line for line in lines[rollback:])
+    call(ws, "del-1", protocol.DEPLOYMENT_DELETE, {"deployment_id": deployment_id})
+    events_until(ws, status_is(deployment_id, "deleted"))
+    ws.close()
+
+
 def test_resource_figures_arrive_on_the_link_without_asking(node, tmp_path):
     _node_id, start = node
     agent = start(tmp_path / "data")

@@ -319,8 +319,8 @@ def test_the_desired_state_leaves_out_failed_and_deleting_ones_and_carries_secre
     assert all(len(entry["output_key"]) == 64 for entry in entries)
     assert entries[0]["deployment"]["limits"] == {"cpus": 0.5, "memory_mb": 64}
     # The round deletes these itself, with what their rollbacks need: the sync keeps them.
-    assert desired["keep"] == sorted([f"dep-{i}" for i in wanted]
-                                     + [f"dep-{left['deleting']}", f"dep-{left['cleanup_failed']}"],
+    kept = [f"dep-{left[status]}" for status in ("failed", "deleting", "cleanup_failed")]
+    assert desired["keep"] == sorted([f"dep-{i}" for i in wanted] + kept,
                                      key=lambda agent_id: int(agent_id[4:]))
 
 

@@ -126,3 +126,21 @@ def test_a_rollback_that_fails_fails_the_delete_which_is_kept_for_its_retry(
     assert again["run_id"] not in (None, result["run_id"])  # the retry runs the rollback again
     agent.wait_idle(deployment_id, 60)
     assert len([line for line in rollback_lines(agent, deployment_id) if "rolling back" in line]) == 1
+
+
+def test_deleting_a_failed_deployment_does_not_roll_back_again(make_agent, plugin_images, busybox_image):
+    # Its failed run rolled back what it made; a second rollback (with an empty memory, as the
+    # sync's removal had) would undo what is not there, and now fails the delete if it fails.
+    agent = make_agent()
+    deployment_id, key = f"dep-{uuid.uuid4().hex[:6]}", secrets.token_hex(32)
+    spec = stack(deployment_id, plugin_images, busybox_image)
+    spec["steps"].append({"id": "boom", "kind": "plugin", "image": plugin_images["fail"],
+                          "depends_on": ["mkdb"]})
+    run = run_to_end(agent, entry(spec, key))
+    assert run["status"] == "failed", dump(run)
+    assert agent.store.get_deployment(deployment_id)["status"] == "failed"
+    result = agent.delete({"deployment_id": deployment_id})
+    agent.wait_idle(deployment_id, 60)
+    assert agent.store.get_run(result["run_id"])["status"] == "succeeded"
+    assert agent.store.step_logs(result["run_id"], "mkdb") == []  # not called again
+    assert agent.store.get_deployment(deployment_id) is None
