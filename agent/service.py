@@ -130,13 +130,15 @@ class AgentService:
                     f"deployment {deployment_id} has a {current.kind} run in progress; wait or delete it",
                     protocol.BUSY)
             known = self.store.get_deployment(deployment_id)
-            if known and known["status"] == READY and spec_hash(known["spec"]) == digest:
+            if known and known["status"] in (READY, DEGRADED) and spec_hash(known["spec"]) == digest:
                 # Kept as it is, even when a secret it was made with is gone from the project:
-                # it runs without it; only a new run would need it.
+                # it runs without it; only a new run would need it. A degraded one too: the
+                # reconcile recreates what it misses once this memory is back; a new run would
+                # redo its setup steps (seed data twice, or roll it all back on a failure).
                 memory = _merge_memory(self.memory.get(deployment_id), secrets, registries, output_key)
                 memory.restore_outputs(self.store, deployment_id)
                 self.memory[deployment_id] = memory
-                return {"run_id": None, "status": READY}
+                return {"run_id": None, "status": known["status"]}
             if missing:
                 raise protocol.ProtocolError(f"secrets not sent: {', '.join(sorted(missing))}")
             memory = RunMemory(secrets, registries, output_key)
@@ -207,7 +209,7 @@ class AgentService:
             if not isinstance(spec, dict) or not isinstance(spec.get("deployment_id"), str):
                 raise protocol.ProtocolError("each entry needs a deployment spec with a deployment_id")
             wanted[spec["deployment_id"]] = item
-        result = {"applied": [], "kept": [], "deleted": [], "errors": {}}
+        result = {"applied": [], "kept": [], "degraded": [], "deleted": [], "errors": {}}
         for deployment_id, item in wanted.items():
             try:
                 outcome = self.apply(item)
@@ -215,6 +217,8 @@ class AgentService:
                 result["errors"][deployment_id] = exc.message
                 continue
             result["kept" if outcome["run_id"] is None else "applied"].append(deployment_id)
+            if outcome["status"] == DEGRADED:
+                result["degraded"].append(deployment_id)
         if keep is None:
             return result
         local = {d["deployment_id"] for d in self.store.list_deployments()} | self.executor.deployment_ids()

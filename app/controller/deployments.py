@@ -151,15 +151,17 @@ def record_sync(node_id, result):
 
 @serialized
 def record_syncs(items):
-    """The answers to state.sync, [(node id, {applied, kept, deleted, errors})]: applied ones are
-    deploying, kept ones ready, refused ones failed. Deleted ones are not written here: the
-    round checks the deleting ones with a delete of its own."""
+    """The answers to state.sync, [(node id, {applied, kept, degraded, deleted, errors})]:
+    applied ones are deploying, kept ones ready (or degraded, as the agent says), refused ones
+    failed. Deleted ones are not written here: the round checks the deleting ones with a delete
+    of its own."""
     wanted = {}
     for node_id, result in items:
+        degraded = set(result.get("degraded") or [])
         for agent_id in result.get("applied") or []:
             wanted[id_of(agent_id)] = (node_id, "deploying", "")
         for agent_id in result.get("kept") or []:
-            wanted[id_of(agent_id)] = (node_id, "ready", "")
+            wanted[id_of(agent_id)] = (node_id, "degraded" if agent_id in degraded else "ready", "")
         for agent_id, message in (result.get("errors") or {}).items():
             wanted[id_of(agent_id)] = (node_id, "failed", f"the agent refused it: {message}")
     for deployment_id, deployment in _rows([i for i in wanted if i is not None]).items():

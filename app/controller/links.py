@@ -311,7 +311,7 @@ class NodeLink:
         # to keep, and only then does the agent remove the others.
         keep = desired["keep"]
         sections = list(protocol.parts(desired["deployments"], protocol.FRAME_BUDGET_BYTES)) or [[]]
-        result = {"applied": [], "kept": [], "deleted": [], "errors": {}}
+        result = {"applied": [], "kept": [], "degraded": [], "deleted": [], "errors": {}}
         for number, section in enumerate(sections, 1):
             params = {"deployments": section}
             if number == len(sections):
@@ -321,7 +321,7 @@ class NodeLink:
             except RequestFailed as exc:  # the link stays; the next connect syncs again
                 log.warning("node %s refused the desired state: %s", self.target["name"], exc.message)
                 return
-            for key in ("applied", "kept", "deleted"):
+            for key in ("applied", "kept", "degraded", "deleted"):
                 result[key] += answer.get(key) or []
             result["errors"].update(answer.get("errors") or {})
         if result.get("errors"):

@@ -325,13 +325,15 @@ def test_the_desired_state_leaves_out_failed_and_deleting_ones_and_carries_secre
 
 
 def test_the_sync_answer_sets_what_the_agent_runs(node_id, make_deployment):
-    applied, kept, refused, deleting = (make_deployment(node_id, status=s)
-                                        for s in ("offline", "offline", "pending", "deleting"))
+    applied, kept, degraded, refused, deleting = (
+        make_deployment(node_id, status=s) for s in ("offline", "offline", "offline", "pending", "deleting"))
     deployments.record_sync(node_id, {
-        "applied": [f"dep-{applied}", f"dep-{deleting}"], "kept": [f"dep-{kept}"],
-        "deleted": ["dep-999999"], "errors": {f"dep-{refused}": "steps[0]: unknown field 'x'"}})
+        "applied": [f"dep-{applied}", f"dep-{deleting}"], "kept": [f"dep-{kept}", f"dep-{degraded}"],
+        "degraded": [f"dep-{degraded}"], "deleted": ["dep-999999"],
+        "errors": {f"dep-{refused}": "steps[0]: unknown field 'x'"}})
     assert deployment_row(applied).status == "deploying"
     assert deployment_row(kept).status == "ready"
+    assert deployment_row(degraded).status == "degraded"
     assert deployment_row(refused).status == "failed"
     assert "unknown field" in deployment_row(refused).status_message
     assert deployment_row(deleting).status == "deleting"  # deleted meanwhile: the round's now
