@@ -176,10 +176,11 @@ class LinkManager:
                 for task in pending | _done:
                     task.cancel()
         finally:
-            await self.close_all()
+            # Calls in flight first, so none goes out on a link while the links close.
             working = list(self._working.values())
             for task in working:
                 task.cancel()
+            await self.close_all()
             await asyncio.gather(*working, return_exceptions=True)
             if stopping.is_set():
                 await writer  # the last figures

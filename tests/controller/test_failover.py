@@ -3,6 +3,7 @@ the other takes over and the links come back. A leader that does not die cleanly
 connection goes silent: a partition, a frozen host) gives up within seconds, and PostgreSQL ends
 its session so a standby takes over."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from app import create_app
 from app.config import TestConfig
+from app.controller import Controller
 from app.controller.leader import LeaderLock
 from app.extensions import db
 from tests.conftest import PG_URL
@@ -189,3 +192,29 @@ def test_a_standby_takes_over_within_seconds_when_the_leaders_packets_vanish(app
     assert lock_session_port() not in (None, client_port)  # the standby's session holds it now
     print(f"leader gave up after {lost_after:.1f}s, standby took over after {took_over:.1f}s")
 
+
+@needs_postgres
+def test_a_controller_cut_off_from_the_database_drops_its_agent_links_within_seconds(
+        agents, add_node, silent_proxy):
+    """The whole controller reaches PostgreSQL through the proxy, so when it goes silent the
+    link manager's rounds hang on the database as well: the controller must stop touching
+    agents anyway, without waiting for them."""
+    agent = agents.start(TOKEN)
+    node_id = add_node(agent.port_number, TOKEN)
+    cut_off = Controller(create_app(TestConfig(database_url=silent_proxy.url)), poll_s=0.2)
+    cut_off.start()
+    try:
+        wait_for_status(node_id, "online")
+        assert cut_off.active.is_set()
+
+        silent_proxy.go_silent()
+        cut = time.monotonic()
+        agent.wait_for(re.compile(r"control plane link from \S+ is down"), timeout=GIVES_UP_WITHIN_S + 5)
+        dropped_after = time.monotonic() - cut
+        assert not cut_off.active.is_set()
+        print(f"agent link dropped {dropped_after:.1f}s after the database went silent")
+    finally:
+        silent_proxy.close()  # hung database calls end, so the controller can stop
+        cut_off.stop()
+        with cut_off.app.app_context():
+            db.engine.dispose()
