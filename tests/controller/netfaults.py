@@ -1,11 +1,13 @@
-"""Network faults for controller tests, on loopback only: a TCP proxy that can go silent, and
-packets dropped by the kernel for one connection. A leader that dies cleanly sends FIN; these
-make the cases that do not: a partition, a host that freezes whole."""
+"""Network faults for controller tests, on loopback only: a TCP proxy that can go silent,
+packets dropped by the kernel for one connection (a leader that dies cleanly sends FIN; these
+make the cases that do not: a partition, a host that freezes whole), and a registry whose image
+pulls never end."""
 import contextlib
 import shutil
 import socket
 import subprocess
 import threading
+import time
 
 import psutil
 
@@ -115,3 +117,64 @@ def packets_dropped(client_port, server_port):
         for rule in added:
             _iptables("-D", *rule)
 
+
+class StuckRegistry:
+    """A container registry on 127.0.0.1 that answers the engine's version check (GET /v2/) and
+    nothing else, so a pull of any image from it waits for ever: the engine gives up on a
+    registry silent from the start (its check times out after about 25 s) but not on a manifest
+    request that never gets an answer. `pulls` counts those requests, one per pull."""
+
+    def __init__(self):
+        self.pulls = 0
+        self._sockets = []
+        self._counted = threading.Condition()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, name="stuck-registry", daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _peer = self._listener.accept()
+            except OSError:
+                return  # closed
+            self._sockets.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        received = b""
+        try:
+            while b"\r\n\r\n" not in received:
+                chunk = conn.recv(4096)
+                if not chunk or (not received and chunk[:1] == b"\x16"):
+                    conn.close()  # TLS first: refused, and the engine tries plain HTTP (loopback)
+                    return
+                received += chunk
+            if received.startswith(b"GET /v2/ "):
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Docker-Distribution-API-Version: registry/2.0\r\n"
+                             b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
+                conn.close()
+                return
+            with self._counted:
+                self.pulls += 1
+                self._counted.notify_all()
+            # no answer: the socket stays open until close()
+        except OSError:
+            return
+
+    def wait_for_pulls(self, count=1, timeout=30):
+        deadline = time.monotonic() + timeout
+        with self._counted:
+            while self.pulls < count:
+                left = deadline - time.monotonic()
+                assert left > 0, f"{self.pulls} pulls reached the registry within {timeout}s, wanted {count}"
+                self._counted.wait(left)
+
+    def close(self):
+        """The hung pulls fail at once."""
+        self._listener.close()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
