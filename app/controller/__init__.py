@@ -106,9 +106,14 @@ class Controller:
         try:
             asyncio.run(self._links(lock))
         finally:
-            self.active.clear()
-            scheduler.shutdown(wait=False)
+            self._step_down()
             self.scheduler = None
+
+    def _step_down(self):
+        """Not the active controller any more: no scheduled job starts from here."""
+        self.active.clear()
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
 
     def _wake_manager(self):
         if self.manager is not None:
@@ -134,13 +139,25 @@ class Controller:
         stopping = asyncio.Event()
         links = asyncio.create_task(self.manager.run(stopping))
         ingress = asyncio.create_task(self.ingress.run(stopping)) if self.ingress else None
+        work = [task for task in (links, ingress) if task is not None]
         while not links.done():
             await asyncio.sleep(ELECTION_RETRY_S)
+            # Bounded: the lock answers within seconds or counts as lost (app/controller/leader.py).
             held = await asyncio.to_thread(lock.still_held)
-            if self._stopped.is_set() or not held:
-                stopping.set()
+            if not held:
+                # Another controller may be taking over: stop now rather than let the current
+                # rounds finish, which may be waiting on the same lost database while the links
+                # go on (and reconnect, taking agents back from the new leader). Cancelling
+                # closes every link; nothing more is written.
+                log.error("not sure this controller still holds the lock: stepping down")
+                self._step_down()
+                for task in work:
+                    task.cancel()
                 break
-        await links
-        if ingress is not None:
-            await ingress
+            if self._stopped.is_set():
+                stopping.set()  # a clean stop: the rounds finish and the last figures are written
+                break
+        for outcome in await asyncio.gather(*work, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                log.error("the controller's work ended with an error", exc_info=outcome)
         await self.internal.stop()

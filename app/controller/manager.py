@@ -1,7 +1,8 @@
 """The link manager: keeps exactly one NodeLink per node that should be linked, runs the
 commands the web tier left for nodes, and drives deployments: each round applies the pending
 ones and deletes (then checks) the deleting ones on online nodes; each link's state.sync sends
-the node's full desired state; agent events update progress and statuses."""
+the node's full desired state; agent events update progress and statuses. A round only starts
+work: node commands and deployment calls run as their own tasks, so none waits on another."""
 import asyncio
 import json
 import logging
@@ -113,6 +114,7 @@ class LinkManager:
         self._deletes = {}   # deployment id -> DeleteInFlight
         self._finished_runs = OrderedDict()  # run id -> (status, message) of recently ended runs
         self._working = {}   # deployment id -> task of an apply, delete or check in progress
+        self._commanding = {}  # node id -> task running that node's commands, in order
 
     # --- database from the event loop ----------------------------------------------------------
     def _in_app(self, fn, *args):
@@ -189,10 +191,11 @@ class LinkManager:
                 for task in pending | _done:
                     task.cancel()
         finally:
-            await self.close_all()
-            working = list(self._working.values())
+            # Calls in flight first, so none goes out on a link while the links close.
+            working = [*self._working.values(), *self._commanding.values()]
             for task in working:
                 task.cancel()
+            await self.close_all()
             await asyncio.gather(*working, return_exceptions=True)
             if stopping.is_set():
                 await writer  # the last figures
@@ -202,8 +205,10 @@ class LinkManager:
     async def _reconcile_links(self):
         targets = await self.db(state.link_targets)
         for node_id in list(self.links):
-            link, target = self.links[node_id], targets.get(node_id)
-            finished = self.tasks[node_id].done()
+            link, task, target = self.links.get(node_id), self.tasks.get(node_id), targets.get(node_id)
+            if link is None or task is None:
+                continue  # dropped meanwhile, by a command (drop_link, reconnect)
+            finished = task.done()
             # The thumbprint this link pinned itself is no move: the database has it as soon as
             # mark_online commits, a moment before the link's own copy is updated; and `targets`,
             # read before that commit, may still say None (seen with 1,000 nodes linking at once).
@@ -237,27 +242,42 @@ class LinkManager:
         await asyncio.gather(*(self._drop(node_id) for node_id in list(self.links)))
 
     async def _run_commands(self):
+        # Read before the commands: a node not busy now has its commands' ends committed (a task
+        # leaves _commanding only after finish_command), so none read below is in flight.
+        busy = set(self._commanding)
         commands = await self.db(state.open_commands)
-        # Different nodes' commands go out together; one node's run in order.
         by_node = {}
         for command in commands:
-            by_node.setdefault(command["node_id"], []).append(command)
-        await asyncio.gather(*(self._run_node_commands(items) for items in by_node.values()))
+            if command["node_id"] not in busy:
+                by_node.setdefault(command["node_id"], []).append(command)
+        # Not awaited: a prepull waits up to 10 minutes for the agent's image pulls, and the
+        # deployments, the links and other nodes must not wait with it. One task per node keeps
+        # its commands in order; the next ones start in the first round after it ends.
+        for node_id, items in by_node.items():
+            self._commanding[node_id] = asyncio.create_task(
+                self._run_node_commands(node_id, items), name=f"commands-{node_id}")
 
-    async def _run_node_commands(self, commands):
-        for command in commands:
-            node_id, kind = command["node_id"], command["kind"]
-            link = self.links.get(node_id)
-            if kind == "rotate_token":
-                result = await self._push_rotation(link, command["payload"])
-            elif kind in ("drop_link", "reconnect"):
-                await self._drop(node_id)  # "reconnect": the next round links it again
-                result = "link dropped" if kind == "drop_link" else "reconnecting"
-            elif kind == "prepull":
-                result = await self._prepull(link, command["payload"])
-            else:
-                result = f"unknown command {kind!r}"
-            await self.finish_command(command["id"], result)
+    async def _run_node_commands(self, node_id, commands):
+        try:
+            for command in commands:
+                kind, link = command["kind"], self.links.get(node_id)
+                if kind == "rotate_token":
+                    result = await self._push_rotation(link, command["payload"])
+                elif kind in ("drop_link", "reconnect"):
+                    await self._drop(node_id)  # "reconnect": the next round links it again
+                    result = "link dropped" if kind == "drop_link" else "reconnecting"
+                elif kind == "prepull":
+                    result = await self._prepull(link, command["payload"])
+                else:
+                    result = f"unknown command {kind!r}"
+                await self.finish_command(command["id"], result)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the database may be away: a later round runs it again
+            log.exception("node %s: running its commands failed", node_id)
+        finally:
+            if self._commanding.get(node_id) is asyncio.current_task():
+                del self._commanding[node_id]
 
     async def _prepull(self, link, payload):
         """A plugin catalog change: the agent pulls the plugin images ahead of any run."""

@@ -9,7 +9,7 @@ import pytest
 from agent.protocol import verifier_for
 from app.controller import Controller
 from app.extensions import db
-from app.models import Environment, Node
+from app.models import Environment, Node, NodeCommand
 from app.models.types import utcnow
 from app.services.catalog import keyring
 from tests.agent.link.support import AgentProcess
@@ -26,6 +26,15 @@ def free_port():
 def node_row(node_id):
     db.session.expire_all()
     return db.session.get(Node, node_id)
+
+
+def leave_command(node_id, kind, payload):
+    """A command for the controller, left as the web tier leaves it; returns its id."""
+    command = NodeCommand(node_id=node_id, kind=kind,
+                          payload_ciphertext=keyring().encrypt(payload, "node_command.payload"))
+    db.session.add(command)
+    db.session.commit()
+    return command.id
 
 
 def wait_for_status(node_id, *statuses, timeout=30):

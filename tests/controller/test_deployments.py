@@ -1,5 +1,6 @@
 """The controller's side of deployments: real agents deploy and delete busybox services as the
 database asks; node links going away and coming back; cleanups that fail and are retried."""
+import json
 import time
 from datetime import timedelta
 
@@ -8,12 +9,20 @@ import pytest
 from agent import protocol
 from app.controller import deployments, state
 from app.extensions import db
-from app.models import DeploymentEvent, Node
+from app.models import DeploymentEvent, Node, NodeCommand
 from app.models.types import utcnow
 from app.services import nodes
 from tests.dockertools import left_behind
 
-from .conftest import deployment_row, node_row, wait_for_deployment, wait_for_status, web_step
+from .conftest import (
+    deployment_row,
+    leave_command,
+    node_row,
+    wait_for_deployment,
+    wait_for_status,
+    web_step,
+)
+from .netfaults import StuckRegistry
 
 TOKEN = "node-token-deployments-test-0001"
 docker = pytest.mark.docker  # these drive a real agent and the local Docker engine
@@ -200,6 +209,31 @@ def test_auto_cleanup_deletes_a_deployment_whose_inactivity_period_ran_out(
     deployment = wait_for_deployment(deployment_id, "deleted", timeout=30)
     assert deployment.delete_requested_at is not None
     assert left_behind(docker_client, labelled_for(agent, deployment_id)) == []
+
+
+@docker
+def test_a_prepull_stuck_on_its_registry_holds_up_neither_deployments_nor_deletes(
+        linked, make_deployment, docker_client, busybox_image):
+    """A prepull may wait 10 minutes for the agent's pulls; meanwhile deployments are applied
+    and deleted as usual, and the prepull is not sent again every round."""
+    agent, node_id, _active = linked
+    registry = StuckRegistry()
+    try:
+        stuck = json.dumps([{"image": f"127.0.0.1:{registry.port}/nullops-test/stuck-plugin:1"}])
+        command_id = leave_command(node_id, "prepull", stuck)
+        registry.wait_for_pulls(1)  # the agent is pulling, and stays so
+
+        deployment_id = make_deployment(node_id)
+        wait_for_deployment(deployment_id, "ready", timeout=60)
+        request_delete(deployment_id)
+        wait_for_deployment(deployment_id, "deleted", timeout=60)
+        assert left_behind(docker_client, labelled_for(agent, deployment_id)) == []
+
+        db.session.expire_all()
+        assert db.session.get(NodeCommand, command_id).done_at is None, "the prepull was stuck all along"
+        assert registry.pulls == 1, "a prepull in flight must not be sent again"
+    finally:
+        registry.close()  # the pull fails now and the prepull ends
 
 
 # --- without agents: the database side --------------------------------------------------------------

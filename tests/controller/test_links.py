@@ -14,7 +14,7 @@ from app.extensions import db
 from app.models import AuditEntry, NodeCommand
 from app.services.catalog import keyring
 
-from .conftest import free_port, node_row, wait_for_status
+from .conftest import free_port, leave_command, node_row, wait_for_status
 
 pytestmark = pytest.mark.docker  # the agents drive the local Docker engine
 
@@ -24,15 +24,12 @@ OTHER = "node-token-controller-test-0002"
 
 def run_command(node_id, kind, payload, timeout=15):
     """Leave a command for the controller, as the web tier does, and wait until it is done."""
-    command = NodeCommand(node_id=node_id, kind=kind,
-                          payload_ciphertext=keyring().encrypt(payload, "node_command.payload"))
-    db.session.add(command)
-    db.session.commit()
+    command_id = leave_command(node_id, kind, payload)
     deadline = time.monotonic() + timeout
     while True:
         db.session.expire_all()
-        if db.session.get(NodeCommand, command.id).done_at is not None:
-            return db.session.get(NodeCommand, command.id)
+        if db.session.get(NodeCommand, command_id).done_at is not None:
+            return db.session.get(NodeCommand, command_id)
         assert time.monotonic() < deadline, f"{kind} not done within {timeout}s"
         time.sleep(0.1)
 
