@@ -17,11 +17,12 @@ def rotate(keyring, batch_size=500):
     safe to rerun after a crash: every batch commits, old keys stay readable meanwhile."""
     counts = {}
     for model in encrypted_models():
+        (key,) = db.inspect(model).primary_key  # one integer column: `id`, or `deployment_id`
         done = 0
         last_id = 0
         while True:
             rows = db.session.scalars(
-                db.select(model).where(model.id > last_id).order_by(model.id).limit(batch_size)
+                db.select(model).where(key > last_id).order_by(key).limit(batch_size)
             ).all()
             if not rows:
                 break
@@ -31,7 +32,7 @@ def rotate(keyring, batch_size=500):
                     if token and not keyring.is_current(token):
                         setattr(row, column, keyring.encrypt(keyring.decrypt(token, context), context))
                         done += 1
-            last_id = rows[-1].id
+            last_id = getattr(rows[-1], key.key)
             db.session.commit()
         counts[model.__tablename__] = done
     audit.record(None, "keys.rotate", "keyring", None, {"reencrypted": counts},

@@ -6,6 +6,7 @@ from app.controller.manager import LinkManager
 from app.extensions import db
 from app.models import Environment
 from tests.access.deployments import add_node
+from tests.asynctools import run
 
 GB = 1024 ** 3
 HOST = {"cpus": 4, "cpu_percent": 50.0, "memory_total": 16 * GB, "memory_available": 2 * GB}
@@ -30,7 +31,7 @@ def test_a_node_sending_figures_out_of_range_is_warned_about_once_and_the_others
     def write_second(bad_frame):
         manager.note_resources(good.id, _frame())
         manager.note_resources(bad.id, bad_frame)
-        asyncio.run(manager._write_resources(stopping))
+        run(manager._write_resources(stopping))
 
     caplog.set_level(logging.WARNING, logger="nullops.controller")
     for bad_frame in (_frame(memory_available=10 ** 30), _frame(memory_available=10 ** 30), _frame(),

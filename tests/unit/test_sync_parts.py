@@ -1,9 +1,9 @@
 """The desired state goes to an agent in parts that fit a frame (issue #14.2): a node's specs
 together may not, and a frame over the limit closes the link (1009) at every connect."""
-import asyncio
 
 from agent import protocol
 from app.controller.links import NodeLink
+from tests.asynctools import run
 
 
 class _Manager:
@@ -31,7 +31,7 @@ def _sync(desired):
                 "deleted": ["dep-old"] if "keep" in params else []}
 
     link.call = call
-    asyncio.run(link._sync())
+    run(link._sync())
     return sent, manager.synced
 
 
