@@ -1,7 +1,14 @@
 """Following a service's log from the browser: the web tier's WebSocket, the controller's
-internal endpoint, the node's link, a real agent and a real container. And who may not."""
+internal endpoint, the node's link, a real agent and a real container. And who may not, how
+many at once, and that open streams leave the web tier's threads to everyone else."""
+import base64
+import contextlib
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -11,7 +18,7 @@ from websockets.sync.client import connect
 from tests.conftest import STRONG_PASSWORD, csrf_from
 from tests.controller.test_deployments import TOKEN
 
-from .conftest import wait_for_deployment, wait_for_status, web_step
+from .conftest import free_port, wait_for_deployment, wait_for_status, web_step
 
 TALKER = ["sh", "-c", "i=0; while true; do echo tick-$i; i=$((i+1)); sleep 0.2; done & "
           "exec httpd -f -p 8000"]
@@ -48,6 +55,20 @@ def refused(ws, timeout=10):
         assert time.monotonic() < deadline, f"no close frame after {refusal}"
         time.sleep(0.02)
     return refusal, ws.protocol.close_rcvd.code
+
+
+def log_lines(ws, timeout=20):
+    """The lines of the next frames that carry some (heartbeats carry none)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            frame = json.loads(ws.recv(max(deadline - time.monotonic(), 0.1)))
+        except (TimeoutError, ConnectionClosed) as exc:
+            raise AssertionError(f"no log lines: {exc!r}") from None
+        assert "error" not in frame and "end" not in frame, frame
+        if frame.get("lines"):
+            return frame["lines"]
+    raise AssertionError("no log lines")
 
 
 def frames(ws, count, timeout=20):
@@ -95,3 +116,130 @@ def test_a_reader_follows_a_service_log_and_outsiders_get_nothing(
             refusal, close_code = refused(ws)
             assert "error" in refusal and "tick" not in json.dumps(refusal)
             assert close_code == 1008
+
+
+@pytest.fixture
+def talking(app, agents, add_node, controller, make_deployment, catalog, monkeypatch):
+    """start(**settings) -> (follow path, controller): a ready service that prints a line every
+    0.2 s, on a real agent, through the real controller started with these settings."""
+
+    def start(**settings):
+        for key, value in settings.items():
+            monkeypatch.setitem(app.config, key, value)
+        agent = agents.start(TOKEN)
+        node_id = add_node(agent.port_number, TOKEN)
+        active = controller()
+        wait_for_status(node_id, "online")
+        monkeypatch.setitem(app.config, "NULLOPS_CONTROLLER_INTERNAL", active.internal.address)
+        deployment_id = make_deployment(node_id, [web_step(catalog["registry"].id, command=TALKER)])
+        wait_for_deployment(deployment_id, "ready")
+        return f"/deployments/{deployment_id}/logs/web/follow", active
+
+    return start
+
+
+@pytest.fixture
+def gunicorn_web(app, tmp_path):
+    """start(workers, threads) -> "host:port" of `nullops web` as installs run it (gunicorn),
+    on this test's database and controller."""
+    started = []
+
+    def start(workers, threads):
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NULLOPS_")}
+        env.update({
+            "NULLOPS_DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+            "NULLOPS_SECRET_KEY": base64.b64encode(app.config["NULLOPS_MASTER_KEY"]).decode(),
+            "NULLOPS_SESSION_SECRET": app.config["SECRET_KEY"],
+            "NULLOPS_COOKIE_SECURE": "false",
+            "NULLOPS_CONTROLLER_INTERNAL": app.config["NULLOPS_CONTROLLER_INTERNAL"],
+        })
+        log = open(tmp_path / f"web-{port}.log", "wb")  # noqa: SIM115 - closed below
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("nullops")), "web", "--bind", f"127.0.0.1:{port}",
+             "--workers", str(workers), "--threads", str(threads)],
+            env=env, stdout=log, stderr=subprocess.STDOUT)
+        started.append((process, log))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
+                    return f"127.0.0.1:{port}"
+            except requests.RequestException:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, \
+                (tmp_path / f"web-{port}.log").read_text()
+            time.sleep(0.2)
+
+    try:
+        yield start
+    finally:
+        for process, log in started:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+            log.close()
+
+
+@pytest.mark.docker
+def test_follow_sockets_beyond_the_web_threads_leave_health_api_and_pages_answering(
+        talking, gunicorn_web, make_user, bearer):
+    # Issue #14.4: each followed log held a gunicorn thread while it was open, so as many viewers
+    # as threads stalled every page, API call and /healthz of that worker.
+    admin = make_user("ops-admin", role="admin")
+    path, _ = talking()
+    web = gunicorn_web(workers=1, threads=2)
+    session = session_for(web, "ops-admin")
+    deployment_page = f"http://{web}{path.rsplit('/logs/', 1)[0]}"
+    followers = []
+    opened = contextlib.ExitStack()
+
+    def follow(count):
+        for _ in range(count):
+            number = len(followers) + 1
+            try:
+                followers.append(opened.enter_context(open_follow(web, path, session)))
+                log_lines(followers[-1], timeout=15)
+            except (TimeoutError, AssertionError) as exc:
+                raise AssertionError(f"follower {number} on a worker of 2 threads got no lines: "
+                                     f"{exc!r}") from None
+
+    def everything_answers():
+        for url, client, headers in ((f"http://{web}/healthz", requests, {}),
+                                     (f"http://{web}/api/v1/deployments", requests, bearer(admin)),
+                                     (deployment_page, session, {})):
+            started = time.monotonic()
+            try:
+                response = client.get(url, headers=headers, timeout=10)
+            except requests.Timeout:
+                raise AssertionError(f"{url} did not answer within 10 s beside {len(followers)} "
+                                     "followers") from None
+            assert response.status_code == 200, (url, response.status_code)
+            print(f"{url}: {time.monotonic() - started:.3f} s beside {len(followers)} followers")
+
+    with opened:
+        follow(2)  # as many as the worker has threads
+        everything_answers()
+        follow(4)  # three times as many
+        everything_answers()
+        for ws in followers:  # and every follower still streams
+            assert any(line.startswith("tick-") for line in log_lines(ws))
+
+
+@pytest.mark.docker
+def test_a_follower_that_stops_gets_its_close_answered_and_the_node_unfollows(
+        talking, web, make_user):
+    make_user("ops-anna", role="admin")
+    path, active = talking()
+    with open_follow(web, path, session_for(web, "ops-anna")) as ws:
+        log_lines(ws)
+        ws.close()  # what Stop following does: a close frame, then wait for the server's
+        assert ws.protocol.close_rcvd is not None, "the server never answered the close"
+        assert ws.protocol.close_rcvd.code == 1000
+    deadline = time.monotonic() + 10
+    while active.manager._streams:
+        assert time.monotonic() < deadline, "the node was not unfollowed"
+        time.sleep(0.1)
