@@ -28,6 +28,11 @@ class NodeRequestFailed(ServiceError):
     code = "node_request_failed"
 
 
+class TooManyStreams(ServiceError):
+    status = 429
+    code = "too_many_streams"
+
+
 def _unreachable():
     return LiveDataUnavailable("the controller is not reachable for live data; is `nullops "
                                "controller` running?")
@@ -42,6 +47,8 @@ def _failure(error):
     code, message = error.get("code"), error.get("message")
     if code == "node_offline":
         return LiveDataUnavailable(f"the node is offline: {message}")
+    if code == "too_many_streams":  # over a cap on followed logs (app/controller/internal.py)
+        return TooManyStreams(message)
     return NodeRequestFailed(f"the node answered {code}: {message}")
 
 
@@ -99,11 +106,13 @@ def endpoint():
                     internal_token(current_app.config["SECRET_KEY"]))
 
 
-async def follow_logs(endpoint, node_id, deployment_id, step_id, tail=100, heartbeat_s=None, timeout=5):
+async def follow_logs(endpoint, node_id, deployment_id, step_id, viewer, tail=100, heartbeat_s=None,
+                      timeout=5):
     """Yield batches of log lines of a service as they come (asyncio); ends with the stream.
     Closing the generator (or cancelling the task iterating it) closes the connection, and the
-    controller unfollows. Quiet for `heartbeat_s` seconds: an empty batch comes, so the caller
-    can check its own peer."""
+    controller unfollows. `viewer` is the user it is for: the controller caps followed logs per
+    user and in all, and one over a cap raises TooManyStreams. Quiet for `heartbeat_s` seconds:
+    an empty batch comes, so the caller can check its own peer."""
     try:
         ws = await async_connect(f"ws://{endpoint.address}", open_timeout=timeout, proxy=None,
                                  compression=None, max_size=protocol.MAX_FRAME_BYTES)
@@ -120,7 +129,7 @@ async def follow_logs(endpoint, node_id, deployment_id, step_id, tail=100, heart
             raise _not_ready()
         request_id = next(_ids)
         await ws.send(json.dumps({
-            "id": request_id, "node_id": node_id, "method": protocol.LOGS_FOLLOW,
+            "id": request_id, "node_id": node_id, "viewer": viewer, "method": protocol.LOGS_FOLLOW,
             "params": {"deployment_id": deployment_id, "step_id": step_id, "tail": tail}}))
         try:
             async with asyncio.timeout(30):

@@ -6,7 +6,8 @@ login page), so the view checks everything itself, in the request: a logged-in u
 from this site (browsers send cookies with cross-site WebSocket handshakes), and view access to
 the deployment, which answers as if it did not exist otherwise. Then the socket goes to the
 process's WebSocket thread (app/websocket_handover.py) and the request's thread is free: a
-stream holds no web thread (issue #14.4)."""
+stream holds no web thread (issue #14.4). The active controller caps streams per user and in all
+(NULLOPS_LOG_STREAMS_PER_USER, NULLOPS_LOG_STREAMS_MAX); a follower over one is told so."""
 import asyncio
 import contextlib
 import json
@@ -27,6 +28,7 @@ bp = Blueprint("log_stream", __name__)
 
 HEARTBEAT_S = 15
 CLOSE_POLICY = 1008     # not allowed
+CLOSE_TRY_LATER = 1013  # over a cap: passes once another stream stops
 
 
 def _same_origin():
@@ -45,7 +47,7 @@ def follow_deployment_logs(deployment_id, step_id):
     if deployment.node_id is None:
         return hand_over(partial(_refuse, message="the deployment has no node any more"))
     stream = live.follow_logs(live.endpoint(), deployment.node_id, deployment.agent_id, step_id,
-                              tail=100, heartbeat_s=HEARTBEAT_S)
+                              viewer=current_user.id, tail=100, heartbeat_s=HEARTBEAT_S)
     return hand_over(partial(_follow, stream=stream))
 
 
@@ -71,6 +73,8 @@ async def _relay(ws, stream):
             async for lines in stream:
                 await ws.send(json.dumps({"lines": lines}))  # [] is the heartbeat
         await ws.send(json.dumps({"end": "the log stream ended (the service stopped or was replaced)"}))
+    except live.TooManyStreams as exc:
+        await _refuse(ws, exc.message, CLOSE_TRY_LATER)
     except ServiceError as exc:
         await ws.send(json.dumps({"error": exc.message}))
     except ConnectionClosed:

@@ -216,7 +216,7 @@ def test_live_data_reaches_the_web_tier_through_the_controllers_internal_endpoin
 
     async def follow():
         lines = []
-        stream = live.follow_logs(live.endpoint(), node_id, deployment_id, "talker", tail=0)
+        stream = live.follow_logs(live.endpoint(), node_id, deployment_id, "talker", viewer=None, tail=0)
         async with asyncio.timeout(30):
             async for batch in stream:
                 lines.extend(batch)

@@ -230,6 +230,51 @@ def test_follow_sockets_beyond_the_web_threads_leave_health_api_and_pages_answer
 
 
 @pytest.mark.docker
+def test_a_user_over_the_per_user_cap_is_told_so_and_closed_while_others_follow(
+        talking, web, make_user):
+    make_user("ops-anna", role="admin")
+    make_user("ops-bob", role="admin")
+    path, _ = talking(NULLOPS_LOG_STREAMS_PER_USER=2, NULLOPS_LOG_STREAMS_MAX=10)
+    anna = session_for(web, "ops-anna")
+    with open_follow(web, path, anna) as first, open_follow(web, path, anna) as second:
+        log_lines(first)
+        log_lines(second)
+        with open_follow(web, path, anna) as third:
+            refusal, close_code = refused(third)
+        assert "2 logs" in refusal.get("error", "") and "per user" in refusal["error"], refusal
+        assert close_code == 1013  # try again later: it passes when one of hers closes
+        with open_follow(web, path, session_for(web, "ops-bob")) as others:
+            assert any(line.startswith("tick-") for line in log_lines(others))
+
+
+@pytest.mark.docker
+def test_over_the_cap_in_all_the_next_follower_is_told_so_until_one_closes(
+        talking, web, make_user):
+    make_user("ops-anna", role="admin")
+    make_user("ops-bob", role="admin")
+    path, _ = talking(NULLOPS_LOG_STREAMS_PER_USER=2, NULLOPS_LOG_STREAMS_MAX=3)
+    anna, bob = session_for(web, "ops-anna"), session_for(web, "ops-bob")
+    with open_follow(web, path, anna) as first, open_follow(web, path, anna) as second, \
+            open_follow(web, path, bob) as bobs:
+        for ws in (first, second, bobs):
+            log_lines(ws)
+        with open_follow(web, path, bob) as over:
+            refusal, close_code = refused(over)
+        assert "3 logs" in refusal.get("error", "") and "in all" in refusal["error"], refusal
+        assert close_code == 1013
+
+        first.close()  # a place frees up once the controller has seen it go
+        deadline = time.monotonic() + 15
+        while True:
+            with open_follow(web, path, bob) as again:
+                frame = json.loads(again.recv(15))
+                if "error" not in frame:
+                    break
+            assert time.monotonic() < deadline, f"still refused after a follower left: {frame}"
+            time.sleep(0.3)
+
+
+@pytest.mark.docker
 def test_a_follower_that_stops_gets_its_close_answered_and_the_node_unfollows(
         talking, web, make_user):
     make_user("ops-anna", role="admin")
