@@ -50,11 +50,15 @@ def refused(ws, timeout=10):
     the TCP connection: that is the test server's, and werkzeug may read on, waiting for another
     request on that socket, long after the closing handshake; gunicorn does not.)"""
     refusal = json.loads(ws.recv(timeout))
+    return refusal, close_code(ws, refusal, timeout)
+
+
+def close_code(ws, after, timeout=10):
     deadline = time.monotonic() + timeout
     while ws.protocol.close_rcvd is None:
-        assert time.monotonic() < deadline, f"no close frame after {refusal}"
+        assert time.monotonic() < deadline, f"no close frame after {after}"
         time.sleep(0.02)
-    return refusal, ws.protocol.close_rcvd.code
+    return ws.protocol.close_rcvd.code
 
 
 def log_lines(ws, timeout=20):
@@ -288,3 +292,37 @@ def test_a_follower_that_stops_gets_its_close_answered_and_the_node_unfollows(
     while active.manager._streams:
         assert time.monotonic() < deadline, "the node was not unfollowed"
         time.sleep(0.1)
+
+
+@pytest.mark.docker
+def test_a_follower_who_loses_access_or_their_session_is_told_so_and_closed(
+        talking, web, make_user, catalog, monkeypatch):
+    from app.extensions import db
+    from app.models import Grant, Team, TeamMember
+    from app.services import users
+    from app.ui import log_stream
+
+    monkeypatch.setattr(log_stream, "RECHECK_S", 0.5)  # 30 s in production
+    path, _ = talking()
+    reader, admin = make_user("qa-anna"), make_user("ops-bob", role="admin")
+    make_user("ops-carl", role="admin")  # so that ops-bob is not the last admin
+    team = Team(name="QA Team")
+    db.session.add(team)
+    db.session.flush()
+    grant = Grant(team_id=team.id, project_id=catalog["project"].id, level="read_only")
+    db.session.add_all([TeamMember(team_id=team.id, user_id=reader.id), grant])
+    db.session.commit()
+
+    with open_follow(web, path, session_for(web, "qa-anna")) as anna, \
+            open_follow(web, path, session_for(web, "ops-bob")) as bob:
+        log_lines(anna)
+        log_lines(bob)
+        db.session.delete(grant)  # an admin takes the team's access away
+        db.session.commit()
+        users.update(None, admin, is_active=False)  # and deactivates ops-bob
+        for ws, reason in ((anna, "does not exist"), (bob, "your session ended")):
+            deadline = time.monotonic() + 15
+            while "error" not in (frame := json.loads(ws.recv(15))):
+                assert time.monotonic() < deadline, "the stream went on"
+            assert reason in frame["error"], frame
+            assert close_code(ws, frame) == 1008
