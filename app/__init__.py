@@ -15,15 +15,15 @@ def create_app(config=None):
 
     from app import auth_setup, crypto, errors
     from app.api import bp as api_bp
-    from app.extensions import csrf, db, login_manager, migrate, sock
+    from app.extensions import csrf, db, login_manager, migrate
     from app.health import bp as health_bp
     from app.ingress.page_view import bp as ingress_pages_bp
     from app.ui import bp as ui_bp
+    from app.ui.log_stream import bp as log_stream_bp
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(_migrations_dir()))
     csrf.init_app(app)
-    sock.init_app(app)
     auth_setup.init_app(app, login_manager)
     app.extensions["nullops_keyring"] = crypto.KeyRing(
         app.config["NULLOPS_MASTER_KEY"], app.config["NULLOPS_OLD_MASTER_KEYS"]
@@ -35,6 +35,7 @@ def create_app(config=None):
     app.register_blueprint(health_bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(ui_bp)
+    app.register_blueprint(log_stream_bp)
     app.register_blueprint(ingress_pages_bp)
     errors.register(app)
     return app

@@ -8,14 +8,17 @@ def init_app(app, login_manager):
     login_manager.login_view = "ui.login"
     login_manager.session_protection = "strong"
 
-    @login_manager.user_loader
-    def load_user(session_id):
-        user_id, _, nonce = session_id.partition(":")
-        if not user_id.isdigit():
-            return None
-        user = db.session.get(User, int(user_id))
-        # A changed nonce (password change, deactivation) ends every old session.
-        if user is None or not user.is_active or user.session_nonce != nonce:
-            return None
-        return user
+    login_manager.user_loader(user_for_session)
+
+
+def user_for_session(session_id):
+    """The user a session belongs to, or None once it has ended."""
+    user_id, _, nonce = session_id.partition(":")
+    if not user_id.isdigit():
+        return None
+    user = db.session.get(User, int(user_id))
+    # A changed nonce (password change, deactivation) ends every old session.
+    if user is None or not user.is_active or user.session_nonce != nonce:
+        return None
+    return user
 

@@ -118,7 +118,8 @@ def web(bind, workers, threads):
 
     class Server(BaseApplication):
         def load_config(self):
-            # gthread: flask-sock WebSockets hold a thread each, requests share the rest.
+            # gthread: threads serve requests; browser WebSockets are handed to an asyncio
+            # thread once open and hold none (app/websocket_handover.py).
             for key, value in {"bind": bind, "workers": workers, "threads": threads,
                                "worker_class": "gthread", "accesslog": "-"}.items():
                 self.cfg.set(key, value)

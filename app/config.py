@@ -104,6 +104,11 @@ class Config:
         # The active controller's internal endpoint for live data (logs, metrics); the web tier
         # connects to it. Keep it on a private address: it is for NullOps processes only.
         self.NULLOPS_CONTROLLER_INTERNAL = env_str("NULLOPS_CONTROLLER_INTERNAL", "127.0.0.1:8091", env)
+        # Followed logs (the deployment page's Follow) the active controller admits at once, per
+        # user and in all (issue #14.4): each holds a log reader on a node and two sockets in a web
+        # process. A viewer over either is told so in the socket and closed.
+        self.NULLOPS_LOG_STREAMS_PER_USER = env_int("NULLOPS_LOG_STREAMS_PER_USER", 10, env, minimum=1)
+        self.NULLOPS_LOG_STREAMS_MAX = env_int("NULLOPS_LOG_STREAMS_MAX", 200, env, minimum=1)
         # The ingress: Caddy's admin API (localhost only; empty turns the ingress off) and the
         # address NullOps's Caddy server listens on for deployment URLs.
         self.NULLOPS_CADDY_ADMIN_URL = env_str("NULLOPS_CADDY_ADMIN_URL", "http://127.0.0.1:2019", env)

@@ -9,7 +9,7 @@ import threading
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from app.controller.internal import InternalEndpoint
+from app.controller.internal import InternalEndpoint, StreamLimits
 from app.controller.leader import LeaderLock
 from app.controller.manager import LinkManager
 from app.ingress.sync import IngressSync
@@ -128,8 +128,9 @@ class Controller:
                                        config["NULLOPS_INGRESS_LISTEN"],
                                        config["NULLOPS_INGRESS_PAGES_UPSTREAM"])
             self.manager.on_change = self.ingress.wake
-        self.internal = InternalEndpoint(self.manager, self.app.config["NULLOPS_CONTROLLER_INTERNAL"],
-                                         self.app.config["SECRET_KEY"])
+        self.internal = InternalEndpoint(
+            self.manager, config["NULLOPS_CONTROLLER_INTERNAL"], config["SECRET_KEY"],
+            StreamLimits(config["NULLOPS_LOG_STREAMS_PER_USER"], config["NULLOPS_LOG_STREAMS_MAX"]))
         try:
             await self.internal.start()
         except OSError as exc:  # the links matter more than live data: keep them going

@@ -5,8 +5,12 @@ metrics and health it opens a WebSocket to this endpoint, proves it belongs to t
 installation (an HMAC of the session secret both processes share), and sends requests that
 the controller relays over the node's link. Only read-only methods pass; followed log streams
 end when the web side goes away. The web checks the user's permission before it asks.
+
+Every followed log of every web process passes through here, so this is where the caps on them
+hold (StreamLimits): per user and in all, whatever the number of web processes.
 """
 import asyncio
+import collections
 import hashlib
 import hmac
 import json
@@ -14,6 +18,7 @@ import logging
 
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from agent import protocol
 from app.controller.links import LinkDown, RequestFailed
@@ -34,11 +39,45 @@ def parse_address(address):
     return host or "127.0.0.1", int(port)
 
 
+class StreamLimits:
+    """How many followed logs are admitted at once, per user and in all (issue #14.4). Each one
+    holds a log reader (two threads) on its node, a socket here and two in a web process; a
+    web process no longer spends a thread on one, so nothing else bounds them. Only the event
+    loop touches this: a check and its count happen with no await between them."""
+
+    def __init__(self, per_user, in_all):
+        self.per_user, self.in_all = per_user, in_all
+        self.open = 0
+        self.by_viewer = collections.Counter()
+
+    def admit(self, viewer):
+        """None when admitted (and counted), else the refusal to show the viewer."""
+        if viewer is not None and self.by_viewer[viewer] >= self.per_user:
+            return (f"you follow {self.per_user} logs already, the most per user: stop following "
+                    "one (in another tab or window?) and try again")
+        if self.open >= self.in_all:
+            log.warning("refused a log stream: %s are open, NULLOPS_LOG_STREAMS_MAX", self.open)
+            return (f"{self.in_all} logs are followed in all right now, the most this NullOps "
+                    "serves at once: try again when one stops")
+        self.open += 1
+        if viewer is not None:
+            self.by_viewer[viewer] += 1
+        return None
+
+    def release(self, viewer):
+        self.open -= 1
+        if viewer is not None:
+            self.by_viewer[viewer] -= 1
+            if not self.by_viewer[viewer]:
+                del self.by_viewer[viewer]
+
+
 class InternalEndpoint:
-    def __init__(self, manager, address, session_secret):
+    def __init__(self, manager, address, session_secret, limits):
         self.manager = manager
         self.host, self.port = parse_address(address)
         self._token = internal_token(session_secret)
+        self.limits = limits
         self.server = None
 
     async def start(self):
@@ -68,9 +107,10 @@ class InternalEndpoint:
             return
         await ws.send(json.dumps({"type": "ready"}))
         streams = set()  # (node id, stream id) followed by this client
+        viewers = []     # whose followed logs this client holds places for in self.limits
         try:
             async for raw in ws:
-                asyncio.create_task(self._answer(ws, raw, streams))
+                asyncio.create_task(self._answer(ws, raw, streams, viewers))
         except ConnectionClosed:
             pass
         finally:
@@ -79,13 +119,18 @@ class InternalEndpoint:
                 link = self.manager.links.get(node_id)
                 if link is not None and link.online:
                     asyncio.create_task(_quiet(link.call(protocol.LOGS_UNFOLLOW, {"stream_id": stream_id})))
+            # Requests still in flight give theirs back themselves (they hold them in `viewers`
+            # only once the node has answered).
+            for viewer in viewers:
+                self.limits.release(viewer)
 
-    async def _answer(self, ws, raw, streams):
+    async def _answer(self, ws, raw, streams, viewers):
         try:
             request = json.loads(raw)
             request_id, node_id = request["id"], request["node_id"]
             method, params = request["method"], request.get("params") or {}
-        except (ValueError, KeyError, TypeError):
+            viewer = request.get("viewer")  # the user a followed log is for (web tier's word)
+        except (ValueError, KeyError, TypeError, AttributeError):
             await ws.send(json.dumps({"type": "response", "id": None, "ok": False,
                                       "error": {"code": "bad_request", "message": "malformed request"}}))
             return
@@ -96,15 +141,26 @@ class InternalEndpoint:
         if link is None or not link.online:
             await _send(ws, request_id, error=("node_offline", "the node is not online"))
             return
+        following = method == protocol.LOGS_FOLLOW
+        if following and (refusal := self.limits.admit(viewer)) is not None:
+            await _send(ws, request_id, error=("too_many_streams", refusal))
+            return
         try:
             result = await link.call(method, params, timeout=60)
-        except LinkDown as exc:
-            await _send(ws, request_id, error=("node_offline", exc.reason))
+        except (LinkDown, RequestFailed) as exc:
+            if following:
+                self.limits.release(viewer)
+            if isinstance(exc, LinkDown):
+                await _send(ws, request_id, error=("node_offline", exc.reason))
+            else:
+                await _send(ws, request_id, error=(exc.code, exc.message))
             return
-        except RequestFailed as exc:
-            await _send(ws, request_id, error=(exc.code, exc.message))
-            return
-        if method == protocol.LOGS_FOLLOW:
+        if following:
+            if ws.state is State.CLOSED:  # gone while the node answered: _serve cleaned up already
+                self.limits.release(viewer)
+                await _quiet(link.call(protocol.LOGS_UNFOLLOW, {"stream_id": result["stream_id"]}))
+                return
+            viewers.append(viewer)
             stream_id = result["stream_id"]
             streams.add((node_id, stream_id))
             self.manager.subscribe(node_id, stream_id, lambda frame: _forward(ws, frame))

@@ -1,10 +1,13 @@
 """Live data from agents for the web tier, through the active controller's internal endpoint
 (app/controller/internal.py). The caller has already asked the access module."""
+import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 
 from flask import current_app
+from websockets.asyncio.client import connect as async_connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.sync.client import connect
 
@@ -25,24 +28,46 @@ class NodeRequestFailed(ServiceError):
     code = "node_request_failed"
 
 
+class TooManyStreams(ServiceError):
+    status = 429
+    code = "too_many_streams"
+
+
+def _unreachable():
+    return LiveDataUnavailable("the controller is not reachable for live data; is `nullops "
+                               "controller` running?")
+
+
+def _not_ready():
+    return LiveDataUnavailable("the controller refused this web process (session secrets differ?)")
+
+
+def _failure(error):
+    """The exception for a request the controller answered with an error."""
+    code, message = error.get("code"), error.get("message")
+    if code == "node_offline":
+        return LiveDataUnavailable(f"the node is offline: {message}")
+    if code == "too_many_streams":  # over a cap on followed logs (app/controller/internal.py)
+        return TooManyStreams(message)
+    return NodeRequestFailed(f"the node answered {code}: {message}")
+
+
 @contextlib.contextmanager
 def _open(timeout=5):
     address = current_app.config["NULLOPS_CONTROLLER_INTERNAL"]
-    unreachable = LiveDataUnavailable("the controller is not reachable for live data; is `nullops "
-                                      "controller` running?")
     try:
         ws = connect(f"ws://{address}", open_timeout=timeout, proxy=None, compression=None,
                      max_size=protocol.MAX_FRAME_BYTES)
     except (OSError, TimeoutError, WebSocketException):
-        raise unreachable from None
+        raise _unreachable() from None
     with ws:
         try:
             ws.send(json.dumps({"token": internal_token(current_app.config["SECRET_KEY"])}))
             ready = json.loads(ws.recv(timeout))
         except (OSError, TimeoutError, WebSocketException, ValueError):
-            raise unreachable from None
+            raise _unreachable() from None
         if ready.get("type") != "ready":
-            raise LiveDataUnavailable("the controller refused this web process (session secrets differ?)")
+            raise _not_ready()
         yield ws
 
 
@@ -59,10 +84,7 @@ def _request(ws, node_id, method, params, timeout):
         if frame.get("type") == "response" and frame.get("id") == request_id:
             if frame.get("ok"):
                 return frame["result"]
-            error = frame.get("error") or {}
-            if error.get("code") == "node_offline":
-                raise LiveDataUnavailable(f"the node is offline: {error.get('message')}")
-            raise NodeRequestFailed(f"the node answered {error.get('code')}: {error.get('message')}")
+            raise _failure(frame.get("error") or {})
 
 
 def node_call(node_id, method, params=None, timeout=60):
@@ -71,21 +93,62 @@ def node_call(node_id, method, params=None, timeout=60):
         return _request(ws, node_id, method, params, timeout)
 
 
-def follow_logs(node_id, deployment_id, step_id, tail=100, idle_timeout=None, heartbeat=False):
-    """Yield batches of log lines of a service as they come; ends with the stream (or when
-    the caller closes the generator, which unfollows). Quiet for `idle_timeout` seconds: the
-    stream ends, or with `heartbeat` an empty batch comes (so a caller can check its own peer)."""
-    with _open() as ws:
-        params = {"deployment_id": deployment_id, "step_id": step_id, "tail": tail}
-        stream_id = _request(ws, node_id, protocol.LOGS_FOLLOW, params, 30)["stream_id"]
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """Where the active controller's internal endpoint listens and this installation's proof,
+    read while a request has the app: followed logs run where it is not (app/ui/log_stream.py)."""
+    address: str
+    token: str
+
+
+def endpoint():
+    return Endpoint(current_app.config["NULLOPS_CONTROLLER_INTERNAL"],
+                    internal_token(current_app.config["SECRET_KEY"]))
+
+
+async def follow_logs(endpoint, node_id, deployment_id, step_id, viewer, tail=100, heartbeat_s=None,
+                      timeout=5):
+    """Yield batches of log lines of a service as they come (asyncio); ends with the stream.
+    Closing the generator (or cancelling the task iterating it) closes the connection, and the
+    controller unfollows. `viewer` is the user it is for: the controller caps followed logs per
+    user and in all, and one over a cap raises TooManyStreams. Quiet for `heartbeat_s` seconds:
+    an empty batch comes, so the caller can check its own peer."""
+    try:
+        ws = await async_connect(f"ws://{endpoint.address}", open_timeout=timeout, proxy=None,
+                                 compression=None, max_size=protocol.MAX_FRAME_BYTES)
+    except (OSError, TimeoutError, WebSocketException):
+        raise _unreachable() from None
+    async with ws:
+        try:
+            await ws.send(json.dumps({"token": endpoint.token}))
+            async with asyncio.timeout(timeout):
+                ready = json.loads(await ws.recv())
+        except (OSError, TimeoutError, WebSocketException, ValueError):
+            raise _unreachable() from None
+        if ready.get("type") != "ready":
+            raise _not_ready()
+        request_id = next(_ids)
+        await ws.send(json.dumps({
+            "id": request_id, "node_id": node_id, "viewer": viewer, "method": protocol.LOGS_FOLLOW,
+            "params": {"deployment_id": deployment_id, "step_id": step_id, "tail": tail}}))
+        try:
+            async with asyncio.timeout(30):
+                while (answer := json.loads(await ws.recv())).get("id") != request_id:
+                    pass
+        except TimeoutError:
+            raise NodeRequestFailed(f"the node did not answer {protocol.LOGS_FOLLOW} within 30 s") from None
+        except ConnectionClosed:
+            raise LiveDataUnavailable("the controller closed the connection") from None
+        if not answer.get("ok"):
+            raise _failure(answer.get("error") or {})
+        stream_id = answer["result"]["stream_id"]
         while True:
             try:
-                frame = json.loads(ws.recv(idle_timeout))
+                async with asyncio.timeout(heartbeat_s):
+                    frame = json.loads(await ws.recv())  # cancelling recv() loses nothing
             except TimeoutError:
-                if heartbeat:
-                    yield []
-                    continue
-                return
+                yield []
+                continue
             except ConnectionClosed:
                 return
             if frame.get("type") != protocol.STREAM or frame.get("stream_id") != stream_id:

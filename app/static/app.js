@@ -73,8 +73,11 @@ document.addEventListener("htmx:configRequest", (event) => {
     const panel = button.closest("details.logs-panel");
     const pre = panel.querySelector("pre");
     if (panel.socket) { panel.socket.close(); return; }
+    // url_for builds WebSocket URLs whole (ws://host/path), with the server's idea of scheme and
+    // host; a proxy in front may change both, so the page's own go with the path.
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const socket = new WebSocket(`${scheme}//${location.host}${panel.dataset.followPath}`);
+    const path = new URL(panel.dataset.followUrl).pathname;
+    const socket = new WebSocket(`${scheme}//${location.host}${path}`);
     panel.socket = socket;
     button.textContent = "Stop following";
     pre.textContent = "";

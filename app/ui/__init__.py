@@ -13,4 +13,4 @@ def require_login():
     return redirect(url_for("ui.login", next=request.full_path if request.query_string else request.path))
 
 
-from app.ui import catalog, deployments, environments, log_stream, pages  # noqa: E402,F401
+from app.ui import catalog, deployments, environments, pages  # noqa: E402,F401

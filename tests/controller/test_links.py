@@ -211,13 +211,18 @@ def test_live_data_reaches_the_web_tier_through_the_controllers_internal_endpoin
         assert time.monotonic() < deadline
         time.sleep(0.2)
 
-    lines = []
-    stream = live.follow_logs(node_id, deployment_id, "talker", tail=0, idle_timeout=10)
-    for batch in stream:
-        lines.extend(batch)
-        if len(lines) >= 5:
-            break
-    stream.close()  # the web side goes away: the controller unfollows
+    async def follow():
+        lines = []
+        stream = live.follow_logs(live.endpoint(), node_id, deployment_id, "talker", viewer=None, tail=0)
+        async with asyncio.timeout(30):
+            async for batch in stream:
+                lines.extend(batch)
+                if len(lines) >= 5:
+                    break
+        await stream.aclose()  # the web side goes away: the controller unfollows
+        return lines
+
+    lines = asyncio.run(follow())
     assert all(line.startswith("line ") for line in lines) and len(lines) >= 5
     deadline = time.monotonic() + 10
     while active.manager._streams:
