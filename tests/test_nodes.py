@@ -131,7 +131,8 @@ def test_rotation_replaces_the_verifier_and_queues_it_encrypted(added, admin):
     (queued,) = _commands(node, nodes.ROTATE_TOKEN)
     assert queued.done_at is None
     assert queued.payload_ciphertext.startswith("nlk1:")
-    assert keyring().decrypt(queued.payload_ciphertext, "node_command.payload") == verifier_for(token)
+    payload = keyring().decrypt(queued.payload_ciphertext, "node_command.payload")
+    assert nodes.read_rotation(payload) == (verifier_for(token), verifier_for(old_token))
     dump = _database_text()
     for secret in (token, old_token, verifier_for(token), verifier_for(old_token)):
         assert secret not in dump
@@ -426,3 +427,16 @@ def test_users_with_a_grant_on_the_environment_may_view_its_nodes(spec_example):
     assert db.session.scalars(access.visible(ex["outsider"], Node)).all() == []
     assert access.can(ex["admin"], "manage", node) and access.can(ex["admin"], "create", Node)
     assert len(db.session.scalars(access.visible(ex["admin"], Node)).all()) == 2
+
+
+def test_a_second_rotation_before_the_first_reached_the_agent_falls_back_to_what_the_agent_holds(
+        added, admin):
+    # The agent holds the first token until a rotation reaches it; only the newest rotation goes.
+    node, first_token, _command = added
+    nodes.rotate_token(admin, node)
+    node, newest, _command = nodes.rotate_token(admin, node)
+    first, second = _commands(node, nodes.ROTATE_TOKEN)
+    assert first.done_at is not None and first.result == "superseded by a newer rotation"
+    assert first.payload_ciphertext is None and second.done_at is None
+    payload = keyring().decrypt(second.payload_ciphertext, "node_command.payload")
+    assert nodes.read_rotation(payload) == (verifier_for(newest), verifier_for(first_token))

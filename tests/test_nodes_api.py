@@ -115,14 +115,14 @@ def test_rotation_answers_the_new_token_once_and_says_what_offline_nodes_need(cl
     assert rotated.status_code == 200, rotated.text
     assert rotated.json["token"] != added["token"]
     assert f"AGENT_TOKEN={rotated.json['token']}" in rotated.json["command"]
-    assert "old token stopped working" in rotated.json["message"]
-    assert "offline agent must be started with the new token by hand" in rotated.json["message"]
+    assert "receives the new token over its link" in rotated.json["message"]
+    assert "needs the new token by hand" in rotated.json["message"]
     node = db.session.get(Node, added["id"])
     assert keyring().decrypt(node.verifier_ciphertext, "node.verifier") == verifier_for(rotated.json["token"])
     command = db.session.scalar(select(NodeCommand).where(NodeCommand.node_id == node.id))
     assert command.kind == "rotate_token"
-    assert keyring().decrypt(command.payload_ciphertext, "node_command.payload") == verifier_for(
-        rotated.json["token"])
+    payload = keyring().decrypt(command.payload_ciphertext, "node_command.payload")
+    assert nodes.read_rotation(payload) == (verifier_for(rotated.json["token"]), verifier_for(added["token"]))
 
 
 def test_revoke_then_rotate(client, headers, added):

@@ -95,7 +95,7 @@ def test_adding_a_node_shows_token_and_command_once_and_never_in_clear_in_the_co
     assert token not in _cookie_text(client)
     rotated = client.get(f"/nodes/{node.id}")
     new_token = re.search(r'data-testid="node-token">([^<]+)<', rotated.text).group(1)
-    assert new_token != token and "old token stopped working" in rotated.text
+    assert new_token != token and "receives the new token over its link" in rotated.text
     assert 'data-testid="node-token"' not in client.get(f"/nodes/{node.id}").text
 
 

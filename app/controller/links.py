@@ -174,14 +174,17 @@ class NodeLink:
             # Checked before the first protocol frame: an impostor learns nothing.
             await self.manager.db(state.mark_untrusted, self.node_id, self.thumbprint)
             raise LinkDown("certificate changed", status="untrusted")
-        verifier = self.target["verifier"]
         client_nonce = protocol.new_nonce()
         await ws.send(protocol.encode({"type": protocol.AUTH_BEGIN, "protocol": protocol.PROTOCOL_VERSION,
                                        "client_nonce": client_nonce}))
         challenge = await self._expect(ws, protocol.AUTH_CHALLENGE)
         agent_nonce = challenge.get("agent_nonce")
-        if not protocol.check_agent_proof(verifier, client_nonce, agent_nonce, self.thumbprint,
-                                          challenge.get("proof")):
+        # The node's verifier, then, while a rotation has not reached the agent, the one before
+        # it (a link drop cut the rotation short): that link pushes the rotation at once.
+        verifier = next((v for v in (self.target["verifier"], self.target.get("previous_verifier"))
+                         if v and protocol.check_agent_proof(v, client_nonce, agent_nonce, self.thumbprint,
+                                                             challenge.get("proof"))), None)
+        if verifier is None:
             await ws.send(protocol.encode({"type": protocol.AUTH_FAILED}))
             raise LinkDown("the agent could not prove it holds this node's token: the agent runs "
                            "with another token, or this is not our agent")

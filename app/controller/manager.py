@@ -21,6 +21,7 @@ from app.controller.links import (
 )
 from app.extensions import db
 from app.models.types import utcnow
+from app.services import nodes
 
 log = logging.getLogger("nullops.controller")
 RESOURCES_WRITE_S = 1.0  # resources frames are written together at most this late
@@ -217,8 +218,9 @@ class LinkManager:
                 or target["thumbprint"] not in (None, link.target["thumbprint"], link.thumbprint))
             if target is None or moved or finished:
                 await self._drop(node_id)
-            else:
-                link.target["verifier"] = target["verifier"]  # a rotation: used from the next connect
+            else:  # a rotation: used from the next connect
+                link.target["verifier"] = target["verifier"]
+                link.target["previous_verifier"] = target["previous_verifier"]
         for node_id, target in targets.items():
             if node_id not in self.links:
                 link = NodeLink(self, target)
@@ -263,6 +265,8 @@ class LinkManager:
                 kind, link = command["kind"], self.links.get(node_id)
                 if kind == "rotate_token":
                     result = await self._push_rotation(link, command["payload"])
+                    if result is None:
+                        return  # open until it reaches the agent; the node's next commands wait
                 elif kind in ("drop_link", "reconnect"):
                     await self._drop(node_id)  # "reconnect": the next round links it again
                     result = "link dropped" if kind == "drop_link" else "reconnecting"
@@ -292,14 +296,20 @@ class LinkManager:
         return f"pulled {len(result.get('pulled') or [])}, failed {len(failed)}" + (
             f": {json.dumps(failed)[:300]}" if failed else "")
 
-    async def _push_rotation(self, link, verifier):
+    async def _push_rotation(self, link, payload):
+        """The new verifier to the agent over its live link; None while it cannot be (offline, or
+        the link dropped before the answer): the command stays open, and the next link, made
+        with the new verifier or the previous one, pushes it (docs/protocol.md, token.rotate)."""
+        verifier, _previous = nodes.read_rotation(payload)
         if link is None or not link.online:
-            return "node offline: configure the agent with the new token by hand"
+            return None
         try:
             await link.call(protocol.TOKEN_ROTATE, {"verifier": verifier})
-        except (LinkDown, RequestFailed) as exc:
-            return f"could not push the new token ({exc}); configure the agent by hand"
-        link.target["verifier"] = verifier
+        except LinkDown:
+            return None
+        except RequestFailed as exc:
+            return f"the agent refused the new token ({exc}); configure it by hand"
+        link.target["verifier"], link.target["previous_verifier"] = verifier, None
         return "pushed to the agent over the live link"
 
     # --- deployments ---------------------------------------------------------------------------

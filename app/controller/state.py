@@ -33,8 +33,16 @@ def link_targets():
         targets[node.id] = {
             "id": node.id, "name": node.name, "host": node.host, "port": node.port,
             "thumbprint": node.thumbprint,
-            "verifier": nodes.reveal_verifier(node),
+            "verifier": nodes.reveal_verifier(node), "previous_verifier": None,
         }
+    # A rotation not pushed yet: the agent may still hold the verifier before it (the handshake
+    # tries it second, then the rotation goes out over that link).
+    waiting = db.session.execute(select(NodeCommand.node_id, NodeCommand.payload_ciphertext).where(
+        NodeCommand.kind == nodes.ROTATE_TOKEN, NodeCommand.done_at.is_(None)).order_by(NodeCommand.id))
+    for node_id, payload in waiting:
+        if node_id in targets and payload:
+            targets[node_id]["previous_verifier"] = nodes.read_rotation(
+                keyring().decrypt(payload, nodes.PAYLOAD_CONTEXT))[1]
     return targets
 
 

@@ -8,6 +8,7 @@ A node token is shown once and never stored. The control plane keeps only the to
 (agent.protocol.verifier_for), encrypted under the master key: the handshake needs no more, and a
 database dump alone cannot command an agent.
 """
+import json
 import re
 import secrets
 
@@ -33,7 +34,7 @@ MEMORY_MB_RANGE = (64, 16 * 1024 * 1024)
 THUMBPRINT = re.compile(r"^[0-9a-f]{64}$")
 
 # NodeCommand kinds the controller carries out.
-ROTATE_TOKEN = "rotate_token"  # push the new verifier (payload) over the live link
+ROTATE_TOKEN = "rotate_token"  # push the new verifier over the live link (payload: rotation_payload)
 DROP_LINK = "drop_link"        # close the link now: the token was revoked
 RECONNECT = "reconnect"        # close and dial again: a new thumbprint or a new address
 
@@ -47,8 +48,10 @@ DRAINING = ("disabled by an admin: no new deployments; the controller stays link
 
 TOKEN_SHOWN_ONCE = "Copy the token now: it is shown only once and NullOps does not store it."
 ROTATED_MESSAGE = (
-    "The old token stopped working. An online agent receives the new one over its live link; "
-    "an offline agent must be started with the new token by hand (the command below)."
+    "The agent receives the new token over its link: at once when it is online, else as soon as "
+    "it is back (until then the old token still links that agent, and only with its pinned "
+    "certificate, so an interrupted rotation cannot strand it). An agent on a new host or with "
+    "a lost data directory needs the new token by hand (the command below)."
 )
 UNCHANGED = object()
 
@@ -87,6 +90,22 @@ def _move(node, status, reason):
         return move_node(node, status, reason)
     except TransitionError as exc:
         raise Conflict(f"{exc}; reload the node and try again", {"status": node.status}) from None
+
+
+def rotation_payload(verifier, previous):
+    """A rotation command's payload: the new verifier, and the one the agent is known to hold
+    until the rotation reaches it. docs/protocol.md: the controller tries the new one, then the
+    previous one, so a rotation a link drop cut short does not strand the node."""
+    return json.dumps({"verifier": verifier, "previous": previous})
+
+
+def read_rotation(payload):
+    """(verifier, previous verifier or None) of a rotation command's payload (a bare verifier
+    before rotations carried the previous one)."""
+    if payload.startswith("{"):
+        data = json.loads(payload)
+        return data["verifier"], data.get("previous")
+    return payload, None
 
 
 def _queue(node, kind, payload=None):
@@ -151,8 +170,17 @@ def rotate_token(actor, node):
     """A new token replaces the old one at once. Returns (node, token, command), shown once."""
     _lock(node)
     token, verifier = _new_token()
+    # What the agent holds: today's verifier, or, when an earlier rotation has not reached it
+    # yet, what that one fell back to (it is superseded: only the newest is pushed).
+    previous = reveal_verifier(node)
+    waiting = db.session.scalars(_waiting_rotations(node)).all()
+    if waiting:
+        previous = read_rotation(keyring().decrypt(waiting[0].payload_ciphertext, PAYLOAD_CONTEXT))[1]
+    for command in waiting:
+        command.done_at, command.result = utcnow(), "superseded by a newer rotation"
+        command.payload_ciphertext = None
     node.verifier_ciphertext = keyring().encrypt(verifier, VERIFIER_CONTEXT)
-    _queue(node, ROTATE_TOKEN, verifier)
+    _queue(node, ROTATE_TOKEN, rotation_payload(verifier, previous))
     details = {}
     if node.status == "revoked":
         # A new token starts over: the controller dials again and proves the new token.
@@ -166,6 +194,12 @@ def rotate_token(actor, node):
     return node, token, agent_command(node.port, token)
 
 
+def _waiting_rotations(node):
+    """The node's rotations not pushed to its agent yet, oldest first."""
+    return (select(NodeCommand).where(NodeCommand.node_id == node.id, NodeCommand.kind == ROTATE_TOKEN,
+                                      NodeCommand.done_at.is_(None)).order_by(NodeCommand.id))
+
+
 def revoke_token(actor, node):
     """Drop the link now and refuse reconnects until rotate_token issues a new token."""
     _lock(node)
@@ -175,9 +209,7 @@ def revoke_token(actor, node):
     _move(node, "revoked", f"token revoked by {getattr(actor, 'username', None) or 'an admin'}; "
                            "issue a new token to reconnect")
     # A rotation still waiting would hand the agent a verifier for a token just revoked.
-    waiting = select(NodeCommand).where(NodeCommand.node_id == node.id, NodeCommand.kind == ROTATE_TOKEN,
-                                        NodeCommand.done_at.is_(None))
-    for command in db.session.scalars(waiting):
+    for command in db.session.scalars(_waiting_rotations(node)):
         command.done_at = utcnow()
         command.result = "cancelled: the token was revoked"
     _queue(node, DROP_LINK)

@@ -282,3 +282,30 @@ def test_an_agent_dying_while_it_syncs_goes_offline_at_once(add_node, controller
         assert time.monotonic() - killed < 5
     finally:
         agent.stop()
+
+
+def test_a_rotation_that_never_reached_the_agent_goes_out_when_it_is_back(agents, add_node, controller):
+    # Issue #14.8: a rotation cut short (the node away, or the link dropping before the answer)
+    # left the database with the new verifier and the agent with the old one: offline for good.
+    from app.services import nodes
+
+    agent = agents.start(TOKEN)
+    node_id = add_node(agent.port_number, TOKEN)
+    controller()
+    wait_for_status(node_id, "online")
+    agent.stop()
+    wait_for_status(node_id, "offline", timeout=20)
+    node, new_token, _command = nodes.rotate_token(None, node_row(node_id))
+    time.sleep(2)  # rounds run meanwhile: the rotation waits for the agent
+    (command,) = db.session.scalars(db.select(NodeCommand).where(NodeCommand.node_id == node_id)).all()
+    assert command.done_at is None
+
+    agent = agents.restart(agent, TOKEN)  # back with the token it had: the rotation never reached it
+    wait_for_status(node_id, "online", timeout=30)
+    agent.wait_for(re.compile("token verifier rotated"), timeout=15)
+    db.session.expire_all()
+    assert db.session.get(NodeCommand, command.id).result == "pushed to the agent over the live link"
+    # From now on the new token is the agent's: its old env token keeps the rotated verifier.
+    agent = agents.restart(agent, TOKEN)
+    wait_for_status(node_id, "online", timeout=30)
+    assert "control plane did not accept" not in agent.log
