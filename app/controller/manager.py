@@ -266,7 +266,7 @@ class LinkManager:
                 if kind == "rotate_token":
                     result = await self._push_rotation(link, command["payload"])
                     if result is None:
-                        return  # open until it reaches the agent; the node's next commands wait
+                        continue  # open until it reaches the agent; the node's other commands go on
                 elif kind in ("drop_link", "reconnect"):
                     await self._drop(node_id)  # "reconnect": the next round links it again
                     result = "link dropped" if kind == "drop_link" else "reconnecting"
