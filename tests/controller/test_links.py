@@ -303,9 +303,16 @@ def test_a_rotation_that_never_reached_the_agent_goes_out_when_it_is_back(agents
     agent = agents.restart(agent, TOKEN)  # back with the token it had: the rotation never reached it
     wait_for_status(node_id, "online", timeout=30)
     agent.wait_for(re.compile("token verifier rotated"), timeout=15)
-    db.session.expire_all()
-    assert db.session.get(NodeCommand, command.id).result == "pushed to the agent over the live link"
+    deadline = time.monotonic() + 10  # the controller records it a moment after the agent's answer
+    while (done := _fresh(NodeCommand, command.id)).done_at is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert done.result == "pushed to the agent over the live link"
     # From now on the new token is the agent's: its old env token keeps the rotated verifier.
     agent = agents.restart(agent, TOKEN)
     wait_for_status(node_id, "online", timeout=30)
     assert "control plane did not accept" not in agent.log
+
+
+def _fresh(model, row_id):
+    db.session.expire_all()
+    return db.session.get(model, row_id)
