@@ -35,11 +35,15 @@ def database_url(tmp_path_factory):
         yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
         return
     admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    name = f"nullops_t_{uuid.uuid4().hex[:10]}"
+    name = f"nullops_t_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with admin.connect() as conn:
-        # Databases of killed runs: dropped unless someone is still connected to them.
+        # Databases of killed runs: dropped unless their run is alive (a run between two tests
+        # holds no connection to its own: dropping "unused" ones took a concurrent run's) or
+        # someone is still connected to them.
         stale_names = conn.execute(text("SELECT datname FROM pg_database WHERE datname LIKE 'nullops_t_%'"))
         for (stale,) in stale_names.all():
+            if _run_alive(stale):
+                continue
             try:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{stale}"'))
             except (OperationalError, ProgrammingError):  # in use, or another run dropped it first
@@ -50,6 +54,20 @@ def database_url(tmp_path_factory):
     finally:
         drop_database(admin, name)
         admin.dispose()
+
+
+def _run_alive(database_name):
+    """Whether the test run that made `nullops_t_<pid>_<hex>` still runs on this host."""
+    pid = database_name.removeprefix("nullops_t_").split("_", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def drop_database(admin, name, patience_s=20.0):
