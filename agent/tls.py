@@ -60,11 +60,12 @@ def write_private(path, data):
         os.close(dir_fd)
 
 
-def generate(hostname=None):
-    """A new (cert PEM, key PEM) pair: self-signed, EC P-256, SAN hostname/localhost/loopback."""
+def generate(hostname=None, role="agent"):
+    """A new (cert PEM, key PEM) pair: self-signed, EC P-256, SAN hostname/localhost/loopback.
+    (The controller makes one for its internal endpoint too: `role`.)"""
     hostname = hostname or socket.gethostname() or "localhost"
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"nullops-agent {hostname}"[:64])])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"nullops-{role} {hostname}"[:64])])
     names = [x509.DNSName(n) for n in dict.fromkeys([hostname, "localhost"])]
     names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1")]
     now = datetime.datetime.now(datetime.UTC)

@@ -101,9 +101,14 @@ class Config:
         self.NULLOPS_PASSWORD_MIN_LENGTH = env_int("NULLOPS_PASSWORD_MIN_LENGTH", 12, env, minimum=8)
         self.NULLOPS_HOST = env_str("NULLOPS_HOST", "127.0.0.1", env)
         self.NULLOPS_PORT = env_int("NULLOPS_PORT", 8080, env, minimum=1)
-        # The active controller's internal endpoint for live data (logs, metrics); the web tier
-        # connects to it. Keep it on a private address: it is for NullOps processes only.
+        # Where a controller's internal endpoint for live data (logs, metrics) listens while it is
+        # the active one, and the address web processes reach it on (default: that one, this
+        # host's name for 0.0.0.0); the active controller writes the latter and its certificate's
+        # thumbprint to the database, where web processes find them (a failover moves them).
+        # Keep it on a private network: it is for NullOps processes only.
         self.NULLOPS_CONTROLLER_INTERNAL = env_str("NULLOPS_CONTROLLER_INTERNAL", "127.0.0.1:8091", env)
+        self.NULLOPS_CONTROLLER_INTERNAL_ADVERTISE = env_str(
+            "NULLOPS_CONTROLLER_INTERNAL_ADVERTISE", None, env)
         # Followed logs (the deployment page's Follow) the active controller admits at once, per
         # user and in all (issue #14.4): each holds a log reader on a node and two sockets in a web
         # process. A viewer over either is told so in the socket and closed.

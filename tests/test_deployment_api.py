@@ -10,7 +10,8 @@ from websockets.sync.server import serve
 
 from agent import protocol
 from app.api.schemas.deployments import DeploymentOut
-from app.controller.internal import internal_token
+from app.controller import state
+from app.controller.internal import internal_proof, internal_token, server_tls
 from app.extensions import db
 from app.models import AuditEntry, Deployment, DeploymentEvent, PipelineVersion
 from app.services import registries
@@ -323,20 +324,24 @@ def test_each_change_is_refused_to_a_read_only_member_who_still_sees_everything(
 
 # --- live logs and metrics ----------------------------------------------------------------------
 class FakeController:
-    """The controller's internal endpoint as the web tier sees it: the token, then answers to
-    logs.tail and stats.get; node `offline_node` answers as a node without a link."""
+    """The controller's internal endpoint as the web tier sees it (TLS with the certificate it
+    publishes, the challenge and the proof), then answers to logs.tail and stats.get; node
+    `offline_node` answers as a node without a link."""
 
     def __init__(self, secret, offline_node=None):
         self.token, self.offline_node = internal_token(secret), offline_node
         self.agent_ids = ("dep-1", "dep-2")  # deployments the node's containers belong to
         self.requests = []
-        self.server = serve(self._handle, "127.0.0.1", 0, compression=None)
+        ctx, self.thumbprint = server_tls("localhost")
+        self.server = serve(self._handle, "127.0.0.1", 0, compression=None, ssl=ctx)
         self.address = f"127.0.0.1:{self.server.socket.getsockname()[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     def _handle(self, ws):
-        if json.loads(ws.recv()).get("token") != self.token:
+        nonce = "ab" * 32
+        ws.send(json.dumps({"type": "challenge", "nonce": nonce}))
+        if json.loads(ws.recv()).get("proof") != internal_proof(self.token, nonce):
             return
         ws.send(json.dumps({"type": "ready"}))
         try:
@@ -369,7 +374,7 @@ class FakeController:
 @pytest.fixture
 def controller(app, monkeypatch):
     fake = FakeController(app.config["SECRET_KEY"], offline_node=None)
-    monkeypatch.setitem(app.config, "NULLOPS_CONTROLLER_INTERNAL", fake.address)
+    state.publish_endpoint(fake.address, fake.thumbprint)  # as the active controller does
     try:
         yield fake
     finally:
@@ -419,9 +424,13 @@ def test_live_data_is_503_when_the_node_or_the_controller_is_away(client, app, e
         "node node-1 is offline: live data comes back when it reconnects")
     node.status = "online"
     db.session.commit()
-    monkeypatch.setitem(app.config, "NULLOPS_CONTROLLER_INTERNAL", "127.0.0.1:0")
+    state.publish_endpoint("127.0.0.1:1", controller.thumbprint)  # nothing listens there
     response = client.get(logs, headers=as_("reader"))
     assert response.status_code == 503
     assert "the controller is not reachable" in response.json["error"]["message"]
+    state.publish_endpoint(controller.address, "0" * 64)  # another certificate than published
+    response = client.get(logs, headers=as_("reader"))
+    assert response.status_code == 503
+    assert "another certificate than the active controller published" in response.json["error"]["message"]
     gone = add_deployment(version, ex["environment"], node, "gone", status="deleted")
     assert client.get(f"{API}/{gone.id}/logs?step=web", headers=as_("reader")).status_code == 409

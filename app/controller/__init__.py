@@ -9,6 +9,7 @@ import threading
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from app.controller import state
 from app.controller.internal import InternalEndpoint, StreamLimits
 from app.controller.leader import LeaderLock
 from app.controller.manager import LinkManager
@@ -130,9 +131,11 @@ class Controller:
             self.manager.on_change = self.ingress.wake
         self.internal = InternalEndpoint(
             self.manager, config["NULLOPS_CONTROLLER_INTERNAL"], config["SECRET_KEY"],
-            StreamLimits(config["NULLOPS_LOG_STREAMS_PER_USER"], config["NULLOPS_LOG_STREAMS_MAX"]))
+            StreamLimits(config["NULLOPS_LOG_STREAMS_PER_USER"], config["NULLOPS_LOG_STREAMS_MAX"]),
+            advertise=config["NULLOPS_CONTROLLER_INTERNAL_ADVERTISE"])
         try:
             await self.internal.start()
+            await self.manager.db(state.publish_endpoint, self.internal.address, self.internal.thumbprint)
         except OSError as exc:  # the links matter more than live data: keep them going
             log.error("the internal endpoint cannot listen on %s (%s); live logs and metrics "
                       "are unavailable until this is fixed", self.app.config["NULLOPS_CONTROLLER_INTERNAL"],

@@ -1,10 +1,16 @@
 """The active controller's internal endpoint: live data from agents for the web tier.
 
 The web tier holds no agent links (ARCHITECTURE.md); for a deployment's logs (tail and follow),
-metrics and health it opens a WebSocket to this endpoint, proves it belongs to this NullOps
-installation (an HMAC of the session secret both processes share), and sends requests that
-the controller relays over the node's link. Only read-only methods pass; followed log streams
-end when the web side goes away. The web checks the user's permission before it asks.
+metrics and health it opens a WebSocket to this endpoint and sends requests that the controller
+relays over the node's link. Only read-only methods pass; followed log streams end when the web
+side goes away. The web checks the user's permission before it asks.
+
+Both sides prove themselves, as the agent link does (issue #14.8: this was plain ws:// with a
+token that never changed, so anyone who saw one connection could replay it, and at a fixed
+address that a failover did not follow). The endpoint serves TLS with a certificate made when
+the controller becomes the active one; it writes its address and the certificate's thumbprint
+to the database (ControllerEndpoint), where web processes read and pin them. The web then
+answers a fresh nonce with an HMAC keyed by the session secret both processes share.
 
 Every followed log of every web process passes through here, so this is where the caps on them
 hold (StreamLimits): per user and in all, whatever the number of web processes.
@@ -15,12 +21,17 @@ import hashlib
 import hmac
 import json
 import logging
+import secrets
+import socket
+import ssl
+import tempfile
+from pathlib import Path
 
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from agent import protocol
+from agent import protocol, tls
 from app.controller.links import LinkDown, RequestFailed
 
 log = logging.getLogger("nullops.controller.internal")
@@ -31,7 +42,38 @@ AUTH_TIMEOUT_S = 5
 
 
 def internal_token(session_secret):
+    """The key of the proofs: both processes derive it from the session secret."""
     return hmac.new(session_secret.encode(), b"nullops-controller-internal/v1", hashlib.sha256).hexdigest()
+
+
+def internal_proof(token, nonce):
+    """The web's answer to the endpoint's challenge: bound to this nonce, useless for another."""
+    return hmac.new(bytes.fromhex(token), f"nullops-internal-proof/v1|{nonce}".encode(),
+                    hashlib.sha256).hexdigest()
+
+
+def server_tls(hostname):
+    """(an SSL context with a new self-signed certificate, its thumbprint): made in memory for
+    one term as the active controller; the key touches the disk only in a private temporary
+    directory while the context loads it."""
+    cert_pem, key_pem = tls.generate(hostname, role="controller")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    with tempfile.TemporaryDirectory(prefix="nullops-internal-") as private:
+        cert_path, key_path = Path(private) / "cert.pem", Path(private) / "key.pem"
+        tls.write_private(cert_path, cert_pem)
+        tls.write_private(key_path, key_pem)
+        ctx.load_cert_chain(str(cert_path), str(key_path))
+    return ctx, tls.thumbprint(cert_pem)
+
+
+def advertised_address(bind_host, port, advertise=None):
+    """How web processes reach this endpoint: NULLOPS_CONTROLLER_INTERNAL_ADVERTISE when set,
+    else the address it listens on (this host's name for a wildcard one), with the real port."""
+    if advertise:
+        return advertise
+    host = socket.gethostname() if bind_host in ("0.0.0.0", "::", "") else bind_host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_address(address):
@@ -73,22 +115,27 @@ class StreamLimits:
 
 
 class InternalEndpoint:
-    def __init__(self, manager, address, session_secret, limits):
+    def __init__(self, manager, address, session_secret, limits, advertise=None):
         self.manager = manager
         self.host, self.port = parse_address(address)
         self._token = internal_token(session_secret)
         self.limits = limits
+        self._advertise = advertise
         self.server = None
+        self.thumbprint = None
 
     async def start(self):
-        self.server = await serve(self._serve, self.host, self.port, compression=None,
+        ctx, self.thumbprint = server_tls(socket.gethostname())
+        self.server = await serve(self._serve, self.host, self.port, compression=None, ssl=ctx,
                                   max_size=protocol.MAX_FRAME_BYTES)
         self.port = self.server.sockets[0].getsockname()[1]
-        log.info("internal endpoint on %s:%s", self.host, self.port)
+        log.info("internal endpoint on %s:%s (certificate sha256 %s)", self.host, self.port,
+                 self.thumbprint)
 
     @property
     def address(self):
-        return f"{self.host}:{self.port}"
+        """Where web processes reach it (ControllerEndpoint.address)."""
+        return advertised_address(self.host, self.port, self._advertise)
 
     async def stop(self):
         if self.server is not None:
@@ -96,13 +143,15 @@ class InternalEndpoint:
             await self.server.wait_closed()
 
     async def _serve(self, ws):
+        nonce = secrets.token_hex(32)
         try:
+            await ws.send(json.dumps({"type": "challenge", "nonce": nonce}))
             first = json.loads(await asyncio.wait_for(ws.recv(), AUTH_TIMEOUT_S))
         except (TimeoutError, ValueError, ConnectionClosed):
             return
-        if not (isinstance(first, dict) and isinstance(first.get("token"), str)
-                and hmac.compare_digest(first["token"], self._token)):
-            log.warning("refused an internal connection from %s: bad token", ws.remote_address)
+        if not (isinstance(first, dict) and isinstance(first.get("proof"), str)
+                and hmac.compare_digest(first["proof"], internal_proof(self._token, nonce))):
+            log.warning("refused an internal connection from %s: bad proof", ws.remote_address)
             await ws.close(1008, "refused")
             return
         await ws.send(json.dumps({"type": "ready"}))

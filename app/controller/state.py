@@ -6,7 +6,7 @@ from sqlalchemy import bindparam, or_, select, update
 
 from app.controller import deployments
 from app.extensions import db
-from app.models import Node, NodeCommand, NodeOutbox
+from app.models import ControllerEndpoint, Node, NodeCommand, NodeOutbox
 from app.models import nodes as node_model
 from app.models.types import utcnow
 from app.services import audit, nodes
@@ -166,6 +166,17 @@ def store_resources(batch):
         rows)
     db.session.commit()
     return unusable
+
+
+def publish_endpoint(address, thumbprint):
+    """Where the internal endpoint of this, the active, controller is: web processes read it
+    for every live-data connection (a failover moves it) and pin the thumbprint."""
+    row = db.session.get(ControllerEndpoint, ControllerEndpoint.ACTIVE)
+    if row is None:
+        row = ControllerEndpoint(id=ControllerEndpoint.ACTIVE)
+        db.session.add(row)
+    row.address, row.thumbprint, row.since = address, thumbprint, utcnow()
+    db.session.commit()
 
 
 def open_commands():

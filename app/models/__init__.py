@@ -1,6 +1,7 @@
 """Plain models: data and small invariants only. Rules live in app/services/."""
 from app.models.audit import AuditEntry
 from app.models.catalog import Environment, Plugin, Project, ProjectSecret, Service
+from app.models.controller import ControllerEndpoint
 from app.models.deployments import Deployment, DeploymentEvent, DeploymentSpec
 from app.models.identity import ApiToken, LoginFailure, User
 from app.models.nodes import Node, NodeCommand, NodeOutbox
@@ -12,6 +13,7 @@ __all__ = [
     "AccessLevel",
     "ApiToken",
     "AuditEntry",
+    "ControllerEndpoint",
     "Deployment",
     "DeploymentEvent",
     "DeploymentSpec",

@@ -1,10 +1,12 @@
 """Live data from agents for the web tier, through the active controller's internal endpoint
-(app/controller/internal.py). The caller has already asked the access module."""
+(app/controller/internal.py): found and pinned through the database (ControllerEndpoint), then
+a proof answered to its challenge. The caller has already asked the access module."""
 import asyncio
 import contextlib
 import dataclasses
 import itertools
 import json
+import ssl
 
 from flask import current_app
 from websockets.asyncio.client import connect as async_connect
@@ -12,7 +14,9 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.sync.client import connect
 
 from agent import protocol
-from app.controller.internal import internal_token
+from app.controller.internal import internal_proof, internal_token
+from app.extensions import db
+from app.models import ControllerEndpoint
 from app.services.errors import ServiceError
 
 _ids = itertools.count(1)
@@ -42,6 +46,31 @@ def _not_ready():
     return LiveDataUnavailable("the controller refused this web process (session secrets differ?)")
 
 
+def _impostor():
+    return LiveDataUnavailable("the controller's internal endpoint presented another certificate "
+                               "than the active controller published; not connecting")
+
+
+def _client_tls():
+    """No CA: the certificate is checked by its thumbprint against the database's."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _pinned(ssl_object, thumbprint):
+    return protocol.thumbprint_of_der(ssl_object.getpeercert(binary_form=True)) == thumbprint
+
+
+def _answer(challenge, token):
+    """The proof for the endpoint's first frame; ValueError when it is not a challenge."""
+    if not isinstance(challenge, dict) or challenge.get("type") != "challenge" \
+            or not isinstance(challenge.get("nonce"), str):
+        raise ValueError("no challenge")
+    return json.dumps({"proof": internal_proof(token, challenge["nonce"])})
+
+
 def _failure(error):
     """The exception for a request the controller answered with an error."""
     code, message = error.get("code"), error.get("message")
@@ -54,15 +83,17 @@ def _failure(error):
 
 @contextlib.contextmanager
 def _open(timeout=5):
-    address = current_app.config["NULLOPS_CONTROLLER_INTERNAL"]
+    where = endpoint()
     try:
-        ws = connect(f"ws://{address}", open_timeout=timeout, proxy=None, compression=None,
-                     max_size=protocol.MAX_FRAME_BYTES)
+        ws = connect(f"wss://{where.address}", ssl=_client_tls(), open_timeout=timeout, proxy=None,
+                     compression=None, max_size=protocol.MAX_FRAME_BYTES)
     except (OSError, TimeoutError, WebSocketException):
         raise _unreachable() from None
     with ws:
+        if not _pinned(ws.socket, where.thumbprint):
+            raise _impostor()
         try:
-            ws.send(json.dumps({"token": internal_token(current_app.config["SECRET_KEY"])}))
+            ws.send(_answer(json.loads(ws.recv(timeout)), where.token))
             ready = json.loads(ws.recv(timeout))
         except (OSError, TimeoutError, WebSocketException, ValueError):
             raise _unreachable() from None
@@ -95,15 +126,21 @@ def node_call(node_id, method, params=None, timeout=60):
 
 @dataclasses.dataclass(frozen=True)
 class Endpoint:
-    """Where the active controller's internal endpoint listens and this installation's proof,
-    read while a request has the app: followed logs run where it is not (app/ui/log_stream.py)."""
+    """Where the active controller's internal endpoint listens, its certificate's thumbprint and
+    this installation's proof key, read while a request has the app: followed logs run where it
+    is not (app/ui/log_stream.py)."""
     address: str
+    thumbprint: str
     token: str
 
 
 def endpoint():
-    return Endpoint(current_app.config["NULLOPS_CONTROLLER_INTERNAL"],
-                    internal_token(current_app.config["SECRET_KEY"]))
+    """The active controller's endpoint as it published it (read anew each time: a failover
+    moves it)."""
+    row = db.session.get(ControllerEndpoint, ControllerEndpoint.ACTIVE, populate_existing=True)
+    if row is None:
+        raise _unreachable()
+    return Endpoint(row.address, row.thumbprint, internal_token(current_app.config["SECRET_KEY"]))
 
 
 async def follow_logs(endpoint, node_id, deployment_id, step_id, viewer, tail=100, heartbeat_s=None,
@@ -114,14 +151,16 @@ async def follow_logs(endpoint, node_id, deployment_id, step_id, viewer, tail=10
     user and in all, and one over a cap raises TooManyStreams. Quiet for `heartbeat_s` seconds:
     an empty batch comes, so the caller can check its own peer."""
     try:
-        ws = await async_connect(f"ws://{endpoint.address}", open_timeout=timeout, proxy=None,
-                                 compression=None, max_size=protocol.MAX_FRAME_BYTES)
+        ws = await async_connect(f"wss://{endpoint.address}", ssl=_client_tls(), open_timeout=timeout,
+                                 proxy=None, compression=None, max_size=protocol.MAX_FRAME_BYTES)
     except (OSError, TimeoutError, WebSocketException):
         raise _unreachable() from None
     async with ws:
+        if not _pinned(ws.transport.get_extra_info("ssl_object"), endpoint.thumbprint):
+            raise _impostor()
         try:
-            await ws.send(json.dumps({"token": endpoint.token}))
             async with asyncio.timeout(timeout):
+                await ws.send(_answer(json.loads(await ws.recv()), endpoint.token))
                 ready = json.loads(await ws.recv())
         except (OSError, TimeoutError, WebSocketException, ValueError):
             raise _unreachable() from None

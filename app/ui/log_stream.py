@@ -53,7 +53,11 @@ def follow_deployment_logs(deployment_id, step_id):
         return hand_over(partial(_refuse, message=exc.message))
     if deployment.node_id is None:
         return hand_over(partial(_refuse, message="the deployment has no node any more"))
-    stream = live.follow_logs(live.endpoint(), deployment.node_id, deployment.agent_id, step_id,
+    try:
+        where = live.endpoint()
+    except live.LiveDataUnavailable as exc:  # no controller has published its endpoint
+        return hand_over(partial(_refuse, message=exc.message, code=CLOSE_TRY_LATER))
+    stream = live.follow_logs(where, deployment.node_id, deployment.agent_id, step_id,
                               viewer=current_user.id, tail=100, heartbeat_s=HEARTBEAT_S)
     allowed = partial(_still_allowed, current_app._get_current_object(), current_user.get_id(),
                       deployment_id)

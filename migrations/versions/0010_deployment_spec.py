@@ -1,6 +1,6 @@
 """deployment_specs: the spec a deployment was first sent with, and the key of its outputs;
 node_outboxes: the last event seq stored from each agent's outbox; deployment events by age
-(retention)
+(retention); controller_endpoint: where the active controller's internal endpoint is
 
 Revision ID: 0010
 Revises: 0009
@@ -20,6 +20,14 @@ depends_on = None
 
 
 def upgrade():
+    op.create_table(
+        'controller_endpoint',
+        sa.Column('id', sa.Integer(), nullable=False),
+        sa.Column('address', sa.String(length=255), nullable=False),
+        sa.Column('thumbprint', sa.String(length=64), nullable=False),
+        sa.Column('since', sa.DateTime(), nullable=False),
+        sa.PrimaryKeyConstraint('id', name=op.f('pk_controller_endpoint')),
+    )
     op.create_index('ix_deployment_events_at', 'deployment_events', ['at'], unique=False)
     op.create_table(
         'deployment_specs',
@@ -42,6 +50,7 @@ def upgrade():
 
 
 def downgrade():
+    op.drop_table('controller_endpoint')
     op.drop_table('node_outboxes')
     op.drop_table('deployment_specs')
     op.drop_index('ix_deployment_events_at', table_name='deployment_events')

@@ -36,7 +36,9 @@ def controllers(app):
     env = {k: v for k, v in os.environ.items() if not k.startswith("NULLOPS_")}
     env.update(NULLOPS_DATABASE_URL=app.config["SQLALCHEMY_DATABASE_URI"],
                NULLOPS_SECRET_KEY=__import__("base64").b64encode(config.NULLOPS_MASTER_KEY).decode(),
-               NULLOPS_SESSION_SECRET=config.SECRET_KEY)
+               NULLOPS_SESSION_SECRET=config.SECRET_KEY,
+               # A port of its own, and no ingress: a developer's Caddy on :2019 is not ours.
+               NULLOPS_CONTROLLER_INTERNAL="127.0.0.1:0", NULLOPS_CADDY_ADMIN_URL="")
     started = []
 
     def start():
@@ -64,6 +66,7 @@ def test_one_controller_is_active_and_the_other_takes_over(agents, add_node, con
     node_id = add_node(agent.port_number, TOKEN)
     first = controllers()
     wait_for_status(node_id, "online")
+    before = _live_data_through(node_id)
     second = controllers()
     time.sleep(3)
     assert agent.log.count("is up") == 1, "the waiting controller must not link"
@@ -80,6 +83,28 @@ def test_one_controller_is_active_and_the_other_takes_over(agents, add_node, con
     assert second.poll() is None
     node = wait_for_status(node_id, "online")
     assert node.last_seen_at is not None and node_row(node_id).status == "online"
+    # Live data follows: the web finds the new controller's endpoint (issue #14.8).
+    assert _live_data_through(node_id, other_than=before) != before
+
+
+def _live_data_through(node_id, other_than=None, timeout=20):
+    """(address, thumbprint) of the published endpoint once a live request went through it."""
+    from agent import protocol
+    from app.models import ControllerEndpoint
+    from app.services import live
+
+    deadline = time.monotonic() + timeout
+    while True:
+        row = db.session.get(ControllerEndpoint, ControllerEndpoint.ACTIVE, populate_existing=True)
+        published = (row.address, row.thumbprint) if row is not None else None
+        if published not in (None, other_than):
+            try:
+                assert live.node_call(node_id, protocol.STATS_GET)["host"]["cpus"] >= 1
+                return published
+            except live.LiveDataUnavailable:
+                pass  # its links are coming up
+        assert time.monotonic() < deadline, f"no live data through a new endpoint: {published}"
+        time.sleep(0.2)
 
 
 # --- a leader whose database goes silent ---------------------------------------------------------

@@ -13,6 +13,7 @@ from agent.tls import ensure_certificate
 from app.extensions import db
 from app.models import AuditEntry, NodeCommand
 from app.services.catalog import keyring
+from tests.asynctools import run
 
 from .conftest import free_port, leave_command, node_row, wait_for_status
 
@@ -211,9 +212,11 @@ def test_live_data_reaches_the_web_tier_through_the_controllers_internal_endpoin
         assert time.monotonic() < deadline
         time.sleep(0.2)
 
+    where = live.endpoint()  # read with the app, as the web's view does
+
     async def follow():
         lines = []
-        stream = live.follow_logs(live.endpoint(), node_id, deployment_id, "talker", viewer=None, tail=0)
+        stream = live.follow_logs(where, node_id, deployment_id, "talker", viewer=None, tail=0)
         async with asyncio.timeout(30):
             async for batch in stream:
                 lines.extend(batch)
@@ -222,7 +225,7 @@ def test_live_data_reaches_the_web_tier_through_the_controllers_internal_endpoin
         await stream.aclose()  # the web side goes away: the controller unfollows
         return lines
 
-    lines = asyncio.run(follow())
+    lines = run(follow())
     assert all(line.startswith("line ") for line in lines) and len(lines) >= 5
     deadline = time.monotonic() + 10
     while active.manager._streams:
@@ -230,32 +233,48 @@ def test_live_data_reaches_the_web_tier_through_the_controllers_internal_endpoin
         time.sleep(0.1)
 
 
-def test_the_internal_endpoint_refuses_strangers_and_the_web_says_when_it_is_away(
+def test_the_internal_endpoint_refuses_strangers_and_replays_and_the_web_says_when_it_is_away(
         app, controller, monkeypatch):
+    # Issue #14.8: plain ws:// with a token that never changed: one connection seen was enough
+    # to replay it. Now TLS with the certificate the active controller publishes, and a proof of
+    # a fresh nonce.
+    import json
+
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
     from agent import protocol
+    from app.controller.internal import internal_proof, internal_token
+    from app.models import ControllerEndpoint
     from app.services import live
 
-    from .conftest import free_port
-
-    monkeypatch.setitem(app.config, "NULLOPS_CONTROLLER_INTERNAL", f"127.0.0.1:{free_port()}")
-    with pytest.raises(live.LiveDataUnavailable, match="not reachable"):
+    with pytest.raises(live.LiveDataUnavailable, match="not reachable"):  # no controller yet
         live.node_call(1, protocol.STATS_GET)
 
     monkeypatch.setitem(app.config, "NULLOPS_CONTROLLER_INTERNAL", "127.0.0.1:0")
     active = controller()
     deadline = time.monotonic() + 10
-    while active.internal is None or active.internal.server is None:
+    while db.session.get(ControllerEndpoint, ControllerEndpoint.ACTIVE, populate_existing=True) is None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    with connect(f"ws://{active.internal.address}", proxy=None) as ws:
-        ws.send('{"token": "guess"}')
-        with pytest.raises(ConnectionClosed) as closed:
-            ws.recv(5)
-        assert closed.value.rcvd.code == 1008
-    monkeypatch.setitem(app.config, "NULLOPS_CONTROLLER_INTERNAL", active.internal.address)
+    published = db.session.get(ControllerEndpoint, ControllerEndpoint.ACTIVE)
+    assert (published.address, published.thumbprint) == (active.internal.address, active.internal.thumbprint)
+
+    def answered(proof_for):
+        with connect(f"wss://{published.address}", ssl=live._client_tls(), proxy=None) as ws:
+            assert live._pinned(ws.socket, published.thumbprint)
+            nonce = json.loads(ws.recv(5))["nonce"]
+            ws.send(json.dumps({"proof": proof_for(nonce)}))
+            try:
+                return json.loads(ws.recv(5)), nonce
+            except ConnectionClosed as closed:
+                return closed.rcvd.code, nonce
+
+    token = internal_token(app.config["SECRET_KEY"])
+    assert answered(lambda nonce: "guess")[0] == 1008
+    ready, seen_nonce = answered(lambda nonce: internal_proof(token, nonce))
+    assert ready == {"type": "ready"}
+    assert answered(lambda nonce: internal_proof(token, seen_nonce))[0] == 1008  # a replay
     with pytest.raises(live.LiveDataUnavailable, match="offline"):
         live.node_call(424242, protocol.STATS_GET)
 
