@@ -34,7 +34,7 @@ def test_agent_killed_at_random_points_converges_and_leaks_nothing(
                 victim = ready.pop(rng.randrange(len(ready)))
                 request_delete(victim)
                 wanted[victim] = ("deleted",)
-            time.sleep(rng.uniform(0, 3.5))
+            time.sleep(rng.uniform(0, 6.0))
             where = ", ".join(f"dep-{i} {_phase(i)}" for i in wanted)
             agent.proc.kill()
             agent.proc.wait(10)
