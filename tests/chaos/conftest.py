@@ -50,6 +50,22 @@ def linked(agents, add_node, controller, busybox_image):  # noqa: F811 - fixture
     return agent, node_id, active
 
 
+@pytest.fixture
+def ingress(app, caddy, web, monkeypatch):  # noqa: F811 - fixtures from tests/caddytools
+    """A real Caddy the in-process controller keeps the routes of (set before it starts)."""
+    monkeypatch.setitem(app.config, "NULLOPS_CADDY_ADMIN_URL", caddy.admin_url)
+    monkeypatch.setitem(app.config, "NULLOPS_INGRESS_LISTEN", caddy.listen)
+    monkeypatch.setitem(app.config, "NULLOPS_INGRESS_PAGES_UPSTREAM", web)
+    return caddy
+
+
+def routes(caddy):  # noqa: F811 - a CaddyProcess, not the fixture
+    """The hosts NullOps's map in Caddy routes to a service."""
+    from app.ingress import caddy as caddy_api
+
+    return sorted(m["input"] for m in caddy.config(f"/id/{caddy_api.MAP_ID}/mappings") or [])
+
+
 def request_delete(deployment_id, reason="chaos"):
     """What the web tier does when a user deletes (or cancels) a deployment."""
     deployment_service.request_delete(None, deployment_row(deployment_id), reason)

@@ -7,9 +7,8 @@ import time
 
 import pytest
 
-from app.ingress import caddy as caddy_api
 from tests.chaos import harness
-from tests.chaos.conftest import TOKEN, request_delete
+from tests.chaos.conftest import TOKEN, request_delete, routes
 from tests.controller.conftest import wait_for_status, web_step
 
 pytestmark = pytest.mark.postgres
@@ -18,14 +17,6 @@ OUTAGE_S = harness.count(5, 30)
 ROUTES_WITHIN_S = 5.0
 WEB = ["sh", "-c", "mkdir -p /www && echo \"hello from $NAME\" > /www/index.html && "
        "exec httpd -f -p 8000 -h /www"]
-
-
-@pytest.fixture
-def ingress(app, caddy, web, monkeypatch):
-    monkeypatch.setitem(app.config, "NULLOPS_CADDY_ADMIN_URL", caddy.admin_url)
-    monkeypatch.setitem(app.config, "NULLOPS_INGRESS_LISTEN", caddy.listen)
-    monkeypatch.setitem(app.config, "NULLOPS_INGRESS_PAGES_UPSTREAM", web)
-    return caddy
 
 
 def test_caddy_stopped_under_changes_routes_right_within_seconds_of_its_return(
@@ -81,8 +72,7 @@ def test_caddy_stopped_under_changes_routes_right_within_seconds_of_its_return(
             scenario.iteration(took <= ROUTES_WITHIN_S, took)
             scenario.note(f"outage {back - stopped:.1f} s: routes right {took:.2f} s after Caddy's return")
             del expected[doomed_name]
-        hosts = [m["input"] for m in caddy.config(f"/id/{caddy_api.MAP_ID}/mappings") or []]
-        stale = sorted(set(hosts) - {host(name) for name in live})
+        stale = sorted(set(routes(caddy)) - {host(name) for name in live})
         scenario.leaked += [f"route {h}" for h in stale]
         assert not stale, f"routes of deleted deployments left in Caddy: {stale}"
     finally:
