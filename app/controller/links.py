@@ -177,6 +177,7 @@ class NodeLink:
         log.info("node %s online (agent %s)", self.target["name"], hello.get("agent_version"))
         reader = asyncio.create_task(self._read(ws))
         try:
+            await self._replayed()
             await self._sync()
             next_ping = time.monotonic() + HEARTBEAT_S
             while True:
@@ -336,6 +337,19 @@ class NodeLink:
             await self.call(protocol.EVENTS_ACK, {"seq": seq})
         except (LinkDown, RequestFailed):
             pass  # not acknowledged: the agent replays it on the next link
+
+    async def _replayed(self):
+        """Returns once the events the agent kept while the link was down are stored. The agent
+        sends them right after hello, before it reads any request, and the reader stores each
+        event before it reads the next frame: so the answer to a ping comes after all of them.
+        The desired state must be read after them: an agent killed during a run reports it
+        rolled back (failed), and a desired state read before that still held the deployment as
+        offline, so the agent ran it again while the database said failed: its containers ran
+        for a deployment the database had as rolled back (tests/chaos/test_agent_kill.py)."""
+        try:
+            await self.call(protocol.PING, timeout=DEAD_AFTER_S)
+        except RequestFailed:
+            pass  # answered: what came before it was stored all the same
 
     async def _sync(self):
         desired = await self.manager.desired_state(self.node_id)

@@ -166,6 +166,16 @@ def message(deployment_id):
     return row.status_message if row is not None else None
 
 
+def history(deployment_id):
+    """The deployment's history as the controller stored it, one line per event (for failures)."""
+    from app.models import DeploymentEvent
+
+    db.session.expire_all()
+    return [f"{e.kind}: {e.message}" for e in db.session.scalars(
+        select(DeploymentEvent).where(DeploymentEvent.deployment_id == deployment_id)
+        .order_by(DeploymentEvent.id))]
+
+
 def live_rows(node_id):
     """Deployment rows on the node that are not deleted (each holds resources in admission)."""
     db.session.expire_all()

@@ -60,6 +60,10 @@ def test_agent_killed_at_random_points_converges_and_leaks_nothing(
                     ready.append(created)
             print(f"[chaos] agent_kill {number + 1}/{KILLS}: killed at {where}; "
                   f"{ {f'dep-{i}': s for i, s in reached.items()} } in {took:.1f} s")
+            if leaked:
+                for deployment_id in wanted:
+                    print(f"[chaos] dep-{deployment_id} history: {harness.history(deployment_id)}")
+                print(f"[chaos] agent log:\n{agent.log[-6000:]}")
             assert not leaked, f"kill {number + 1} ({where}) left {leaked}"
             assert not missing, f"kill {number + 1} ({where}): ready but not running: {missing}"
 
@@ -77,6 +81,47 @@ def test_agent_killed_at_random_points_converges_and_leaks_nothing(
         scenario.link_drops = harness.link_drops(node_id, audit_before)
         scenario.save()
     assert scenario.converged == scenario.iterations == KILLS
+
+
+def test_the_desired_state_is_read_after_the_events_the_agent_replays(
+        agents, add_node, controller, make_deployment, catalog, docker_client, plugin_images,
+        busybox_image, monkeypatch):
+    """What the random kills found, made certain: an agent killed during a run rolls it back at
+    its restart and replays that (run interrupted, deployment failed) on the new link. The
+    controller read the desired state without waiting for those events, so the deployment was
+    still offline there, went into the state.sync, and the agent ran it again: the database said
+    failed, its containers ran. Storing events late (as a loaded database does) made it happen
+    every time; now the sync waits for the replay."""
+    from app.controller import deployments as controller_deployments
+
+    store = controller_deployments.apply_events
+
+    def late(items):
+        time.sleep(0.5)
+        return store(items)
+
+    monkeypatch.setattr(controller_deployments, "apply_events", late)
+    agent = agents.start(TOKEN)
+    node_id = add_node(agent.port_number, TOKEN)
+    controller()
+    harness.wait_node(node_id, "online", timeout=30)
+    deployment_id = make_deployment(node_id, three_steps(catalog["registry"].id, plugin_images["echo"],
+                                                         plugin_sleep=60))
+    deadline = time.monotonic() + 60
+    while (harness.db.session.get(harness.Deployment, deployment_id).progress or {}).get("seed") != "running":
+        assert time.monotonic() < deadline, harness.history(deployment_id)
+        time.sleep(0.05)
+        harness.db.session.expire_all()
+    agent.proc.kill()
+    agent.proc.wait(10)
+    harness.wait_node(node_id, "offline", timeout=30)
+    agent = agents.restart(agent, TOKEN)
+    harness.settle({deployment_id: ("failed",)}, 60)
+    harness.wait_node(node_id, "online", timeout=30)
+    time.sleep(3)   # a run started again by the sync would have made its first container by now
+    leaked, _s = harness.wait_clean(docker_client, agent.node_id, timeout=10)
+    assert not leaked, f"{leaked}; history: {harness.history(deployment_id)}"
+    assert harness.statuses([deployment_id]) == {deployment_id: "failed"}
 
 
 def _phase(deployment_id):
