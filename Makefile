@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 VENDOR := app/static/vendor
 TEST_DB_URL ?= postgresql://nullops_test:nullops_test@127.0.0.1:5432/nullops_test
 
-.PHONY: run demo demo-setup test venv assets host-run host-test images lint pytest clean
+.PHONY: run demo demo-setup test chaos chaos-run venv assets host-run host-test images lint pytest clean
 
 ## run: NullOps on http://127.0.0.1:8080 (embedded SQLite under var/, first admin created)
 run: host-run venv assets
@@ -32,6 +32,17 @@ demo-setup:
 
 ## test: installs and starts Docker and PostgreSQL when missing, builds test images, runs pytest
 test: host-run host-test venv assets images lint pytest
+
+## chaos: the chaos suite with full counts (about half an hour), then docs/reliability.md from its figures
+chaos: host-run host-test venv images chaos-run
+
+CHAOS_RESULTS ?= var/chaos/results.json
+# The report is written even when a scenario fails (its figures say what failed); make still fails.
+chaos-run:
+	rm -f $(CHAOS_RESULTS)
+	NULLOPS_CHAOS_FULL=1 NULLOPS_CHAOS_RESULTS=$(CHAOS_RESULTS) NULLOPS_TEST_DATABASE_URL=$(TEST_DB_URL) \
+	NULLOPS_TEST_DOCKER=1 $(BIN)/pytest -p no:cacheprovider -s -rsx tests/chaos $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python scripts/chaos_report.py $(CHAOS_RESULTS) docs/reliability.md || rc=1; exit $$rc
 
 host-run:
 	@bash scripts/run-host.sh

@@ -116,7 +116,9 @@ class Config:
         self.NULLOPS_LOG_STREAMS_MAX = env_int("NULLOPS_LOG_STREAMS_MAX", 200, env, minimum=1)
         # The ingress: Caddy's admin API (localhost only; empty turns the ingress off) and the
         # address NullOps's Caddy server listens on for deployment URLs.
-        self.NULLOPS_CADDY_ADMIN_URL = env_str("NULLOPS_CADDY_ADMIN_URL", "http://127.0.0.1:2019", env)
+        # Set but empty is "off", not "unset": env_str would give the default back.
+        admin_url = env.get("NULLOPS_CADDY_ADMIN_URL")
+        self.NULLOPS_CADDY_ADMIN_URL = "http://127.0.0.1:2019" if admin_url is None else admin_url.strip()
         self.NULLOPS_INGRESS_LISTEN = env_str("NULLOPS_INGRESS_LISTEN", ":80", env)
         if not self.NULLOPS_INGRESS_LISTEN.rsplit(":", 1)[-1].isdigit():
             raise ConfigError(f"NULLOPS_INGRESS_LISTEN={self.NULLOPS_INGRESS_LISTEN!r} has no port:"

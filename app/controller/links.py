@@ -4,9 +4,10 @@ cores this way; one thread per link does not scale).
 Each link: TLS without a CA (agents have self-signed certificates) but with the certificate's
 SHA-256 thumbprint pinned and checked before the first protocol frame; then the mutual token
 proof (agent/protocol.py); then hello, the version check, the full desired state, and a
-heartbeat every 5 s (offline after 15 s without any frame). A link that fails is retried
-forever with capped exponential backoff and jitter, until the node is disabled, revoked,
-untrusted or deleted.
+heartbeat every 4 s (offline 12 s after the last frame, to the moment). A link that fails is
+retried forever with capped exponential backoff and jitter, until the node is disabled, revoked,
+untrusted or deleted; a node that was online in the last minutes is retried every 2 s at most
+(issue 14: back within seconds of a network heal).
 """
 import asyncio
 import itertools
@@ -26,11 +27,26 @@ from app.controller import state
 
 log = logging.getLogger("nullops.controller.links")
 
-HEARTBEAT_S = 5.0
-DEAD_AFTER_S = 15.0        # as Docker Swarm: three missed heartbeats
+# Three missed heartbeats, as Docker Swarm, counted from the last frame: 12 s, so that a link
+# cut silently (no FIN) has the node offline within 15 s of the cut (issue 14) also when a frame
+# came a moment before it (with 15 s the chaos suite measured 15.0x s).
+HEARTBEAT_S = 4.0
+DEAD_AFTER_S = 12.0
 OPEN_TIMEOUT_S = 10.0
+# A close the peer does not answer: on a dead link the closing handshake would wait websockets'
+# default 10 s before the node is marked offline (measured in tests/chaos/test_link_cut.py:
+# a blackholed link went offline 29 s after the cut).
+CLOSE_TIMEOUT_S = 2.0
 BACKOFF_FIRST_S = 0.5
 BACKOFF_CAP_S = 30.0
+# Most drops of a link that was up are short (a network blip, an agent restart): such a node is
+# retried at least this often for RECENT_S, so that it is back within seconds of the heal, not
+# after a backoff that grew during the outage to 30 s (issue 14 asks for 5 s). Nodes down longer,
+# or never up, back off to BACKOFF_CAP_S as before. A fleet cut off at once retries faster for
+# those minutes; refused connections cost little, and blackholed ones are bounded by
+# HANDSHAKES_AT_ONCE and OPEN_TIMEOUT_S.
+RECENT_S = 300.0
+RECENT_CAP_S = 2.0
 LAST_SEEN_EVERY_S = 30.0   # last_seen_at is written at most this often (liveness is in memory)
 HANDSHAKES_AT_ONCE = 100   # concurrent TLS + proof handshakes (a mass reconnect stays smooth)
 
@@ -88,12 +104,15 @@ class NodeLink:
         self._last_seen_written = 0.0
         self._acked = 0
         self._stop = False
+        self._went_online = False
 
     # --- lifecycle -------------------------------------------------------------------------
     async def run(self):
         failures = 0
+        last_up = None   # when a session of this link was last online (monotonic)
         while not self._stop:
             started = time.monotonic()
+            self._went_online = False
             try:
                 await self._session()
                 reason, status = "link closed", "offline"
@@ -106,6 +125,8 @@ class NodeLink:
                 reason, status = f"internal error on the link: {type(exc).__name__}", "offline"
             finally:
                 self._fail_pending()
+                if self._went_online:
+                    last_up = time.monotonic()
                 self.online = False
                 self.ws = None
             if self._stop:
@@ -116,7 +137,9 @@ class NodeLink:
             self.manager.changed()
             # A link that lived a while starts the backoff over.
             failures = 0 if time.monotonic() - started > BACKOFF_CAP_S else failures + 1
-            delay = min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2 ** max(0, failures - 1))
+            recent = last_up is not None and time.monotonic() - last_up < RECENT_S
+            delay = min(RECENT_CAP_S if recent else BACKOFF_CAP_S,
+                        BACKOFF_FIRST_S * 2 ** max(0, failures - 1))
             await asyncio.sleep(random.uniform(delay / 2, delay))
 
     async def stop(self):
@@ -132,7 +155,8 @@ class NodeLink:
             try:
                 ws = await connect(f"wss://{netloc}{protocol.WEBSOCKET_PATH}",
                                    ssl=self.manager.ssl_context, open_timeout=OPEN_TIMEOUT_S,
-                                   ping_interval=None, compression=None, proxy=None,
+                                   ping_interval=None, close_timeout=CLOSE_TIMEOUT_S,
+                                   compression=None, proxy=None,
                                    max_size=protocol.MAX_FRAME_BYTES, user_agent_header=None)
             except asyncio.CancelledError:
                 raise
@@ -144,7 +168,7 @@ class NodeLink:
             except BaseException:
                 await ws.close()
                 raise
-        self.online = True
+        self.online = self._went_online = True
         self._acked = 0   # sequence numbers are the agent's: a wiped agent starts again at 1
         self._last_frame = time.monotonic()
         await self.manager.mark_online(self.node_id, self.thumbprint, hello)
@@ -153,14 +177,23 @@ class NodeLink:
         log.info("node %s online (agent %s)", self.target["name"], hello.get("agent_version"))
         reader = asyncio.create_task(self._read(ws))
         try:
+            await self._replayed()
             await self._sync()
-            while not reader.done():
-                done, _ = await asyncio.wait({reader}, timeout=HEARTBEAT_S)
+            next_ping = time.monotonic() + HEARTBEAT_S
+            while True:
+                # Wakes for the next ping and at the moment the link is dead, not at the next
+                # heartbeat tick after it (which made it up to a heartbeat later).
+                wake_at = min(next_ping, self._last_frame + DEAD_AFTER_S)
+                done, _ = await asyncio.wait({reader}, timeout=max(0.0, wake_at - time.monotonic()))
                 if done:
                     break
-                if time.monotonic() - self._last_frame > DEAD_AFTER_S:
+                now = time.monotonic()
+                if now - self._last_frame >= DEAD_AFTER_S:
+                    ws.transport.abort()  # nobody answers: no closing handshake to wait for
                     raise LinkDown(f"no heartbeat answer for {DEAD_AFTER_S:.0f} s")
-                asyncio.create_task(self._heartbeat())
+                if now >= next_ping:
+                    next_ping = now + HEARTBEAT_S
+                    asyncio.create_task(self._heartbeat())
             reader.result()  # raises what ended the reader
         finally:
             reader.cancel()
@@ -307,6 +340,19 @@ class NodeLink:
             await self.call(protocol.EVENTS_ACK, {"seq": seq})
         except (LinkDown, RequestFailed):
             pass  # not acknowledged: the agent replays it on the next link
+
+    async def _replayed(self):
+        """Returns once the events the agent kept while the link was down are stored. The agent
+        sends them right after hello, before it reads any request, and the reader stores each
+        event before it reads the next frame: so the answer to a ping comes after all of them.
+        The desired state must be read after them: an agent killed during a run reports it
+        rolled back (failed), and a desired state read before that still held the deployment as
+        offline, so the agent ran it again while the database said failed: its containers ran
+        for a deployment the database had as rolled back (tests/chaos/test_agent_kill.py)."""
+        try:
+            await self.call(protocol.PING, timeout=DEAD_AFTER_S)
+        except RequestFailed:
+            pass  # answered: what came before it was stored all the same
 
     async def _sync(self):
         desired = await self.manager.desired_state(self.node_id)

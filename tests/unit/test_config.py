@@ -60,3 +60,13 @@ def test_typed_helpers_name_the_variable():
 def test_a_deployment_url_setting_that_makes_no_url_is_refused(setting, message):
     with pytest.raises(ConfigError, match=message):
         Config({"NULLOPS_SECRET_KEY": KEY, "NULLOPS_SESSION_SECRET": SESSION, **setting})
+
+
+def test_an_empty_caddy_admin_url_turns_the_ingress_off_and_tests_keep_off_a_real_caddy():
+    base = {"NULLOPS_SECRET_KEY": KEY, "NULLOPS_SESSION_SECRET": SESSION}
+    assert Config(base).NULLOPS_CADDY_ADMIN_URL == "http://127.0.0.1:2019"
+    assert Config({**base, "NULLOPS_CADDY_ADMIN_URL": ""}).NULLOPS_CADDY_ADMIN_URL == ""
+    # The suite's own controllers must never full-sync a Caddy someone runs on this machine.
+    from app.config import TestConfig
+
+    assert TestConfig(environ={}).NULLOPS_CADDY_ADMIN_URL == ""
