@@ -121,7 +121,7 @@ class Controller:
             self.manager.wake()
 
     async def _links(self, lock):
-        self.manager = LinkManager(self.app, poll_s=self.poll_s)
+        self.manager = LinkManager(self.app, poll_s=self.poll_s, fence=lock.fence())
         config = self.app.config
         self.ingress = None
         if config.get("NULLOPS_CADDY_ADMIN_URL"):

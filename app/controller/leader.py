@@ -12,6 +12,13 @@ is cut off (a partition, a host frozen whole) sends nothing more, so both ends b
   SESSION_ENDS_AFTER_S after the leader's last packet, which frees the lock for a standby.
 The leader gives up (within ELECTION_RETRY_S + ANSWER_TIMEOUT_S, about 4 s) well before the
 server frees the lock (about 10 s), so two controllers never act at once.
+
+A leader frozen on a live host (SIGSTOP, a debugger, a paused VM) sends nothing either, but its
+kernel still answers TCP for it, so its session lives on. Its checks stop, though: a healthy
+leader's session goes idle anew every second, and a standby that finds the lock's session idle
+for more than LEASE_S ends it (pg_terminate_backend: both connect as the same role, which may)
+and takes the lock. When the frozen one runs again its next check finds the session gone and it
+steps down; meanwhile the agents dropped its links for the new leader's (one link per node).
 SQLite (`nullops dev`) has one process by construction: it is always the leader.
 """
 import logging
@@ -42,6 +49,17 @@ CONNECT_TIMEOUT_S = 5.0
 # defaults leave it to the kernel's (2 hours of keepalive silence, about 15 minutes of
 # retransmissions). A frozen process on a live host (SIGSTOP, a debugger) keeps the lock: its
 # kernel still answers for it; it also acts no more until it runs again and checks.
+# A lock whose session has been idle this long belongs to a leader that stopped checking (frozen):
+# ten missed checks, far beyond a loaded host's delays.
+LEASE_S = 10
+# The advisory lock as pg_locks shows a bigint key: its high and low halves, objsubid 1.
+FROZEN_HOLDER = """
+SELECT COALESCE(bool_or(pg_terminate_backend(l.pid)), false)
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+  AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid
+  AND a.state = 'idle' AND a.state_change < now() - make_interval(secs => %s)
+"""
 KEEPALIVE_IDLE_S = 5
 KEEPALIVE_INTERVAL_S = 1
 KEEPALIVE_COUNT = 5
@@ -60,6 +78,12 @@ SESSION_SETTINGS = {"tcp_keepalives_idle": KEEPALIVE_IDLE_S,
                     "tcp_keepalives_count": KEEPALIVE_COUNT,
                     "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
                     "statement_timeout": int(ANSWER_TIMEOUT_S * 1000)}
+
+
+# Whether a backend (the fence) holds the controller lock: in the writer's own transaction.
+HOLDS_LOCK = (f"SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+              f"AND objsubid = 1 AND classid = {LOCK_KEY >> 32} AND objid = {LOCK_KEY & 0xFFFFFFFF} "
+              f"AND pid = :fence)")
 
 
 class Unanswered(Exception):
@@ -97,6 +121,12 @@ class LeaderLock:
             self._connection = connection
             log.info("this controller is now the active one")
             return True
+        try:
+            if self._ask(connection, FROZEN_HOLDER, (LOCK_KEY >> 32, LOCK_KEY & 0xFFFFFFFF, LEASE_S)):
+                log.warning("the active controller has not checked its lock for %s s (frozen?): "
+                            "its session was ended; taking over", LEASE_S)
+        except (psycopg2.Error, Unanswered) as exc:
+            log.warning("cannot check the active controller's lock: %s", exc)
         _close(connection)
         return False
 
@@ -119,6 +149,13 @@ class LeaderLock:
     def release(self):
         _close(self._connection)
         self._connection = None
+
+    def fence(self):
+        """The lock session's backend pid while this process holds the lock (None on SQLite):
+        writes that only the active controller may make check it (holds_lock) in their own
+        transaction, so a leader that was frozen and has just run again cannot make them in the
+        moment before its next check finds its session gone."""
+        return self._connection.get_backend_pid() if self._connection is not None else None
 
     def _connect(self):
         deadline = time.monotonic() + CONNECT_TIMEOUT_S

@@ -133,7 +133,7 @@ class NodeLink:
                 return
             if status == "untrusted":
                 return  # waits for an admin; the manager starts a new link after approval
-            await self.manager.db(state.mark, self.node_id, status, reason)
+            await self.manager.db(state.mark, self.node_id, status, reason, self.manager.fence)
             self.manager.changed()
             # A link that lived a while starts the backoff over.
             failures = 0 if time.monotonic() - started > BACKOFF_CAP_S else failures + 1

@@ -87,9 +87,10 @@ class DeleteInFlight:
 
 
 class LinkManager:
-    def __init__(self, app, poll_s=1.0):
+    def __init__(self, app, poll_s=1.0, fence=None):
         self.app = app
         self.poll_s = poll_s
+        self.fence = fence  # LeaderLock.fence(): what leader-only writes check
         self.links = {}   # node id -> NodeLink
         self.tasks = {}   # node id -> asyncio.Task running the link
         self.ssl_context = client_ssl_context()

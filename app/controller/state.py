@@ -2,9 +2,10 @@
 manager runs them in worker threads, each inside an app context, one transaction each."""
 import logging
 
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import bindparam, or_, select, text, update
 
 from app.controller import deployments
+from app.controller.leader import HOLDS_LOCK
 from app.extensions import db
 from app.models import ControllerEndpoint, Node, NodeCommand, NodeOutbox
 from app.models import nodes as node_model
@@ -58,7 +59,14 @@ def _move(node, status, reason):
         return False
 
 
-def mark(node_id, status, reason):
+def mark(node_id, status, reason, fence=None):
+    """A link's end: the node offline (its deployments too), incompatible... Only while the lock
+    is still this controller's (`fence`, LeaderLock.fence): a thawed old leader's links end
+    with 'no heartbeat' or 'replaced' and would take a node offline under the new leader."""
+    if fence is not None and not db.session.execute(text(HOLDS_LOCK), {"fence": fence}).scalar():
+        log.info("not marking node %s %s: this controller no longer holds the lock", node_id, status)
+        db.session.rollback()
+        return
     with deployments.writing:
         node = _node(node_id)
         if node is None:

@@ -192,6 +192,48 @@ def test_a_leader_whose_database_goes_silent_knows_within_seconds_that_it_may_no
 
 
 @needs_postgres
+def test_a_standby_takes_over_from_a_leader_frozen_on_a_live_host(app, locks):
+    """SIGSTOP, a debugger, a paused VM: the leader's kernel still answers TCP for it, so its
+    session (and lock) would live for ever; its checks stop, and the standby ends the session
+    once it has been idle past the lease (issue #14.6)."""
+    from app.controller.leader import LEASE_S
+
+    url = app.config["SQLALCHEMY_DATABASE_URI"]
+    leader, standby = locks(url), locks(url)
+    assert leader.try_acquire() and leader.still_held()
+    frozen = time.monotonic()  # the leader checks no more from here
+    while not standby.try_acquire():
+        assert time.monotonic() - frozen < LEASE_S + 20, "the standby never took over from a frozen leader"
+        time.sleep(0.5)
+    took_over = time.monotonic() - frozen
+    assert took_over >= LEASE_S - 1  # not while the leader was still checking on time
+    assert leader.still_held() is False  # thawed, its first check finds the session gone
+    print(f"standby took over {took_over:.1f}s after the leader's last check")
+
+
+@needs_postgres
+def test_a_leader_that_lost_its_lock_cannot_take_a_node_offline(app, locks, add_node):
+    """Thawed after a freeze, an old leader's links end ('no heartbeat', 'replaced') a moment
+    before its next lock check: those ends must not mark nodes offline under the new leader
+    (seen in the chaos suite: its deployments stayed offline while the new leader ran them)."""
+    from app.controller import state
+
+    node_id = add_node(5000, "node-token-failover-fence-0001")
+    node_row(node_id).status = "online"
+    db.session.commit()
+    url = app.config["SQLALCHEMY_DATABASE_URI"]
+    old, new = locks(url), locks(url)
+    assert old.try_acquire()
+    fence = old.fence()
+    old.release()  # its session ended (terminated by the new leader, in real life)
+    assert new.try_acquire()
+    state.mark(node_id, "offline", "no heartbeat answer for 12 s", fence)
+    assert node_row(node_id).status == "online"
+    state.mark(node_id, "offline", "link lost", new.fence())
+    assert node_row(node_id).status == "offline"
+
+
+@needs_postgres
 @pytest.mark.skipif(not can_drop_packets(), reason="needs iptables (root) to drop a connection's packets")
 def test_a_standby_takes_over_within_seconds_when_the_leaders_packets_vanish(app, locks):
     """The kernel drops every packet of the leader's lock connection, both ways, and sends
