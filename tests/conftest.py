@@ -59,15 +59,7 @@ def database_url(tmp_path_factory):
 def _run_alive(database_name):
     """Whether the test run that made `nullops_t_<pid>_<hex>` still runs on this host."""
     pid = database_name.removeprefix("nullops_t_").split("_", 1)[0]
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid.isdigit() and dockertools.process_alive(int(pid))
 
 
 def drop_database(admin, name, patience_s=20.0):

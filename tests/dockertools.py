@@ -54,8 +54,13 @@ def _owned_by_live_other_process(labels):
     host, _, pid = (labels or {}).get(OWNER_LABEL, "").rpartition(":")
     if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
         return False
+    return process_alive(int(pid))
+
+
+def process_alive(pid):
+    """Whether process `pid` runs on this host (a test run that owns something)."""
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
