@@ -31,6 +31,15 @@ log = logging.getLogger("nullops.controller.deployments")
 DESIRED = ("pending", "deploying", "ready", "degraded", "offline")
 KEPT_FOR_THE_ROUND = ("failed", "deleting", "cleanup_failed")
 GOES_OFFLINE = ("deploying", "ready", "degraded")  # with the node's link (pending stays pending)
+# What a state.sync answer may move, and from which statuses. The answer says what the agent did
+# when the sync arrived; the events that follow it on the link (a run's "ready", a reconcile's
+# "degraded") are newer, but another writer stores them and may be first. So the answer only
+# moves what no event of this link has spoken for yet: a run going on ("applied") makes pending
+# or offline ones deploying, not a deployment its run's "ready" already reached (seen in the
+# chaos suite: a controller killed during a create left it deploying for good); the agent's
+# ready copy ("kept") makes pending, offline or deploying ones ready, not degraded ones.
+SYNC_MOVES = {"deploying": ("pending", "offline"), "ready": ("pending", "offline", "deploying"),
+              "degraded": ("pending", "offline", "deploying"), "failed": DESIRED}
 ATTEMPTS = 3                                       # deletes per cleanup before cleanup_failed
 BACKOFF_FIRST = timedelta(minutes=1)
 BACKOFF_CAP = timedelta(minutes=30)
@@ -153,8 +162,8 @@ def record_sync(node_id, result):
 def record_syncs(items):
     """The answers to state.sync, [(node id, {applied, kept, degraded, deleted, errors})]:
     applied ones are deploying, kept ones ready (or degraded, as the agent says), refused ones
-    failed. Deleted ones are not written here: the round checks the deleting ones with a delete
-    of its own."""
+    failed, each only from the statuses SYNC_MOVES allows. Deleted ones are not written here:
+    the round checks the deleting ones with a delete of its own."""
     wanted = {}
     for node_id, result in items:
         degraded = set(result.get("degraded") or [])
@@ -167,7 +176,7 @@ def record_syncs(items):
     for deployment_id, deployment in _rows([i for i in wanted if i is not None]).items():
         node_id, status, message = wanted[deployment_id]
         # Read before the sync went out: a deployment deleted meanwhile is the round's now.
-        if deployment.node_id == node_id and deployment.status in DESIRED:
+        if deployment.node_id == node_id and deployment.status in SYNC_MOVES[status]:
             move(deployment, status, message)
     db.session.commit()
 

@@ -373,6 +373,23 @@ def test_the_sync_answer_sets_what_the_agent_runs(node_id, make_deployment):
     assert deployment_row(deleting).status == "deleting"  # deleted meanwhile: the round's now
 
 
+def test_a_sync_answer_written_after_newer_events_does_not_undo_them(node_id, make_deployment):
+    """The answer to state.sync and the events after it are written by two writers: a run that
+    was going on when the sync came ("applied") and whose "ready" was stored first stays ready
+    (it went back to deploying for good: the chaos suite's controller kill), and a ready copy
+    ("kept") does not hide a "degraded" the reconcile reported meanwhile."""
+    finished, degraded, waiting = (make_deployment(node_id, status=s)
+                                   for s in ("deploying", "degraded", "offline"))
+    deployments.apply_event(node_id, protocol.DEPLOYMENT_STATUS,
+                            {"deployment_id": f"dep-{finished}", "status": "ready", "services": {}})
+    assert deployment_row(finished).status == "ready"
+    deployments.record_sync(node_id, {"applied": [f"dep-{finished}", f"dep-{waiting}"],
+                                      "kept": [f"dep-{degraded}"], "deleted": [], "errors": {}})
+    assert deployment_row(finished).status == "ready"
+    assert deployment_row(degraded).status == "degraded"
+    assert deployment_row(waiting).status == "deploying"  # offline: the run goes on, nothing said so
+
+
 def test_events_update_progress_and_status_and_unknown_or_deleted_ones_are_ignored(
         node_id, make_deployment):
     deployment_id = make_deployment(node_id, status="deploying")
