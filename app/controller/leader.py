@@ -52,13 +52,16 @@ CONNECT_TIMEOUT_S = 5.0
 # A lock whose session has been idle this long belongs to a leader that stopped checking (frozen):
 # ten missed checks, far beyond a loaded host's delays.
 LEASE_S = 10
-# The advisory lock as pg_locks shows a bigint key: its high and low halves, objsubid 1.
-FROZEN_HOLDER = """
+# The advisory lock as pg_locks shows a bigint key: its high and low halves, objsubid 1, in this
+# database (advisory locks are per database: another installation on the same server, or
+# another test run, has a lock with the same key that is not ours to end).
+THIS_LOCK = ("l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+             f"AND l.classid = {LOCK_KEY >> 32} AND l.objid = {LOCK_KEY & 0xFFFFFFFF} "
+             "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+FROZEN_HOLDER = f"""
 SELECT COALESCE(bool_or(pg_terminate_backend(l.pid)), false)
 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-  AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid
-  AND a.state = 'idle' AND a.state_change < now() - make_interval(secs => %s)
+WHERE {THIS_LOCK} AND a.state = 'idle' AND a.state_change < now() - make_interval(secs => %s)
 """
 KEEPALIVE_IDLE_S = 5
 KEEPALIVE_INTERVAL_S = 1
@@ -81,9 +84,7 @@ SESSION_SETTINGS = {"tcp_keepalives_idle": KEEPALIVE_IDLE_S,
 
 
 # Whether a backend (the fence) holds the controller lock: in the writer's own transaction.
-HOLDS_LOCK = (f"SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
-              f"AND objsubid = 1 AND classid = {LOCK_KEY >> 32} AND objid = {LOCK_KEY & 0xFFFFFFFF} "
-              f"AND pid = :fence)")
+HOLDS_LOCK = f"SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE {THIS_LOCK} AND l.pid = :fence)"
 
 
 class Unanswered(Exception):
@@ -122,7 +123,7 @@ class LeaderLock:
             log.info("this controller is now the active one")
             return True
         try:
-            if self._ask(connection, FROZEN_HOLDER, (LOCK_KEY >> 32, LOCK_KEY & 0xFFFFFFFF, LEASE_S)):
+            if self._ask(connection, FROZEN_HOLDER, (LEASE_S,)):
                 log.warning("the active controller has not checked its lock for %s s (frozen?): "
                             "its session was ended; taking over", LEASE_S)
         except (psycopg2.Error, Unanswered) as exc:

@@ -212,6 +212,25 @@ def test_a_standby_takes_over_from_a_leader_frozen_on_a_live_host(app, locks):
 
 
 @needs_postgres
+def test_a_standby_ends_no_session_of_another_database_on_the_same_server(app, locks):
+    """Advisory locks are per database: another installation (or test run) on the same server
+    has a lock with the same key. Its standby must not end our leader, however long it idles
+    (it did: other runs' leaders were ended, 'terminating connection due to administrator
+    command')."""
+    from app.controller.leader import LEASE_S
+
+    ours = locks(app.config["SQLALCHEMY_DATABASE_URI"])
+    assert ours.try_acquire()  # and then it checks no more: idle past the lease below
+    theirs, their_standby = locks(PG_URL), locks(PG_URL)
+    assert theirs.try_acquire()
+    deadline = time.monotonic() + LEASE_S + 3
+    while time.monotonic() < deadline:
+        assert their_standby.try_acquire() is False and theirs.still_held()
+        time.sleep(1)
+    assert ours.still_held(), "a standby of another database ended our leader's session"
+
+
+@needs_postgres
 def test_a_leader_that_lost_its_lock_cannot_take_a_node_offline(app, locks, add_node):
     """Thawed after a freeze, an old leader's links end ('no heartbeat', 'replaced') a moment
     before its next lock check: those ends must not mark nodes offline under the new leader
