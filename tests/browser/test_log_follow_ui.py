@@ -24,12 +24,11 @@ pytestmark = [pytest.mark.browser, pytest.mark.docker]
 
 def test_a_reader_follows_a_service_log_live_and_stops(
         app, live_server, browser_login, make_user, agents, add_node, controller,  # noqa: F811
-        make_deployment, catalog, busybox_image, monkeypatch):  # noqa: F811
+        make_deployment, catalog, busybox_image):  # noqa: F811
     agent = agents.start(TOKEN)
     node_id = add_node(agent.port_number, TOKEN)
-    active = controller()
+    controller()
     wait_for_status(node_id, "online")
-    monkeypatch.setitem(app.config, "NULLOPS_CONTROLLER_INTERNAL", active.internal.address)
     deployment_id = make_deployment(node_id, [web_step(catalog["registry"].id, command=TALKER)])
     wait_for_deployment(deployment_id, "ready")
     reader = make_user("qa-anna")

@@ -188,7 +188,6 @@ def test_live_data_reaches_the_web_tier_through_the_controllers_internal_endpoin
     node_id = add_node(agent.port_number, TOKEN)
     active = controller()
     wait_for_status(node_id, "online")
-    monkeypatch.setitem(app.config, "NULLOPS_CONTROLLER_INTERNAL", active.internal.address)
 
     stats = live.node_call(node_id, protocol.STATS_GET)
     assert stats["host"]["cpus"] >= 1 and stats["engine"]["ok"]

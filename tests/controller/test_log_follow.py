@@ -87,17 +87,14 @@ def frames(ws, count, timeout=20):
 
 @pytest.mark.docker
 def test_a_reader_follows_a_service_log_and_outsiders_get_nothing(
-        app, web, agents, add_node, controller, make_deployment, catalog, make_user, busybox_image,
-        monkeypatch):
+        app, web, agents, add_node, controller, make_deployment, catalog, make_user, busybox_image):
     from app.extensions import db
     from app.models import Grant, Team, TeamMember
 
     agent = agents.start(TOKEN)
     node_id = add_node(agent.port_number, TOKEN)
-    active = controller()
+    controller()
     wait_for_status(node_id, "online")
-    # The controller's internal endpoint took a free port; the web tier finds it in its config.
-    monkeypatch.setitem(app.config, "NULLOPS_CONTROLLER_INTERNAL", active.internal.address)
     deployment_id = make_deployment(node_id, [web_step(catalog["registry"].id, command=TALKER)])
     wait_for_deployment(deployment_id, "ready")
     reader = make_user("qa-anna")
@@ -134,7 +131,6 @@ def talking(app, agents, add_node, controller, make_deployment, catalog, monkeyp
         node_id = add_node(agent.port_number, TOKEN)
         active = controller()
         wait_for_status(node_id, "online")
-        monkeypatch.setitem(app.config, "NULLOPS_CONTROLLER_INTERNAL", active.internal.address)
         deployment_id = make_deployment(node_id, [web_step(catalog["registry"].id, command=TALKER)])
         wait_for_deployment(deployment_id, "ready")
         return f"/deployments/{deployment_id}/logs/web/follow", active
@@ -156,7 +152,6 @@ def gunicorn_web(app, tmp_path):
             "NULLOPS_SECRET_KEY": base64.b64encode(app.config["NULLOPS_MASTER_KEY"]).decode(),
             "NULLOPS_SESSION_SECRET": app.config["SECRET_KEY"],
             "NULLOPS_COOKIE_SECURE": "false",
-            "NULLOPS_CONTROLLER_INTERNAL": app.config["NULLOPS_CONTROLLER_INTERNAL"],
         })
         log = open(tmp_path / f"web-{port}.log", "wb")  # noqa: SIM115 - closed below
         process = subprocess.Popen(
