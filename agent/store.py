@@ -163,7 +163,10 @@ class Store:
     def owed_rollbacks(self, deployment_id):
         """(the interrupted run's spec, its plugin step ids to roll back, dependents first) or None."""
         raw = self.get_meta(f"rollback:{deployment_id}")
-        return None if raw is None else (json.loads(raw)["spec"], json.loads(raw)["steps"])
+        if raw is None:
+            return None
+        owed = json.loads(raw)
+        return owed["spec"], owed["steps"]
 
     def settle_rollbacks(self, deployment_id):
         with self._tx() as db:
