@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 VENDOR := app/static/vendor
+ISLANDS := app/static/build
 TEST_DB_URL ?= postgresql://nullops_test:nullops_test@127.0.0.1:5432/nullops_test
 
 .PHONY: run demo demo-setup test chaos chaos-run venv assets host-run host-test images lint pytest clean
@@ -65,12 +66,18 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-assets: $(VENDOR)/.stamp
+assets: $(VENDOR)/.stamp $(ISLANDS)/.stamp
 
 $(VENDOR)/.stamp: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	mkdir -p $(VENDOR)
 	cp node_modules/htmx.org/dist/htmx.min.js node_modules/@picocss/pico/css/pico.min.css $(VENDOR)/
+	touch $@
+
+# The React islands (frontend/README.md), bundled from node_modules by esbuild.
+$(ISLANDS)/.stamp: $(VENDOR)/.stamp $(shell find frontend -type f)
+	rm -rf $(ISLANDS)
+	npm run --silent build
 	touch $@
 
 lint: venv

@@ -1,6 +1,7 @@
 """Server-rendered pages (Jinja, htmx). Every page asks the access module like the API does."""
 from flask import Blueprint, redirect, request, url_for
 from flask_login import current_user
+from markupsafe import Markup
 
 bp = Blueprint("ui", __name__, template_folder="../templates")
 PUBLIC_ENDPOINTS = frozenset({"ui.login", "static"})
@@ -11,6 +12,15 @@ def require_login():
     if request.endpoint in PUBLIC_ENDPOINTS or current_user.is_authenticated:
         return None
     return redirect(url_for("ui.login", next=request.full_path if request.query_string else request.path))
+
+
+
+@bp.app_template_global()
+def island(name):
+    """The stylesheet and script of a React island built by `make assets` (frontend/README.md)."""
+    css = url_for("static", filename=f"build/{name}/main.css")
+    js = url_for("static", filename=f"build/{name}/main.js")
+    return Markup(f'<link rel="stylesheet" href="{css}">\n  <script src="{js}" defer></script>')
 
 
 from app.ui import catalog, deployments, environments, pages  # noqa: E402,F401

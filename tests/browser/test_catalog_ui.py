@@ -8,6 +8,8 @@ from playwright.sync_api import expect
 
 from app.extensions import db
 from app.models import Project
+from app.services import catalog, pipelines
+from tests.access.pipelines import definition, make_catalog
 
 pytestmark = pytest.mark.browser
 
@@ -65,3 +67,18 @@ def test_admin_adds_a_registry_and_a_service_and_imports_a_pipeline(live_server,
     expect(page.get_by_test_id("latest-yaml")).to_contain_text("service: shop-web")
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=SHOTS / "pipeline-imported.png", full_page=True)
+
+
+def test_the_pipeline_page_draws_the_latest_version_as_a_graph(live_server, browser_login, admin):
+    project = Project(name="shop")
+    db.session.add(project)
+    db.session.commit()
+    catalog.put_secret(admin, project, "DB_PASSWORD", "pw-123")
+    make_catalog()
+    version = pipelines.save_version(admin, project, definition(), "drawn")
+    db.session.commit()
+    page = browser_login("admin")
+    page.goto(f"/projects/{project.id}/pipeline")
+    canvas = page.get_by_test_id("pipeline-editor")
+    expect(canvas.locator(".react-flow__node")).to_have_count(len(version.definition["nodes"]))
+    expect(canvas.locator(".react-flow__edge")).to_have_count(len(version.definition["edges"]))
