@@ -2,7 +2,7 @@
 
 from flask import abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
-from sqlalchemy.orm import selectinload
+from sqlalchemy import func, select
 
 from app import access
 from app.extensions import db
@@ -20,6 +20,8 @@ from app.ui.forms import (
     ThumbprintForm,
 )
 from app.ui.pages import _actor, service_call
+
+NODES_PER_PAGE = 50
 
 
 def _load(model, obj_id, action="view"):
@@ -60,13 +62,21 @@ def _to_node(node_id, **_):
 
 @bp.get("/environments")
 def environment_list():
-    rows = db.session.scalars(
-        access.visible(current_user, Environment).options(selectinload(Environment.nodes))
-        .order_by(Environment.name)
-    ).all()
+    rows = db.session.scalars(access.visible(current_user, Environment).order_by(Environment.name)).all()
     form = EnvironmentForm() if access.can(current_user, "create", Environment) else None
     return render_template("ui/environments.html", environments=rows, form=form,
-                           url_form=url_pattern())
+                           url_form=url_pattern(), counts=_node_counts([e.id for e in rows]))
+
+
+def _node_counts(environment_ids):
+    """{environment id: {status: number of nodes}} the user may see, counted in one query."""
+    visible = access.visible(current_user, Node).where(Node.environment_id.in_(environment_ids)).subquery()
+    counts = {}
+    for environment_id, status, number in db.session.execute(
+            select(visible.c.environment_id, visible.c.status, func.count())
+            .group_by(visible.c.environment_id, visible.c.status)):
+        counts.setdefault(environment_id, {})[status] = number
+    return counts
 
 
 @bp.post("/environments")
@@ -85,13 +95,17 @@ def environment_create():
 @bp.get("/environments/<int:environment_id>")
 def environment_detail(environment_id):
     environment = _load(Environment, environment_id)
+    page = max(request.args.get("page", 1, type=int), 1)
+    counts = _node_counts([environment.id]).get(environment.id, {})
+    total = sum(counts.values())
     rows = db.session.scalars(
         access.visible(current_user, Node).where(Node.environment_id == environment.id)
-        .order_by(Node.name)
+        .order_by(Node.name, Node.id).limit(NODES_PER_PAGE).offset((page - 1) * NODES_PER_PAGE)
     ).all()
     can_manage = access.can(current_user, "manage", environment)
     return render_template(
         "ui/environment.html", environment=environment, nodes=rows, can_manage=can_manage,
+        counts=counts, total=total, page=page, pages=max(1, -(-total // NODES_PER_PAGE)),
         settings_form=EnvironmentSettingsForm(obj=environment) if can_manage else None,
         node_form=NodeForm() if access.can(current_user, "create", Node) else None,
     )
