@@ -145,6 +145,20 @@ def can_deploy_to(user, project, environment):
             and AccessLevel.FULL in (on_project, on_environment))
 
 
+def may_deploy_somewhere(user):
+    """May the user create a deployment of some project in some environment? (can_deploy_to()
+    over every pair, from the user's grants.)"""
+    if not _is_user(user):
+        return False
+    if user.is_admin:
+        return bool(db.session.scalar(select(Project.id).limit(1))
+                    and db.session.scalar(select(Environment.id).limit(1)))
+    grants = _grants(user)
+    projects, environments = grants[Project].values(), grants[Environment].values()
+    return bool(projects and environments) and (
+        AccessLevel.FULL in projects or AccessLevel.FULL in environments)
+
+
 def can_deploy_project(user, project):
     """May the user deploy `project` into at least one environment? (Listing the tags of its
     services is for them.)"""

@@ -121,11 +121,14 @@ def set_passwords(seeder, info):
 
     hashed = PasswordHasher().hash(PASSWORD)  # the standard parameters, as the app verifies them
     with seeder.engine.begin() as conn:
-        user = conn.execute(text("SELECT username FROM users WHERE role = 'user' ORDER BY id LIMIT 1")).scalar()
-        conn.execute(text("UPDATE users SET password_hash = :h WHERE username = :u"), {"h": hashed, "u": user})
-        conn.execute(text("INSERT INTO users (username, full_name, role, password_hash, session_nonce, is_active, "
-                          "created_at) VALUES ('bench-admin', 'Bench Admin', 'admin', :h, :n, true, now())"),
-                     {"h": hashed, "n": secrets.token_hex(16)})
+        user = conn.execute(text(
+            "SELECT username FROM users WHERE role = 'user' ORDER BY id LIMIT 1")).scalar()
+        conn.execute(text("UPDATE users SET password_hash = :h WHERE username = :u"),
+                     {"h": hashed, "u": user})
+        conn.execute(text(
+            "INSERT INTO users (username, full_name, role, password_hash, session_nonce, is_active, "
+            "created_at) VALUES ('bench-admin', 'Bench Admin', 'admin', :h, :n, true, now())"),
+            {"h": hashed, "n": secrets.token_hex(16)})
         node_id = conn.execute(text("SELECT id FROM nodes ORDER BY id LIMIT 1")).scalar()
     info.update(user=user, node_id=node_id)
 

@@ -148,3 +148,27 @@ def test_disabled_admin_can_do_nothing(spec_example):
     assert db.session.scalars(access.visible(ex["admin"], Team)).all() == []
     assert db.session.scalars(access.visible(None, Environment)).all() == []
     db.session.rollback()
+
+
+def test_may_deploy_somewhere_agrees_with_asking_every_project_and_environment(spec_example):
+    """The deployments page asks it once instead of can_deploy_to over every pair."""
+    qa, se = spec_example["qa"], spec_example["se"]
+    extra = Environment(name="perf")
+    db.session.add(extra)
+    db.session.flush()
+    # qa: read-only on the project and a full grant on an environment only: it may deploy there
+    db.session.add(Grant(team_id=qa.id, environment_id=extra.id, level="full"))
+    db.session.commit()
+    projects = db.session.scalars(select(Project)).all()
+    environments = db.session.scalars(select(Environment)).all()
+    for who in ("reader", "writer", "outsider", "admin"):
+        user = spec_example[who]
+        brute = any(access.can_deploy_to(user, p, e) for p in projects for e in environments)
+        assert access.may_deploy_somewhere(user) == brute, who
+    assert access.may_deploy_somewhere(spec_example["outsider"]) is False
+    db.session.delete(db.session.get(Grant, db.session.scalar(
+        select(Grant.id).where(Grant.team_id == se.id, Grant.environment_id.is_not(None)))))
+    db.session.commit()
+    # se: full on the project but no environment left: nowhere to deploy
+    assert access.may_deploy_somewhere(spec_example["writer"]) is False
+    assert not any(access.can_deploy_to(spec_example["writer"], p, e) for p in projects for e in environments)

@@ -162,6 +162,13 @@ def _project(project_id, action="view"):
 @operation("GET", "/deployments", summary="Deployments the caller may see (newest first)", tag=TAG,
            query=DeploymentQuery, response=Page[DeploymentOut])
 def list_deployments(params):
+    return deployments_page(params)
+
+
+def deployments_page(params):
+    """A page of the deployments the caller may see, as DeploymentOut dicts (the deployments
+    page of the UI shows the same, from the same query). `params`: project_id, environment_id,
+    status, include_deleted, page and per_page."""
     values = {name: getattr(params, name) for name in ("project_id", "environment_id", "status")
               if getattr(params, name) is not None}
     visibility = access.visibility_params(current_user, params.project_id, params.environment_id)

@@ -1,13 +1,14 @@
 """Deployment pages: list, create, watch, extend, clone, retry, delete. Thin: parse the form,
 ask the access module, call one service function, flash or show the outcome."""
 from functools import wraps
+from types import SimpleNamespace
 
 from flask import abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
-from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
 from app import access
+from app.api.deployments import deployments_page
 from app.extensions import db
 from app.models import Deployment, DeploymentEvent, Environment, Project
 from app.models.types import utcnow
@@ -84,10 +85,10 @@ def _deploy_targets(selected_project_id=None):
     return projects, project, targets
 
 
-def _may_deploy_somewhere():
-    environments = _visible(Environment)
-    return any(access.can_deploy_to(current_user, p, e)
-               for p in _visible(Project) for e in environments)
+def _names(model):
+    """(id, name) of the rows of `model` the user may view, by name: a filter's options."""
+    return db.session.execute(access.visible(current_user, model)
+                              .with_only_columns(model.id, model.name).order_by(model.name)).all()
 
 
 # --- the list ---------------------------------------------------------------------------------
@@ -95,33 +96,18 @@ def _may_deploy_somewhere():
 def deployment_list():
     filters = {key: request.args.get(key, type=int) for key in ("project", "environment")}
     status = request.args.get("status", "")
+    status = status if status in DEPLOYMENT_STATUSES else ""
     page = max(request.args.get("page", 1, type=int), 1)
-    stmt = access.visible(current_user, Deployment)
-    if filters["project"]:
-        stmt = stmt.where(Deployment.project_id == filters["project"])
-    if filters["environment"]:
-        stmt = stmt.where(Deployment.environment_id == filters["environment"])
-    # Deleted ones stay for the history; the list shows them only when asked for.
-    if status in DEPLOYMENT_STATUSES:
-        stmt = stmt.where(Deployment.status == status)
-    else:
-        stmt = stmt.where(Deployment.status != "deleted")
-    total = db.session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
-    rows = db.session.scalars(
-        stmt.options(selectinload(Deployment.project), selectinload(Deployment.environment),
-                     selectinload(Deployment.created_by),
-                     selectinload(Deployment.pipeline_version))
-        .order_by(Deployment.created_at.desc(), Deployment.id.desc())
-        .limit(PER_PAGE).offset((page - 1) * PER_PAGE)).all()
+    listed = deployments_page(SimpleNamespace(
+        project_id=filters["project"] or None, environment_id=filters["environment"] or None,
+        status=status or None, include_deleted=False, page=page, per_page=PER_PAGE))
+    total = listed["total"]
     args = {k: v for k, v in {**filters, "status": status}.items() if v}
-    now = utcnow()
     return render_template(
-        "ui/deployments.html", deployments=rows, total=total, page=page,
+        "ui/deployments.html", deployments=listed["items"], total=total, page=page,
         pages=max(1, -(-total // PER_PAGE)), args=args, status=status, filters=filters,
-        projects=_visible(Project), environments=_visible(Environment),
-        statuses=DEPLOYMENT_STATUSES, urls={d.id: service_urls(d) for d in rows},
-        remaining={d.id: deployments.remaining_seconds(d, now) for d in rows},
-        may_deploy=_may_deploy_somewhere(),
+        projects=_names(Project), environments=_names(Environment),
+        statuses=DEPLOYMENT_STATUSES, may_deploy=access.may_deploy_somewhere(current_user),
     )
 
 
