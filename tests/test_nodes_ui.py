@@ -255,11 +255,11 @@ def test_an_environment_with_many_nodes_lists_them_a_page_at_a_time_with_counts(
                              status="online" if i % 4 else "offline") for i in range(120)])
     db.session.commit()
     first = as_admin.get(f"/environments/{environment.id}").get_data(as_text=True)
-    assert first.count('<tr data-node="') == 50
-    assert 'data-node="node-000"' in first and 'data-node="node-050"' not in first
+    assert first.count('<tr data-node="') == 25
+    assert 'data-node="node-000"' in first and 'data-node="node-025"' not in first
     assert "120 nodes: 30 offline, 90 online." in " ".join(first.split())
-    assert "Page 1 of 3 · 120 nodes" in first
-    last = as_admin.get(f"/environments/{environment.id}?page=3").get_data(as_text=True)
+    assert "Page 1 of 5 · 120 nodes" in first
+    last = as_admin.get(f"/environments/{environment.id}?page=5").get_data(as_text=True)
     assert last.count('<tr data-node="') == 20 and 'data-node="node-119"' in last
     listing = as_admin.get("/environments").get_data(as_text=True)
     assert "90 online of 120" in listing

@@ -21,7 +21,7 @@ from app.ui.forms import (
 )
 from app.ui.pages import _actor, service_call
 
-NODES_PER_PAGE = 50
+NODES_PER_PAGE = 25
 
 
 def _load(model, obj_id, action="view"):
