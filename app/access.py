@@ -136,11 +136,17 @@ def _deployment_rule(user, action, deployment):
 
 def can_deploy_to(user, project, environment):
     """May the user create a deployment of `project` in `environment`?"""
+    return may_deploy_ids(user, project.id, environment.id)
+
+
+def may_deploy_ids(user, project_id, environment_id):
+    """can_deploy_to() by ids: for lists of (id, name) rows, without loading objects."""
     if not _is_user(user):
         return False
     if user.is_admin:
         return True
-    on_project, on_environment = level_on(user, project), level_on(user, environment)
+    grants = _grants(user)
+    on_project, on_environment = grants[Project].get(project_id), grants[Environment].get(environment_id)
     return (on_project is not None and on_environment is not None
             and AccessLevel.FULL in (on_project, on_environment))
 

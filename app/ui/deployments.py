@@ -71,17 +71,15 @@ def _service_steps(version):
     return deployments.service_steps(version) if version else []
 
 
-def _visible(model):
-    return db.session.scalars(access.visible(current_user, model).order_by(model.name)).all()
-
-
 def _deploy_targets(selected_project_id=None):
-    """(projects the user may deploy somewhere, the selected one, the environments it may go to)."""
-    environments = _visible(Environment)
-    projects = [p for p in _visible(Project)
-                if any(access.can_deploy_to(current_user, p, e) for e in environments)]
-    project = next((p for p in projects if p.id == selected_project_id), projects[0] if projects else None)
-    targets = [e for e in environments if project and access.can_deploy_to(current_user, project, e)]
+    """(projects the user may deploy somewhere, as (id, name) rows; the selected one, loaded;
+    the environments it may go to, as rows)."""
+    user, environments = _actor(), _names(Environment)
+    projects = [p for p in _names(Project)
+                if any(access.may_deploy_ids(user, p.id, e.id) for e in environments)]
+    chosen = next((p for p in projects if p.id == selected_project_id), projects[0] if projects else None)
+    project = db.session.get(Project, chosen.id) if chosen else None
+    targets = [e for e in environments if chosen and access.may_deploy_ids(user, chosen.id, e.id)]
     return projects, project, targets
 
 
@@ -114,7 +112,6 @@ def deployment_list():
 # --- creating one -----------------------------------------------------------------------------
 def _new_page(form, project_id, errors=None, message=None, tags=None, status=200):
     projects, project, environments = _deploy_targets(project_id)
-    form.project_id.choices = [(p.id, p.name) for p in projects]
     form.environment_id.choices = [(e.id, e.name) for e in environments]
     if project is not None:
         form.project_id.data = project.id
