@@ -23,7 +23,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-VENDOR = Path(__file__).resolve().parents[2] / "app" / "static" / "vendor"
+STATIC = Path(__file__).resolve().parents[2] / "app" / "static"
+VENDOR, ISLANDS = STATIC / "vendor", STATIC / "build"
 TIMEOUT_MS = 10_000
 
 
@@ -40,6 +41,7 @@ def browser_type_launch_args(browser_type_launch_args):
     """pytest-playwright's launch options, pointed at the system Chromium."""
     _require(CHROMIUM.exists(), f"{CHROMIUM} is missing: apt-get install -y chromium")
     _require((VENDOR / "pico.min.css").exists(), f"{VENDOR} is missing: run `make assets`")
+    _require((ISLANDS / "pipeline-editor" / "main.js").exists(), f"{ISLANDS} is missing: run `make assets`")
     return {**browser_type_launch_args, "executable_path": str(CHROMIUM), "args": CHROMIUM_ARGS}
 
 
