@@ -255,6 +255,15 @@ def visibility_params(user, project_id=None, environment_id=None):
             "visible_project_ids": _granted_ids(user, Project)}
 
 
+def _among(column, ids):
+    """`column` is one of the granted `ids` (a few hundred at most, read once per request by
+    _grants). On PostgreSQL one array parameter (`= ANY`), as in deployments_visible(): an `IN`
+    renders a parameter per id, which cost the pages more CPU than their queries."""
+    if db.engine.dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(ids), type_=postgresql.ARRAY(Integer)))
+    return column.in_(ids)
+
+
 def visible(user, model):
     """A select() of the `model` rows the user may view."""
     stmt = select(model)
@@ -264,13 +273,12 @@ def visible(user, model):
         return stmt.where(False)
     if model is Deployment:
         return stmt.where(deployments_visible(db.engine.dialect.name)).params(visibility_params(user))
-    # The granted ids go in as lists (a few hundred at most; read once per request by _grants).
     if model is Project:
-        return stmt.where(Project.id.in_(_granted_ids(user, Project)))
+        return stmt.where(_among(Project.id, _granted_ids(user, Project)))
     if model is Environment:
-        return stmt.where(Environment.id.in_(_granted_ids(user, Environment)))
+        return stmt.where(_among(Environment.id, _granted_ids(user, Environment)))
     if model is Node:
-        return stmt.where(Node.environment_id.in_(_granted_ids(user, Environment)))
+        return stmt.where(_among(Node.environment_id, _granted_ids(user, Environment)))
     if model is Team:
         return stmt.where(
             Team.id.in_(select(TeamMember.team_id).where(TeamMember.user_id == user.id))
@@ -282,7 +290,7 @@ def visible(user, model):
     if model in (Registry, Service, Plugin):
         return stmt
     if model is PipelineVersion:
-        return stmt.where(PipelineVersion.project_id.in_(_granted_ids(user, Project)))
+        return stmt.where(_among(PipelineVersion.project_id, _granted_ids(user, Project)))
     if model is DeploymentEvent:
         return stmt.where(DeploymentEvent.deployment_id.in_(
             visible(user, Deployment).with_only_columns(Deployment.id)))

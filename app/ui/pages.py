@@ -4,16 +4,20 @@ from urllib.parse import urlsplit
 
 from flask import abort, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_user, logout_user
-from sqlalchemy import select
+from sqlalchemy import func, select
 from wtforms.fields.choices import SelectChoice
 
 from app import access
 from app.extensions import db
-from app.models import ApiToken, Environment, Grant, Project, Team, User
+from app.models import ApiToken, Deployment, Environment, Grant, Project, Team, User
 from app.services import auth, teams, users
 from app.services.errors import NotFound, ServiceError, Throttled
 from app.ui import bp, shown_once
 from app.ui.forms import EmptyForm, GrantForm, LoginForm, MemberForm, TeamForm, TokenForm, UserForm
+
+# The overview shows a few of each, with links to the whole lists.
+OVERVIEW_PROJECTS = 15
+OVERVIEW_DEPLOYMENTS = 10
 
 
 def _actor():
@@ -90,15 +94,25 @@ def logout():
 
 @bp.get("/")
 def index():
-    projects = db.session.scalars(access.visible(current_user, Project).order_by(Project.name)).all()
+    projects = access.visible(current_user, Project)
+    project_count = db.session.scalar(projects.with_only_columns(func.count()).order_by(None))
+    projects = db.session.scalars(projects.order_by(Project.name).limit(OVERVIEW_PROJECTS)).all()
     environments = db.session.scalars(
         access.visible(current_user, Environment).order_by(Environment.name)
     ).all()
+    mine = db.session.execute(
+        select(Deployment.id, Deployment.name, Deployment.status, Project.name.label("project_name"),
+               Environment.name.label("environment_name"))
+        .join(Project, Project.id == Deployment.project_id)
+        .join(Environment, Environment.id == Deployment.environment_id)
+        .where(Deployment.created_by_id == current_user.id, Deployment.deleted_at.is_(None))
+        .order_by(Deployment.created_at.desc(), Deployment.id.desc()).limit(OVERVIEW_DEPLOYMENTS)).all()
     levels = {}
     if not current_user.is_admin:
         levels = {obj: access.level_on(current_user, obj) for obj in [*projects, *environments]}
-    return render_template("ui/index.html", projects=projects, environments=environments,
-                           levels=levels)
+    return render_template("ui/index.html", projects=projects, project_count=project_count,
+                           environments=environments, levels=levels, mine=mine,
+                           may_deploy=access.may_deploy_somewhere(current_user))
 
 
 @bp.get("/settings")
