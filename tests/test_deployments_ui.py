@@ -309,3 +309,28 @@ def test_a_deployment_whose_cleanup_failed_offers_no_delete_that_would_do_nothin
     assert "Removal is retried by itself" in html and "a network is left" in html
     assert _buttons(html) == ["Clone"]
     assert 'data-testid="countdown"' not in html
+
+
+def test_the_overview_shows_the_users_own_newest_deployments_and_a_few_projects(client, login, shop):
+    from app.models import Project
+
+    for i in range(20):
+        db.session.add(Project(name=f"extra-{i:02d}"))
+    db.session.commit()
+    mine = add_deployment(shop["version"], shop["environment"], shop["node"], "mine",
+                          created_by_id=shop["writer"].id)
+    add_deployment(shop["version"], shop["environment"], shop["node"], "gone", status="deleted",
+                   created_by_id=shop["writer"].id)
+    add_deployment(shop["version"], shop["environment"], shop["node"], "theirs",
+                   created_by_id=shop["admin"].id)
+    login("se-bob")
+    page = client.get("/").text
+    section = page[page.index('data-testid="my-deployments"'):page.index("<h2>Projects</h2>")]
+    assert f'href="/deployments/{mine.id}"' in section
+    assert "gone" not in section and "theirs" not in section
+    assert "New deployment" in section
+    client.post("/logout", data={"csrf_token": csrf_from(page)})
+    login("admin")
+    page = client.get("/").text
+    assert page.count("title=\"Pipeline of ") == 15  # 22 projects: the first 15 by name
+    assert "and 7 more." in page

@@ -95,7 +95,7 @@ def logout():
 @bp.get("/")
 def index():
     projects = access.visible(current_user, Project)
-    project_count = db.session.scalar(projects.with_only_columns(func.count()).order_by(None))
+    project_count = db.session.scalar(select(func.count()).select_from(projects.subquery()))
     projects = db.session.scalars(projects.order_by(Project.name).limit(OVERVIEW_PROJECTS)).all()
     environments = db.session.scalars(
         access.visible(current_user, Environment).order_by(Environment.name)
