@@ -321,6 +321,12 @@ function Editor({ urls, requested }) {
         ) : selectedEdge ? (
           <EdgePanel edge={selectedEdge} problem={problems.edges[selectedEdge.id]} readOnly={readOnly}
                      onDelete={() => deleteElements({ edges: [{ id: selectedEdge.id }] })} />
+        ) : selectedNodes.length + selectedEdges.length > 1 ? (
+          <div className="pe-help">
+            <h3>{selectedNodes.length} nodes and {selectedEdges.length} edges selected</h3>
+            <p>Select one to see its settings.</p>
+            {!readOnly && <button type="button" className="secondary" onClick={deleteSelected}>Delete them</button>}
+          </div>
         ) : (
           <div className="pe-help">
             <h3>Nothing selected</h3>

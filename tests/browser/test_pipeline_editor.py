@@ -184,3 +184,52 @@ def test_a_read_only_member_sees_the_graph_but_cannot_change_or_save_it(live_ser
                                  headers={"X-CSRFToken": token})
     assert response.status == 403
     assert pipelines.latest_version(db.session.get(Project, project.id)).number == 2
+
+
+def test_admin_starts_from_an_older_version_rewires_it_and_is_warned_before_leaving_unsaved(
+        live_server, browser_login, shop, admin):
+    first = definition()
+    pipelines.save_version(admin, shop, first, "one")
+    second = definition()
+    second["nodes"][0]["env"]["POSTGRES_USER"] = "shop"
+    pipelines.save_version(admin, shop, second, "two")
+    db.session.commit()
+    page = browser_login("admin")
+    page.set_viewport_size(SMALL_SCREEN)
+    page.goto(f"/projects/{shop.id}/pipeline")
+    page.get_by_role("link", name="Open version 1 in the editor").click()
+    expect(page.get_by_test_id("shown-version")).to_have_text("Version 1 (the latest is 2)")
+    editor = page.get_by_test_id("editor")
+    edges = editor.locator(".react-flow__edge")
+    expect(edges).to_have_count(2)
+
+    # Select an edge on the canvas and delete it with the toolbar button...
+    editor.locator(".react-flow__edge[data-id='mkdb->web'] .react-flow__edge-interaction").click(force=True)
+    expect(page.get_by_test_id("edge-panel")).to_contain_text("web runs after mkdb")
+    page.get_by_role("button", name="Delete selected").click()
+    expect(edges).to_have_count(1)
+    # ...and draw it again from the keyboard: the side panel's "Runs after" boxes.
+    page.get_by_test_id("node-web").click()
+    panel = page.get_by_role("complementary", name="Selected element")
+    panel.get_by_role("checkbox", name="mkdb", exact=True).check()
+    expect(edges).to_have_count(2)
+    panel.get_by_role("checkbox", name="db", exact=True).check()
+    expect(edges).to_have_count(3)
+
+    # Leaving with unsaved changes asks first; staying keeps the drawing.
+    dialogs = []
+    page.once("dialog", lambda dialog: (dialogs.append(dialog.type), dialog.dismiss()))
+    page.get_by_role("link", name="Overview").click()
+    expect(edges).to_have_count(3)
+    assert dialogs == ["beforeunload"]
+
+    page.get_by_label("Comment").fill("from version 1, web after db too")
+    page.get_by_role("button", name="Save as version 3").click()
+    expect(page.get_by_test_id("editor-status")).to_have_text("Version 3 saved.")
+    expect(page.get_by_test_id("shown-version")).to_have_text("Version 3")
+    saved = pipelines.get_version(db.session.get(Project, shop.id), 3).definition
+    assert saved["nodes"][0]["env"] == first["nodes"][0]["env"]  # version 1's, not version 2's
+    assert sorted((e["from"], e["to"]) for e in saved["edges"]) == [
+        ("db", "mkdb"), ("db", "web"), ("mkdb", "web")]
+    page.get_by_role("link", name="Overview").click()  # saved: no question asked
+    page.wait_for_url(f"{live_server}/")
