@@ -71,7 +71,8 @@ function NumberField({ id, type, prop, value, onChange, invalid, describe, readO
 function SchemaField({ nodeId, name, prop, required, value, onChange, problem, listId, readOnly }) {
   const id = fieldId(nodeId, name);
   const type = typeOf(prop);
-  const help = [prop.description, prop.default !== undefined ? `Default: ${JSON.stringify(prop.default)}.` : ""]
+  const description = prop.description && !/[.!?]$/.test(prop.description) ? `${prop.description}.` : prop.description;
+  const help = [description, prop.default !== undefined ? `Default: ${JSON.stringify(prop.default)}.` : ""]
     .filter(Boolean).join(" ");
   const helpId = help ? `${id}-help` : null;
   const errorId = problem ? `${id}-error` : null;

@@ -264,39 +264,6 @@ function Editor({ urls, requested }) {
     <div className={`pe-editor${readOnly ? " pe-read-only" : ""}`} data-testid="editor" data-dirty={dirty ? "1" : "0"}>
       {!readOnly && <Palette catalog={catalog} onAdd={(kind, item) => addNode(kind, item)} />}
       <div className="pe-main">
-        <div className="pe-toolbar" role="toolbar" aria-label="Canvas">
-          <button type="button" className="secondary outline" onClick={tidy} disabled={!nodes.length}>Tidy layout</button>
-          {!readOnly && (
-            <button type="button" className="secondary outline" onClick={deleteSelected}
-                    disabled={!selectedNodes.length && !selectedEdges.length}>Delete selected</button>
-          )}
-          <span className="pe-version" data-testid="shown-version">
-            {shown.number ? `Version ${shown.number}` : "No version yet"}
-            {shown.number && shown.latest && shown.number !== shown.latest ? ` (the latest is ${shown.latest})` : ""}
-            {dirty ? " · unsaved changes" : ""}
-          </span>
-        </div>
-        <div className="pe-canvas island-canvas" ref={canvasRef} onDragOver={onDragOver} onDrop={onDrop}>
-          <ReactFlow nodes={shownNodes} edges={shownEdges} nodeTypes={nodeTypes}
-                     onNodesChange={onNodesChange} onEdgesChange={onEdgesChange} onConnect={onConnect}
-                     isValidConnection={(c) => c.source !== c.target}
-                     nodesDraggable={!readOnly} nodesConnectable={!readOnly} elementsSelectable
-                     deleteKeyCode={readOnly ? null : ["Delete", "Backspace"]} minZoom={0.2}
-                     aria-label="Pipeline graph">
-            <Background />
-            <Controls showInteractive={false} />
-          </ReactFlow>
-          {!nodes.length && (
-            <p className="pe-empty">
-              {readOnly ? "No pipeline yet." : "Drag services and plugins from the palette here, connect them right to left, and save."}
-            </p>
-          )}
-        </div>
-        {status && (
-          <p className={`pe-status pe-status-${status.kind}`} role={status.kind === "error" ? "alert" : "status"}
-             data-testid="editor-status">{status.text}</p>
-        )}
-        <ProblemList problems={problems} onSelect={selectNode} />
         {!readOnly && (
           <form className="pe-save" onSubmit={(e) => { e.preventDefault(); save(); }}>
             <label htmlFor="pe-comment">Comment</label>
@@ -311,6 +278,40 @@ function Editor({ urls, requested }) {
             )}
           </form>
         )}
+        <div className="pe-toolbar" role="toolbar" aria-label="Canvas">
+          <button type="button" className="secondary outline" onClick={tidy} disabled={!nodes.length}>Tidy layout</button>
+          {!readOnly && (
+            <button type="button" className="secondary outline" onClick={deleteSelected}
+                    disabled={!selectedNodes.length && !selectedEdges.length}>Delete selected</button>
+          )}
+          <span className="pe-version" data-testid="shown-version">
+            {shown.number ? `Version ${shown.number}` : "No version yet"}
+            {shown.number && shown.latest && shown.number !== shown.latest ? ` (the latest is ${shown.latest})` : ""}
+            {dirty ? " · unsaved changes" : ""}
+          </span>
+        </div>
+        {/* Always there (live regions announce changes, and the canvas does not jump). */}
+        <p className={`pe-status pe-status-${status ? status.kind : "none"}`}
+           role={status && status.kind === "error" ? "alert" : "status"} data-testid="editor-status">
+          {status ? status.text : ""}
+        </p>
+        <ProblemList problems={problems} onSelect={selectNode} />
+        <div className="pe-canvas island-canvas" ref={canvasRef} onDragOver={onDragOver} onDrop={onDrop}>
+          <ReactFlow nodes={shownNodes} edges={shownEdges} nodeTypes={nodeTypes}
+                     onNodesChange={onNodesChange} onEdgesChange={onEdgesChange} onConnect={onConnect}
+                     isValidConnection={(c) => c.source !== c.target}
+                     nodesDraggable={!readOnly} nodesConnectable={!readOnly} elementsSelectable
+                     deleteKeyCode={readOnly ? null : ["Delete", "Backspace"]} minZoom={0.2}
+                     aria-label="Pipeline graph">
+            <Background />
+            <Controls showInteractive={false} />
+          </ReactFlow>
+          {!nodes.length && (
+            <p className="pe-empty">
+              {readOnly ? "No pipeline yet." : "Drag services and plugins from the palette here, connect a right handle to a left one (that node runs after), and save."}
+            </p>
+          )}
+        </div>
       </div>
       <aside className="pe-panel" aria-label="Selected element" ref={panelRef} tabIndex={-1}>
         {selected ? (

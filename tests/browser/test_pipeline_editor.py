@@ -9,9 +9,9 @@ import pytest
 from playwright.sync_api import expect
 
 from app.extensions import db
-from app.models import Project
+from app.models import Plugin, Project
 from app.services import catalog, pipelines
-from tests.access.pipelines import definition, make_catalog
+from tests.access.pipelines import definition, docker_hub, make_catalog
 
 pytestmark = pytest.mark.browser
 
@@ -111,6 +111,9 @@ def test_admin_builds_a_pipeline_by_dragging_and_connecting_and_fixes_what_the_s
     expect(nodes).to_have_count(2)
     expect(edges).to_have_count(1)
     _shot(page, "editor-refused")
+    page.locator("#graph").scroll_into_view_if_needed()
+    page.evaluate("document.getElementById('graph').scrollIntoView()")
+    page.screenshot(path=SHOTS / "editor-refused-1366x768.png")  # what fits on the screen
 
     # Fix it, add a node with the keyboard's Add button and connect it; a stray one is deleted.
     panel.get_by_label("size_mb").fill("32")
@@ -123,9 +126,13 @@ def test_admin_builds_a_pipeline_by_dragging_and_connecting_and_fixes_what_the_s
     page.get_by_test_id("node-postgres-database").click()
     page.keyboard.press("Delete")
     expect(nodes).to_have_count(3)
-    page.get_by_role("button", name="Tidy layout").click()
     _connect(page, "mkdb", "shop-web")
     expect(edges).to_have_count(2)
+    page.get_by_role("button", name="Tidy layout").click()  # elkjs: left to right, in running order
+    page.wait_for_function("""() => {
+      const x = (id) => document.querySelector(`[data-testid=node-${id}]`).getBoundingClientRect().x;
+      return x("db") < x("mkdb") && x("mkdb") < x("shop-web");
+    }""")
     page.get_by_test_id("node-shop-web").click()
     expect(panel.locator("datalist option[value='${services.db.url}']")).to_have_count(1)
     expect(panel.locator("datalist option[value='${steps.mkdb.outputs.']")).to_have_count(1)
@@ -233,3 +240,63 @@ def test_admin_starts_from_an_older_version_rewires_it_and_is_warned_before_leav
         ("db", "mkdb"), ("db", "web"), ("mkdb", "web")]
     page.get_by_role("link", name="Overview").click()  # saved: no question asked
     page.wait_for_url(f"{live_server}/")
+
+
+RICH_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "description": "The database to make", "maxLength": 63},
+        "engine": {"type": "string", "enum": ["postgres", "mysql"], "default": "postgres"},
+        "create_user": {"type": "boolean", "title": "Create a user", "default": False},
+        "ratio": {"type": "number", "default": 0.5, "description": "A share of the server"},
+        "labels": {"type": "object", "description": "Extra labels"},
+    },
+    "required": ["name", "engine"],
+    "additionalProperties": False,
+}
+
+
+def test_a_plugins_form_follows_its_json_schema(live_server, browser_login, shop):
+    db.session.add(Plugin(name="db-kit", registry_id=docker_hub().id, image="team/db-kit", tag="2.0",
+                          params_schema=RICH_SCHEMA))
+    db.session.commit()
+    page = browser_login("admin")
+    page.set_viewport_size(SMALL_SCREEN)
+    page.goto(f"/projects/{shop.id}/pipeline")
+    page.get_by_role("button", name="Add plugin db-kit").click()
+    panel = page.get_by_role("complementary", name="Selected element")
+    field = lambda name: panel.locator(f"[data-field='params.{name}']")  # noqa: E731
+
+    # Defaults are filled in; required fields are marked; descriptions are shown.
+    expect(field("engine").locator("select")).to_have_value("0")  # the first enum value
+    expect(field("engine").locator("select option:checked")).to_have_text("postgres")
+    expect(field("create_user").get_by_label("Create a user")).not_to_be_checked()
+    expect(field("ratio").locator("input")).to_have_value("0.5")
+    expect(field("name").locator("abbr[title=required]")).to_have_count(1)
+    expect(field("ratio").locator("abbr[title=required]")).to_have_count(0)
+    expect(field("name")).to_contain_text("The database to make")
+    expect(field("labels").locator("textarea")).to_be_visible()
+
+    # A required parameter left out: the server's message lands on that field.
+    page.get_by_role("button", name="Save as version 1").click()
+    expect(field("name").get_by_test_id("field-error")).to_contain_text("'name' is a required property")
+    expect(page.get_by_test_id("node-db-kit")).to_have_class(RED)
+
+    field("name").locator("input").fill("shop")
+    field("engine").locator("select").select_option(label="mysql")
+    field("create_user").get_by_label("Create a user").check()
+    field("ratio").locator("input").fill("0.25")
+    labels = field("labels").locator("textarea")
+    labels.fill("{bad")
+    labels.blur()
+    expect(field("labels")).to_contain_text("not JSON")
+    labels.fill('{"team": "qa"}')
+    labels.blur()
+    expect(field("labels")).not_to_contain_text("not JSON")
+    page.get_by_role("button", name="Save as version 1").click()
+    expect(page.get_by_test_id("editor-status")).to_have_text("Version 1 saved.")
+    expect(page.locator("tr[data-version='1']")).to_be_visible()
+    _shot(page, "editor-schema-form")
+    [node] = pipelines.get_version(db.session.get(Project, shop.id), 1).definition["nodes"]
+    assert node["params"] == {"name": "shop", "engine": "mysql", "create_user": True, "ratio": 0.25,
+                              "labels": {"team": "qa"}}
