@@ -231,6 +231,12 @@ function Editor({ urls, requested }) {
       setComment("");
       setShown({ number: version.number, latest: version.number });
       setStatus({ kind: "ok", text: `Version ${version.number} saved.` });
+      // A reload shows the latest (the one just saved), not the ?version= this drawing began from.
+      const address = new URL(window.location.href);
+      if (address.searchParams.has("version")) {
+        address.searchParams.delete("version");
+        window.history.replaceState(null, "", address);
+      }
       refreshSections(urls.page);
     } catch (error) {
       // The drawing stays as it is: only the problems are new.

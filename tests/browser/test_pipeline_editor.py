@@ -234,6 +234,7 @@ def test_admin_starts_from_an_older_version_rewires_it_and_is_warned_before_leav
     page.get_by_role("button", name="Save as version 3").click()
     expect(page.get_by_test_id("editor-status")).to_have_text("Version 3 saved.")
     expect(page.get_by_test_id("shown-version")).to_have_text("Version 3")
+    assert "version=" not in page.url  # a reload shows version 3
     saved = pipelines.get_version(db.session.get(Project, shop.id), 3).definition
     assert saved["nodes"][0]["env"] == first["nodes"][0]["env"]  # version 1's, not version 2's
     assert sorted((e["from"], e["to"]) for e in saved["edges"]) == [
