@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from app.extensions import db
 from app.models import AuditEntry, PipelineVersion, Plugin, Registry, Service
-from app.services import catalog, registries, service_catalog
+from app.services import catalog, pipelines, registries, service_catalog
 from app.services.registries import RegistryUnreachable
 from app.ui import catalog as catalog_pages
 from tests.access.deployments import registry as make_registry
@@ -328,6 +328,27 @@ def test_admin_imports_pipeline_yaml_and_sees_versions_yaml_and_changes(as_admin
     assert "env.POSTGRES_USER" in changes
     assert "(the first version)" in as_admin.get(url + "?diff=1").text
     assert as_admin.get(url + "?diff=9").status_code == 404
+
+
+def test_the_pipeline_page_compares_any_two_versions_and_opens_an_older_one(as_admin, shop, admin):
+    url = f"/projects/{shop.id}/pipeline"
+    first = definition()
+    pipelines.save_version(admin, shop, first, "one")
+    first["nodes"][0]["env"]["POSTGRES_USER"] = "shop"
+    pipelines.save_version(admin, shop, first, "two")
+    first["edges"].pop(0)
+    pipelines.save_version(admin, shop, first, "three")
+    page = as_admin.get(url).text
+    assert 'data-testid="compare"' in page
+    assert f'data-version-url="/api/v1/projects/{shop.id}/pipeline/versions/3"' in page
+    changes = html.unescape(as_admin.get(url + "?diff=3&against=1").text)
+    assert "Changes in version 3 since version 1" in changes
+    assert "env.POSTGRES_USER" in changes and "Edges removed: <code>db → mkdb</code>" in changes
+    assert "Changes in version 3 since version 2" in as_admin.get(url + "?diff=3").text
+    assert as_admin.get(url + "?diff=3&against=7").status_code == 404
+    older = as_admin.get(url + "?version=1").text
+    assert f'data-version-url="/api/v1/projects/{shop.id}/pipeline/versions/1"' in older
+    assert as_admin.get(url + "?version=8").status_code == 404
 
 
 def test_bad_pipeline_yaml_is_shown_with_its_fields_and_saves_nothing(as_admin, shop):

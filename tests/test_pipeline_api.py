@@ -180,3 +180,31 @@ def test_the_export_route_is_in_the_openapi_document(client):
     paths = client.get("/api/v1/openapi.json").json["paths"]
     assert "get" in paths["/api/v1/projects/{project_id}/pipeline/export"]
     assert "post" in paths["/api/v1/projects/{project_id}/pipeline/import"]
+
+
+# --- the visual editor's data --------------------------------------------------------------------
+def test_the_editor_data_gives_admins_the_catalog_secret_names_and_saving(client, headers, shop):
+    data = client.get(url(shop, "/editor"), headers=headers).json
+    assert data["can_manage"] is True and data["latest"] is None and data["project_id"] == shop.id
+    assert [s["name"] for s in data["services"]] == ["postgres", "shop-web"]
+    web = data["services"][1]
+    assert web["ports"] == [8000] and web["exposed_ports"] == [8000]
+    assert web["health_check"] == {"type": "http", "port": 8000, "path": "/health"}
+    assert web["env"] == {"LOG_LEVEL": "info"} and web["tag_mode"] == "selectable"
+    [plugin] = data["plugins"]
+    assert plugin["name"] == "postgres-database" and plugin["params_schema"]["required"] == ["host"]
+    assert data["secrets"] == ["DB_PASSWORD"]
+    assert data["service_attributes"] == ["host", "port", "url"]
+    save(client, headers, shop)
+    assert client.get(url(shop, "/editor"), headers=headers).json["latest"] == 1
+
+
+def test_viewers_get_the_editor_catalog_without_secret_names_or_saving(client, shop, spec_example,
+                                                                        bearer):
+    for role in ("reader", "writer"):
+        data = client.get(url(shop, "/editor"), headers=bearer(spec_example[role])).json
+        assert data["can_manage"] is False and data["secrets"] == []
+        assert [p["name"] for p in data["plugins"]] == ["postgres-database"]
+    outsider = bearer(spec_example["outsider"])
+    assert client.get(url(shop, "/editor"), headers=outsider).status_code == 404
+    assert client.get(url(shop, "/editor")).status_code == 401

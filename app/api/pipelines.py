@@ -10,12 +10,13 @@ from app.api.schemas.pipelines import (
     DiffQuery,
     ExportQuery,
     PipelineDiff,
+    PipelineEditorData,
     PipelineSave,
     PipelineVersionDetail,
     PipelineVersionOut,
 )
-from app.models import PipelineVersion, Project
-from app.services import pipeline_diff, pipeline_yaml, pipelines
+from app.models import PipelineVersion, Plugin, Project, Service
+from app.services import pipeline_diff, pipeline_editor, pipeline_yaml, pipelines
 from app.services.errors import NotFound, ServiceError
 
 TAG = "pipelines"
@@ -72,6 +73,17 @@ def diff_pipeline_versions(project_id, number, params):
     against = params.against if params.against is not None else number - 1
     previous = pipelines.get_version(project, against) if against >= 1 else None
     return pipeline_diff.diff(version, previous)
+
+
+@operation("GET", BASE + "/editor",
+           summary="What the visual editor draws from: the catalog's services and plugins (with "
+                   "params schemas), the project's secret names (admins) and whether you may save",
+           tag=TAG, response=PipelineEditorData)
+def pipeline_editor_data(project_id):
+    project = _project(project_id)
+    return pipeline_editor.editor_data(
+        project, access.visible(current_user, Service), access.visible(current_user, Plugin),
+        access.can(current_user, "manage", project))
 
 
 @operation("GET", BASE + "/export", summary="A version as YAML (application/yaml; default: the latest)",

@@ -8,6 +8,7 @@ looks like a validation problem."""
 from flask import abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import func, select
+from werkzeug.datastructures import MultiDict
 from wtforms.fields.choices import SelectChoice
 
 from app import access
@@ -279,14 +280,20 @@ def _pipeline_page(project, form, errors=None, message=None, status=200):
     rows = db.session.scalars(stmt.limit(VERSIONS_PER_PAGE).offset((page - 1) * VERSIONS_PER_PAGE)).all()
     latest = pipelines.latest_version(project)
     changes = None
-    number = request.args.get("diff", type=int) if request.method == "GET" else None
+    args = request.args if request.method == "GET" else MultiDict()
+    number = args.get("diff", type=int)
     if number is not None:
+        # ?diff=N: what version N changed since N-1; &against=M compares it with any version M.
         version = pipelines.get_version(project, number)  # none such: the 404 page
-        previous = pipelines.get_version(project, number - 1) if number > 1 else None
+        against = args.get("against", type=int, default=number - 1)
+        previous = pipelines.get_version(project, against) if against >= 1 else None
         changes = pipeline_diff.diff(version, previous)
+    # ?version=N: the editor opens version N (read-only for viewers, a starting point for admins).
+    shown = args.get("version", type=int)
+    shown = pipelines.get_version(project, shown) if shown is not None else latest
     return render_template(
         "ui/pipeline.html", project=project, versions=rows, total=total, page=page,
-        pages=max(1, -(-total // VERSIONS_PER_PAGE)), latest=latest, changes=changes,
+        pages=max(1, -(-total // VERSIONS_PER_PAGE)), latest=latest, changes=changes, shown=shown,
         latest_yaml=pipeline_yaml.export_yaml(latest) if latest else None,
         form=form if access.can(current_user, "manage", project) else None,
         errors=errors or {}, message=message,

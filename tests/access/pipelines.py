@@ -79,6 +79,7 @@ ROWS = {
     ("GET", RULE + "/versions/<int:number>"): (VERSIONS + "/1", None, VIEW),
     ("GET", RULE + "/versions/<int:number>/diff"): (VERSIONS + "/1/diff", None, VIEW),
     ("GET", RULE + "/export"): ("/api/v1/projects/{project}/pipeline/export", None, VIEW),
+    ("GET", RULE + "/editor"): ("/api/v1/projects/{project}/pipeline/editor", None, VIEW),
     # The matrix sends JSON, which YAML reads too (import accepts application/json).
     ("POST", RULE + "/import"): (
         "/api/v1/projects/{project}/pipeline/import", {**definition(PREFIX), "comment": "imported"}, ADD),

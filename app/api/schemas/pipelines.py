@@ -81,3 +81,32 @@ class PipelineDiff(BaseModel):
     against: int | None = Field(description="null: compared with an empty pipeline")
     nodes: NodeChanges
     edges: EdgeChanges
+
+
+class EditorService(BaseModel):
+    name: str
+    description: str
+    ports: list[int]
+    exposed_ports: list[int] = Field(description="Published for the ingress at the service's URL")
+    env: dict[str, str] = Field(description="The catalog's env; a node's env is merged over it")
+    health_check: dict[str, Any] | None = Field(description="Readiness; null: running is enough")
+    tag_mode: str
+
+
+class EditorPlugin(BaseModel):
+    name: str
+    description: str
+    image: str
+    tag: str
+    params_schema: dict[str, Any] = Field(description="The JSON Schema a node's params must pass")
+
+
+class PipelineEditorData(BaseModel):
+    project_id: int
+    can_manage: bool = Field(description="Whether this user may save versions (admins)")
+    latest: int | None = Field(description="The latest version's number; null: none yet")
+    services: list[EditorService]
+    plugins: list[EditorPlugin]
+    secrets: list[str] = Field(
+        description="The project's secret names for ${secrets.NAME} (empty unless can_manage)")
+    service_attributes: list[str] = Field(description="What ${services.ID.ATTR} may name")
