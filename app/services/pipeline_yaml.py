@@ -33,19 +33,39 @@ _Dumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
 def export_yaml(version):
     """The version's definition as YAML: fixed key order, sorted maps, no line wrapping, so
     that saved files diff well in git. Header lines are comments; import ignores them."""
-    document = {
-        "nodes": [{k: _sorted(n[k]) if k != "position" else {"x": n[k]["x"], "y": n[k]["y"]}
-                   for k in NODE_KEYS if k in n} for n in version.definition["nodes"]],
-        "edges": [_Edge(e) for e in version.definition["edges"]],
-    }
     author = version.created_by.username if version.created_by is not None else "someone"
     header = [f"# NullOps pipeline of project {version.project.name}, version {version.number}",
               f"# saved by {author} at {version.created_at:%Y-%m-%d %H:%M} UTC"]
     header += ["# " + "".join(c if c.isprintable() else " " for c in line)
                for line in version.comment.splitlines()]
-    body = yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True,
+    return "\n".join(header) + "\n" + _body(version.id, version.created_at, version.definition)
+
+
+def _dump(definition):
+    document = {
+        "nodes": [{k: _sorted(n[k]) if k != "position" else {"x": n[k]["x"], "y": n[k]["y"]}
+                   for k in NODE_KEYS if k in n} for n in definition["nodes"]],
+        "edges": [_Edge(e) for e in definition["edges"]],
+    }
+    return yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True,
                      default_flow_style=False, width=1 << 20)
-    return "\n".join(header) + "\n" + body
+
+
+_bodies = {}
+
+
+def _body(version_id, created_at, definition):
+    """The YAML of a version's definition, dumped once per process: versions never change (the
+    pipeline page shows the latest's on every view). The header, with names that may change,
+    is written each time."""
+    key = (version_id, created_at)
+    body = _bodies.get(key)
+    if body is None:
+        body = _dump(definition)
+        if len(_bodies) >= 256:
+            _bodies.pop(next(iter(_bodies)))
+        _bodies[key] = body
+    return body
 
 
 def _line_of(text, position):
