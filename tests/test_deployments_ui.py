@@ -273,7 +273,12 @@ def test_logs_panel_per_service_or_why_there_are_none(client, login, shop):
     shop["node"].status = "offline"
     db.session.commit()
     html = client.get(page).text
-    assert "Logs unavailable: node offline (node-1 is offline)." in html
+    assert "Logs and metrics unavailable: node offline (node-1 is offline)." in html
+    assert html.count('class="logs-panel"') == 2  # it may come back while the page is open
+    deployment.status, deployment.deleted_at = "deleted", utcnow()
+    db.session.commit()
+    html = client.get(page).text
+    assert "Logs and metrics unavailable: the deployment is deleted." in html
     assert 'class="logs-panel"' not in html
 
 

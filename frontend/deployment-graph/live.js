@@ -5,9 +5,8 @@
 // (404: deleted for good or no longer visible to this user).
 import { api } from "../shared/graph.js";
 
-const MAX_BACKOFF_MS = 30000;
-
-export function poll(url, { interval, onAnswer, onProblem = () => {}, onGone = () => {}, done = () => false }) {
+export function poll(url, { interval, onAnswer, onProblem = () => {}, onGone = () => {}, done = () => false,
+  maxBackoff = 30000 }) {
   let timer = null;
   let failures = 0;
   let stopped = false;
@@ -34,7 +33,7 @@ export function poll(url, { interval, onAnswer, onProblem = () => {}, onGone = (
         return;
       }
       failures += 1;
-      const wait = Math.min(MAX_BACKOFF_MS, interval * 2 ** failures);
+      const wait = Math.min(maxBackoff, interval * 2 ** failures);
       onProblem(error, wait);
       schedule(wait);
       return;

@@ -6,7 +6,7 @@
 // memory charts come from the node's figures every 5 s (an agent call: slower on purpose).
 import { createRoot } from "react-dom/client";
 import { useEffect, useMemo, useState } from "react";
-import { ReactFlow, ReactFlowProvider, Background, Controls } from "@xyflow/react";
+import { ReactFlow, ReactFlowProvider, Background, Controls, useReactFlow } from "@xyflow/react";
 import "../shared/flow.css";
 import "./graph.css";
 import StepNode from "../shared/StepNode.jsx";
@@ -32,8 +32,17 @@ function stateOf(step, live, running) {
 
 const clock = (date) => date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" });
 
+const FIT = { maxZoom: 1.25, padding: 0.15 };
+
 function Graph({ definition, live, running, note }) {
   const [laidOut, setLaidOut] = useState(null);
+  const flow = useReactFlow();
+  useEffect(() => { // a phone turned, a window resized: the whole pipeline stays in view
+    let timer = null;
+    const refit = () => { clearTimeout(timer); timer = setTimeout(() => flow.fitView(FIT), 150); };
+    window.addEventListener("resize", refit);
+    return () => { clearTimeout(timer); window.removeEventListener("resize", refit); };
+  }, [flow]);
   useEffect(() => {
     const { nodes, edges } = toFlow(definition);
     layout(nodes, edges).then((nodes) => setLaidOut({ nodes, edges }));
@@ -46,7 +55,7 @@ function Graph({ definition, live, running, note }) {
     <>
       <div className="island-canvas">
         {laidOut && (
-          <ReactFlow nodes={nodes} edges={laidOut.edges} nodeTypes={nodeTypes} fitView
+          <ReactFlow nodes={nodes} edges={laidOut.edges} nodeTypes={nodeTypes} fitView fitViewOptions={FIT}
                      nodesDraggable={false} nodesConnectable={false} elementsSelectable={false}
                      nodesFocusable edgesFocusable={false} panOnDrag={false} zoomOnScroll={false}
                      preventScrolling={false} proOptions={{ hideAttribution: true }}>
@@ -78,6 +87,7 @@ function Island({ mount }) {
         onAnswer: (answer) => setRunning(charts.add(answer.at, answer.containers)),
         onProblem: (error) => { charts.problem(error.message); setRunning(null); },
         done: () => NOTHING_RUNS.includes(status),
+        maxBackoff: 15000,
       });
     };
     if (!NOTHING_RUNS.includes(status)) startMetrics();
@@ -88,12 +98,16 @@ function Island({ mount }) {
         setNote({ text: answer.status === "deleted" ? "The deployment is deleted; nothing more to follow."
           : `Live: last checked ${clock(new Date())}.`, problem: false });
         if (key === seen) return;
-        const wasIdle = NOTHING_RUNS.includes(status);
         seen = key;
         status = answer.status;
         setLive(answer);
         document.body.dispatchEvent(new CustomEvent("deployment-changed", { detail: answer }));
-        if (wasIdle && !NOTHING_RUNS.includes(status)) { stopMetrics(); startMetrics(); } // a retry
+        if (status === "deleted") { // what the server renders only for a live deployment (clone)
+          document.querySelectorAll("[data-hidden-when-deleted]").forEach((el) => { el.hidden = true; });
+        }
+        // Asked again at once after a change (a node back online, a retry), backoff or not.
+        stopMetrics();
+        if (!NOTHING_RUNS.includes(status)) startMetrics();
       },
       onProblem: (error, wait) => setNote({
         text: `Live updates interrupted (${error.message}); trying again in ${Math.round(wait / 1000)} s.`,

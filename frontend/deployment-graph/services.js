@@ -86,6 +86,7 @@ export class Charts {
       const values = series[kind];
       const data = [series.t, values];
       let plot = this.plots.get(el);
+      if (!plot && values.every((v) => v == null)) continue; // no figure yet: no empty axes
       if (!plot) {
         plot = new uPlot(chartOptions(el, kind, kind === "cpu" ? "#2d7ff9" : "#8e44ad"), data, el);
         this.plots.set(el, plot);

@@ -27,9 +27,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.docker]
 
 # A web service that prints `after-follow-<word>` once the test writes <word> to /tmp/go in its
 # container (docker exec), so the line cannot have been there before the follow started.
-WAITS_TO_PRINT = ["sh", "-c", "mkdir -p /www && echo hello-from-web > /www/index.html && "
-                  "echo web-started && (while [ ! -s /tmp/go ]; do sleep 0.1; done; "
-                  "echo after-follow-$(cat /tmp/go)) & exec httpd -f -p 8000 -h /www"]
+WAITS_TO_PRINT = ["sh", "-c", "mkdir -p /www && echo hello-from-web > /www/index.html; echo web-started; "
+                  "(while [ ! -s /tmp/go ]; do sleep 0.1; done; echo after-follow-$(cat /tmp/go)) & "
+                  "exec httpd -f -p 8000 -h /www"]
 
 
 def make_it_print(docker_client, deployment_id, step_id="web"):
