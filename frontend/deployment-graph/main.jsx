@@ -76,7 +76,9 @@ function Island({ mount }) {
   const [note, setNote] = useState({ text: "Live: following the deployment.", problem: false });
 
   useEffect(() => {
-    let seen = JSON.stringify(JSON.parse(mount.dataset.live));
+    // What a change is: not status_changed_at, which the page's JSON writes as an HTTP date.
+    const keyOf = (state) => JSON.stringify([state.status, state.status_message, state.steps, state.services]);
+    let seen = keyOf(JSON.parse(mount.dataset.live));
     let status = live.status;
     let stopMetrics = () => {};
     const charts = new Charts();
@@ -94,7 +96,7 @@ function Island({ mount }) {
     const stopLive = poll(mount.dataset.liveUrl, {
       interval: LIVE_MS,
       onAnswer: (answer) => {
-        const key = JSON.stringify(answer);
+        const key = keyOf(answer);
         setNote({ text: answer.status === "deleted" ? "The deployment is deleted; nothing more to follow."
           : `Live: last checked ${clock(new Date())}.`, problem: false });
         if (key === seen) return;

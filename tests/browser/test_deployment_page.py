@@ -2,7 +2,8 @@
 deployment come up on a real agent through the real controller, the graph's nodes turning ready
 without a reload; sees each service's health and its CPU and memory drawn from the agent's
 figures; opens a service URL through a real Caddy; follows a log and sees a new line arrive;
-extends, clones and deletes. A Read-Only member sees the same page without a single action
+sees the restart count go up when the agent restarts a killed container; extends, clones and
+deletes. A Read-Only member sees the same page without a single action
 button, and a form posted by hand as them is refused (403). Screenshots at 1366x768 and at a
 phone's width go to /tmp/nullops-shots/."""
 import re
@@ -136,6 +137,16 @@ def test_a_writer_watches_a_real_deployment_come_up_and_manages_it(
     expect(logs).to_contain_text("web-started")
     expect(logs).to_contain_text(make_it_print(docker_client, deployment_id), timeout=15_000)
     panel.get_by_role("button", name="Stop following").click()
+
+    # The web's container dies; the agent's reconcile starts it again and reports it: the
+    # restart count goes up on the page (the node's figures may show it restarting meanwhile).
+    [container] = docker_client.containers.list(filters={"label": [
+        f"org.nullops.deployment=dep-{deployment_id}", "org.nullops.step=web"]})
+    container.kill()
+    expect(page.get_by_test_id("restarts-web")).to_have_text("1", timeout=30_000)
+    expect(page.get_by_test_id("health-web")).to_have_text("ready", timeout=15_000)
+    expect(page.get_by_test_id("restarts-db")).to_have_text("0")
+    expect(page.locator("#deployment-history table.history")).to_contain_text("restarted web")
 
     # The phone's width: everything in one column, nothing wider than the screen.
     page.set_viewport_size({"width": 390, "height": 844})
