@@ -1,13 +1,23 @@
 """GET /deployments/<id>/live, what the deployment page polls: status, step states and each
 service's health from the events the controller stored (restarts, a failing readiness probe's
 message); the same access as every read, and one query."""
+import html
+import json
+import re
+
 import pytest
 from sqlalchemy import event
 
 from app.api.schemas.deployments import DeploymentLive
 from app.controller import deployments as controller_deployments
 from app.extensions import db
-from tests.access.deployments import add_deployment, add_node, pipeline_version, service_step
+from tests.access.deployments import (
+    add_deployment,
+    add_node,
+    pipeline_version,
+    plugin_step,
+    service_step,
+)
 
 API = "/api/v1/deployments"
 
@@ -115,3 +125,30 @@ def test_the_live_state_is_one_query(client, bearer, ex, version, node):
         event.remove(db.engine, "before_cursor_execute", count)
     touching = [s for s in statements if "deployment_events" in s or "FROM deployments" in s]
     assert len(touching) == 1, statements
+
+
+def test_a_plugin_step_shows_its_progress_and_the_graph_gets_every_step(client, bearer, login, ex, node):
+    """Plugins have no health: their state is the run's word on them. The page embeds the
+    version as the graph draws it: steps, their dependencies and the editor's positions."""
+    version = pipeline_version(ex["project"], [
+        service_step("db", tag="15", exposed=[]), plugin_step("mkdb", depends_on=["db"]),
+        {**service_step("web", tag="1.4"), "depends_on": ["mkdb"]}])
+    version.definition = {"nodes": [{"id": "db", "service": "postgres", "position": {"x": 10, "y": 20}}],
+                          "edges": []}
+    db.session.commit()
+    deployment = add_deployment(version, ex["environment"], node, "d1", status="deploying",
+                                run_id="run-1")
+    _event(deployment, "progress", run_id="run-1", status="running", step_id="db", step_status="done")
+    _event(deployment, "progress", run_id="run-1", status="running", step_id="mkdb",
+           step_status="running")
+    body = client.get(f"{API}/{deployment.id}/live", headers=bearer(ex["reader"])).json
+    assert body["steps"] == {"db": "ready", "mkdb": "running", "web": "waiting"}
+    assert set(body["services"]) == {"db", "web"}
+
+    login("qa-anna")
+    page = client.get(f"/deployments/{deployment.id}").text
+    graph = json.loads(html.unescape(re.search(r'data-graph="([^"]*)"', page).group(1)))
+    assert graph["nodes"] == [{"id": "db", "service": "db-service", "position": {"x": 10, "y": 20}},
+                              {"id": "mkdb", "plugin": "postgres-database"},
+                              {"id": "web", "service": "web-service"}]
+    assert graph["edges"] == [{"from": "db", "to": "mkdb"}, {"from": "mkdb", "to": "web"}]

@@ -117,6 +117,8 @@ def test_a_writer_watches_a_real_deployment_come_up_and_manages_it(
             expect(drawn.locator("canvas")).to_have_count(1)
     expect(page.get_by_test_id("memory-now-web")).to_have_text(re.compile(r"^now \d+\.\d MiB of 64$"))
     page.screenshot(path=SHOTS / "deployment-ready-1366.png", full_page=True)
+    page.get_by_test_id("deployment-graph").scroll_into_view_if_needed()
+    page.screenshot(path=SHOTS / "deployment-ready-1366-screen.png")  # what one screen shows
 
     # The service URL opens through the ingress (Caddy) in a new tab.
     link = page.get_by_test_id("url-web")
@@ -159,6 +161,8 @@ def test_a_writer_watches_a_real_deployment_come_up_and_manages_it(
     assert canvas["x"] <= drawn["x"] and drawn["x"] + drawn["width"] <= canvas["x"] + canvas["width"], (
         canvas, drawn)  # the graph fitted itself to the narrow canvas
     page.screenshot(path=SHOTS / "deployment-ready-phone.png", full_page=True)
+    page.get_by_test_id("deployment-graph").scroll_into_view_if_needed()
+    page.screenshot(path=SHOTS / "deployment-ready-phone-screen.png")
     page.set_viewport_size({"width": 1366, "height": 768})
 
     # Extend, clone, then delete after confirming. The agent's report of free CPU on this shared,
