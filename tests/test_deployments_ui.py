@@ -88,7 +88,9 @@ def test_writer_creates_a_deployment_through_the_form_and_watches_it(client, log
 
     page = client.get(response.headers["Location"]).text
     assert ("ok", "Deployment login-fix created; it starts on node node-1.") in _flashes(page)
-    assert f'hx-get="/deployments/{deployment.id}/status" hx-trigger="every 2s"' in page
+    assert (f'hx-get="/deployments/{deployment.id}/status" hx-trigger="deployment-changed from:body"'
+            in page)
+    assert f'data-live-url="/api/v1/deployments/{deployment.id}/live"' in page
     assert 'href="http://web.login-fix.staging.localhost"' in page
     assert 'data-testid="deployment-status">pending<' in page
     remaining = int(re.search(r'data-remaining="(\d+)"', page).group(1))
@@ -195,7 +197,7 @@ def test_writer_retries_extends_clones_and_deletes(client, login, shop):
     html = client.get(page).text
     assert "db did not get ready" in html
     assert _buttons(html)[:3] == ["Extend", "Retry", "Delete"]
-    assert f'hx-get="/deployments/{failed.id}/status"' not in html  # settled: no polling
+    assert 'data-testid="health-web" data-health="stopped"' in html
 
     _post(client, page, f"{page}/retry")
     assert _deployment(name="broken").status == "pending"
@@ -214,7 +216,7 @@ def test_writer_retries_extends_clones_and_deletes(client, login, shop):
     html = client.get(page).text
     assert _deployment(name="broken").status == "deleting"
     assert "Deployment broken cancelled" in html
-    assert f'hx-get="/deployments/{failed.id}/status" hx-trigger="every 2s"' in html
+    assert f'hx-get="/deployments/{failed.id}/status" hx-trigger="deployment-changed from:body"' in html
     assert _buttons(html) == ["Clone"]
     kinds = [e.kind for e in db.session.scalars(select(DeploymentEvent).where(
         DeploymentEvent.deployment_id == failed.id).order_by(DeploymentEvent.id))]
@@ -243,17 +245,22 @@ def test_a_failed_action_is_flashed_on_the_deployment_page(client, login, shop):
     assert taken.headers["Location"] == page and _count(Deployment) == 1
 
 
-def test_the_live_part_polls_only_while_the_deployment_settles(client, login, shop):
+def test_the_page_parts_reload_on_a_live_change_until_the_deployment_is_deleted(client, login, shop):
+    """The island polls the live state (tests/test_deployment_live_api.py) and fires
+    deployment-changed; the head and the steps and history come again through htmx then."""
     login("se-bob")
-    for status, polls in (("pending", True), ("deploying", True), ("ready", False),
-                          ("failed", False), ("deleting", True)):
+    for status, follows in (("pending", True), ("deploying", True), ("ready", True),
+                            ("failed", True), ("deleting", True), ("deleted", False)):
         deployment = add_deployment(shop["version"], shop["environment"], shop["node"], status,
-                                    status=status, progress={"db": "ready", "web": "starting"})
-        fragment = client.get(f"/deployments/{deployment.id}/status").text
-        assert '<div id="deployment-live"' in fragment
-        assert ('hx-trigger="every 2s"' in fragment) is polls, status
-        assert "<html" not in fragment
-        assert re.search(r'data-step="web">.*?step-progress">starting<', fragment, re.S)
+                                    status=status, progress={"db": "done", "web": "running"})
+        for part, root in (("status", '<div id="deployment-live"'),
+                           ("history", '<section id="deployment-history"')):
+            fragment = client.get(f"/deployments/{deployment.id}/{part}").text
+            assert root in fragment and "<html" not in fragment
+            assert ('hx-trigger="deployment-changed from:body"' in fragment) is follows, status
+        assert re.search(r'data-step="web">.*?step-progress">running<', fragment, re.S)
+        page = client.get(f"/deployments/{deployment.id}").text
+        assert ('data-live-url=' in page) and 'id="deployment-graph"' in page
 
 
 def test_logs_panel_per_service_or_why_there_are_none(client, login, shop):
@@ -266,7 +273,12 @@ def test_logs_panel_per_service_or_why_there_are_none(client, login, shop):
     shop["node"].status = "offline"
     db.session.commit()
     html = client.get(page).text
-    assert "Logs unavailable: node offline (node-1 is offline)." in html
+    assert "Logs and metrics unavailable: node offline (node-1 is offline)." in html
+    assert html.count('class="logs-panel"') == 2  # it may come back while the page is open
+    deployment.status, deployment.deleted_at = "deleted", utcnow()
+    db.session.commit()
+    html = client.get(page).text
+    assert "Logs and metrics unavailable: the deployment is deleted." in html
     assert 'class="logs-panel"' not in html
 
 

@@ -12,6 +12,7 @@ from app.api.schemas import Page, Pagination
 from app.api.schemas.deployments import (
     DeploymentClone,
     DeploymentCreate,
+    DeploymentLive,
     DeploymentOut,
     DeploymentQuery,
     DeployOptions,
@@ -32,7 +33,7 @@ from app.models import (
     User,
 )
 from app.models.types import utcnow
-from app.services import deployments
+from app.services import deployment_health, deployments
 from app.services.errors import Forbidden, NotFound
 from app.services.specs import VERSION_PORTS, exposed_urls
 
@@ -194,6 +195,17 @@ def create_deployment(data):
 def get_deployment(deployment_id):
     # The visibility filter and the columns in one query: reads are the hot path.
     shown = _read_one(deployment_id, access.visibility_params(current_user))
+    if shown is None:
+        raise NotFound(f"deployment {deployment_id} does not exist")
+    return shown
+
+
+@operation("GET", "/deployments/<int:deployment_id>/live",
+           summary="Status, step states and service health (what the deployment page polls)",
+           tag=TAG, response=DeploymentLive)
+def get_deployment_live(deployment_id):
+    # Polled every 2 s by every open deployment page: one query, visibility included.
+    shown = deployment_health.read(deployment_id, access.visibility_params(current_user))
     if shown is None:
         raise NotFound(f"deployment {deployment_id} does not exist")
     return shown

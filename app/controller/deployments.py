@@ -385,8 +385,10 @@ def _on_progress(deployment, data):
         line = f"{step_id} {step_status}" + (f": {message}" if message else "")
     else:
         line = f"run {status}" + (f": {message}" if message else "")
+    # The message rides along in the data too: the deployment page shows a failing step's last
+    # one (a readiness probe's, say) as that service's health (app/services/deployments.py health).
     record(deployment, "step", line, {"run_id": run_id, "status": status, "step_id": step_id,
-                                      "step_status": step_status})
+                                      "step_status": step_status, "message": message or None})
     if (deployment.status == "deleting" and run_id == deployment.run_id
             and status in ("failed", "cancelled")):
         why = f"the agent's delete run {status} ({message or 'no reason given'})"
@@ -400,10 +402,15 @@ def _on_status(deployment, data):
         return  # being removed: the round checks the agent by label, whatever it says here
     if status == "ready":
         healed = data.get("healed")
-        message = f"restarted {', '.join(map(str, healed))}" if healed else ""
+        healed = [str(s)[:64] for s in healed] if isinstance(healed, list) else []
+        message = f"restarted {', '.join(healed)}" if healed else ""
         if move(deployment, "ready", message) or deployment.status == "ready":
             if isinstance(data.get("services"), dict):
                 deployment.published = data["services"]
+        if healed and deployment.status == "ready":
+            # Its own line even when the status stays ready (move records only changes): the
+            # deployment page counts each service's restarts from these.
+            record(deployment, "restart", message, {"steps": healed})
     elif status in ("failed", "degraded", "deploying"):
         move(deployment, status, _text(data.get("message")))
     # "deleting" and "deleted" change nothing here: deletions are checked by the round.

@@ -12,7 +12,7 @@ from app.api.deployments import deployments_page
 from app.extensions import db
 from app.models import Deployment, DeploymentEvent, Environment, Project
 from app.models.types import utcnow
-from app.services import deployments, pipelines
+from app.services import deployment_health, deployments, pipelines
 from app.services.errors import Forbidden, NotFound, ServiceError
 from app.services.specs import service_urls
 from app.states import DEPLOYMENT_STATUSES
@@ -23,8 +23,6 @@ from app.ui.pages import _actor
 
 PER_PAGE = 25
 HISTORY_SHOWN = 50
-# While a deployment is in one of these, its page polls its status (htmx).
-SETTLING = ("pending", "deploying", "deleting")
 
 
 def _load(deployment_id, action="view"):
@@ -155,12 +153,13 @@ def deployment_create():
 
 
 # --- one deployment ---------------------------------------------------------------------------
-def _live_context(deployment):
+def _live_context(deployment, history=False):
     events = db.session.scalars(
         access.visible(current_user, DeploymentEvent)
         .where(DeploymentEvent.deployment_id == deployment.id)
         .options(selectinload(DeploymentEvent.actor))
-        .order_by(DeploymentEvent.at.desc(), DeploymentEvent.id.desc()).limit(HISTORY_SHOWN)).all()
+        .order_by(DeploymentEvent.at.desc(), DeploymentEvent.id.desc()).limit(HISTORY_SHOWN)).all() \
+        if history else []
     can_change = access.can(current_user, "deploy", deployment)
     now = utcnow()
     return {
@@ -168,7 +167,9 @@ def _live_context(deployment):
         "urls": service_urls(deployment) if deployment.status != "deleted" else {},
         "steps": deployment.pipeline_version.resolved["steps"],
         "remaining": deployments.remaining_seconds(deployment, now),
-        "settling": deployment.status in SETTLING,
+        # The page's island polls the live state (GET /api/v1/deployments/<id>/live) and asks
+        # the server-rendered parts again when it changes; a deleted deployment changes no more.
+        "follows": deployment.status != "deleted",
         "node_visible": deployment.node is not None and access.can(current_user, "view",
                                                                    deployment.node),
         "empty": EmptyForm(),
@@ -187,10 +188,26 @@ def _logs_unavailable(deployment):
     return None
 
 
+def _graph(version):
+    """The pipeline version as the graph island draws it ({nodes, edges} like a definition):
+    from the resolved steps, which every version has, with the editor's positions when the
+    definition kept them (elkjs lays out the others)."""
+    positions = {node.get("id"): node.get("position")
+                 for node in (version.definition or {}).get("nodes") or [] if isinstance(node, dict)}
+    steps = version.resolved["steps"]
+    nodes = [{"id": step["id"], step["kind"]: step.get(step["kind"]) or step["id"],
+              **({"position": positions[step["id"]]} if positions.get(step["id"]) else {})}
+             for step in steps]
+    edges = [{"from": dep, "to": step["id"]} for step in steps for dep in step.get("depends_on") or ()]
+    return {"nodes": nodes, "edges": edges}
+
+
 @bp.get("/deployments/<int:deployment_id>")
 def deployment_detail(deployment_id):
     deployment = _load(deployment_id)
-    context = _live_context(deployment)
+    context = _live_context(deployment, history=True)
+    context["graph"] = _graph(deployment.pipeline_version)
+    context["live"] = deployment_health.read(deployment.id)  # visibility checked by _load
     clone_version = clone_form = None
     if deployment.status != "deleted" and access.can_deploy_to(current_user, deployment.project,
                                                                 deployment.environment):
@@ -204,8 +221,15 @@ def deployment_detail(deployment_id):
 
 @bp.get("/deployments/<int:deployment_id>/status")
 def deployment_status(deployment_id):
-    """The live part of the page, polled by htmx while the deployment is settling."""
+    """The page's head (status, summary, buttons), asked again when the live state changes."""
     return render_template("ui/_deployment_status.html", **_live_context(_load(deployment_id)))
+
+
+@bp.get("/deployments/<int:deployment_id>/history")
+def deployment_history(deployment_id):
+    """The page's steps and history, asked again when the live state changes."""
+    return render_template("ui/_deployment_history.html",
+                           **_live_context(_load(deployment_id), history=True))
 
 
 @bp.post("/deployments/<int:deployment_id>/extend")

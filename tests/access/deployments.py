@@ -40,6 +40,7 @@ ROWS = {
     ("POST", "/api/v1/deployments/<int:deployment_id>/extend"): (
         DEPLOYMENT + "/extend", None, _row(401, 404, 403, 200, 200)),
     ("GET", "/api/v1/deployments/<int:deployment_id>/events"): (DEPLOYMENT + "/events", None, VIEW),
+    ("GET", "/api/v1/deployments/<int:deployment_id>/live"): (DEPLOYMENT + "/live", None, VIEW),
     ("GET", "/api/v1/deployments/<int:deployment_id>/logs"): (
         DEPLOYMENT + "/logs?step=web&tail=10", None, _row(401, 404, 503, 503, 503)),
     ("GET", "/api/v1/deployments/<int:deployment_id>/metrics"): (

@@ -12,7 +12,13 @@ from app.extensions import db
 from app.models import Deployment
 from app.services import registries as registry_service
 from app.states import move_deployment
-from tests.access.deployments import add_node, pipeline_version, registry, service_step
+from tests.access.deployments import (
+    add_deployment,
+    add_node,
+    pipeline_version,
+    registry,
+    service_step,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -27,11 +33,11 @@ def _deployment(name):
 @pytest.fixture
 def shop(spec_example):
     local = registry()
-    pipeline_version(spec_example["project"], [
+    version = pipeline_version(spec_example["project"], [
         service_step("web", tag="1.4", exposed=[8000], registry_id=local.id),
         service_step("db", tag="15", exposed=[], image="postgres", registry_id=local.id)])
-    add_node(spec_example["environment"], "node-1")
-    return {**spec_example, "registry": local}
+    node = add_node(spec_example["environment"], "node-1")
+    return {**spec_example, "registry": local, "version": version, "node": node}
 
 
 def test_writer_deploys_through_the_form_and_cancels_after_confirming(live_server, browser_login, shop):
@@ -123,3 +129,45 @@ def test_selectable_tags_load_into_the_form_and_follow_the_project(live_server, 
     page.wait_for_url(re.compile(r"/deployments/\d+$"))
     expect(page.locator("[data-step='api'] code")).to_have_text("team/api:features-cart")
     assert _deployment("cart").tags == {"api": "features-cart"}
+
+
+def test_the_page_rides_out_a_server_outage_and_stops_polling_once_deleted(live_server, browser_login,
+                                                                           shop):
+    """A page left open keeps telling the truth: while the live route fails it says so and
+    tries again (backing off), catches up afterwards without a reload, and stops asking only
+    once the deployment is deleted."""
+    deployment = add_deployment(shop["version"], shop["environment"], shop["node"], "long-lived",
+                                status="ready")
+    page = browser_login("se-bob")
+    asked = []
+    page.on("request", lambda request: asked.append(request.url) if request.url.endswith("/live") else None)
+    page.goto(f"/deployments/{deployment.id}")
+    page.evaluate("window.__sameDocument = true")
+    live = page.locator("#deployment-live")
+    note = page.get_by_test_id("live-note")
+    expect(note).to_have_text(re.compile(r"^Live: last checked \d\d:\d\d:\d\d\.$"))
+
+    live_url = f"**/api/v1/deployments/{deployment.id}/live"
+    page.route(live_url, lambda route: route.fulfill(status=503, content_type="application/json",
+                                                     body='{"error": {"message": "down for a moment"}}'))
+    expect(note).to_have_text(re.compile(r"^Live updates interrupted \(down for a moment\); trying again "
+                                         r"in \d+ s\.$"))
+    move_deployment(_deployment("long-lived"), "degraded", "could not recreate web: no such image")
+    db.session.commit()
+    page.unroute(live_url)
+    expect(live.get_by_test_id("deployment-status")).to_have_text("degraded", timeout=20_000)
+    expect(page.get_by_test_id("health-web")).to_have_text("restarting")
+    expect(page.get_by_test_id("health-message-web")).to_have_text("could not recreate web: no such image")
+    expect(note).to_have_text(re.compile(r"^Live: last checked"))
+
+    deployment = _deployment("long-lived")
+    move_deployment(deployment, "deleting", "")
+    move_deployment(deployment, "deleted", "")
+    db.session.commit()
+    expect(live.get_by_test_id("deployment-status")).to_have_text("deleted")
+    expect(note).to_have_text("The deployment is deleted; nothing more to follow.")
+    expect(page.locator("section.clone")).to_be_hidden()
+    before = len(asked)
+    page.wait_for_timeout(5000)  # two and a half polling periods
+    assert len(asked) == before, asked[before:]
+    assert page.evaluate("window.__sameDocument") is True

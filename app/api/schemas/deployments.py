@@ -121,3 +121,22 @@ class ContainerSample(BaseModel):
 class MetricsOut(BaseModel):
     at: datetime
     containers: list[ContainerSample]
+
+
+class ServiceHealth(BaseModel):
+    health: Literal["waiting", "starting", "ready", "failing", "restarting", "unknown", "stopped",
+                    "removing", "removed"]
+    message: str | None = Field(description="The agent's last word on it (a failing readiness "
+                                            "probe's message, why it restarts)")
+    restarts: int = Field(description="Restarts and recreations by the agent, in the history kept")
+
+
+class DeploymentLive(BaseModel):
+    id: int
+    status: Literal[DEPLOYMENT_STATUSES]
+    status_message: str
+    status_changed_at: datetime
+    steps: dict[str, str] = Field(
+        description="{step id: state}: a service's health, a plugin's progress (pending, running, "
+                    "done, failed, skipped, cancelled); steps not started yet are left out")
+    services: dict[str, ServiceHealth]
