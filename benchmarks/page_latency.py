@@ -14,6 +14,9 @@ Run from the repository root (PostgreSQL on 127.0.0.1 with the `nullops_test` ro
 
 It creates its own database and drops it at the end; the table is printed and written into
 docs/benchmarks.md (section "Page latency", between its markers) unless --no-docs.
+
+2,000 of the seeded deployments get a longer history first (40 restarts and failed steps of
+older runs and 20 more step events each), which the deployment page's live state reads.
 """
 import argparse
 import base64
@@ -54,6 +57,7 @@ SECTION = "## Page latency"
 BEGIN, END = "<!-- page_latency:begin -->", "<!-- page_latency:end -->"
 TARGET_MS = 50
 PASSWORD = "bench-" + secrets.token_urlsafe(12)
+HISTORY_DEPLOYMENTS, EXTRA_EVENTS = 2000, 40
 
 
 class PageClient:
@@ -115,6 +119,27 @@ class PageClient:
         raise AssertionError("unreachable")
 
 
+def seed_history(seeder, deployment_ids, rng):
+    """Restarts and failed steps of older runs, and more step events, for some deployments."""
+    rows = []
+    for deployment_id in rng.sample(deployment_ids, min(HISTORY_DEPLOYMENTS, len(deployment_ids))):
+        for n in range(EXTRA_EVENTS):
+            if n % 2:
+                rows.append({"deployment_id": deployment_id, "kind": "restart", "message": "restarted web",
+                             "data": {"steps": ["web"]}})
+            else:
+                rows.append({"deployment_id": deployment_id, "kind": "step", "message": "web failed",
+                             "data": {"run_id": f"old-{n}", "step_id": "web", "step_status": "failed",
+                                      "message": "not ready"}})
+        rows += [{"deployment_id": deployment_id, "kind": "step", "message": f"step {n}",
+                  "data": {"run_id": "x", "step_id": "db", "step_status": "done"}} for n in range(20)]
+    with seeder.engine.begin() as conn:
+        conn.execute(text("INSERT INTO deployment_events (deployment_id, at, kind, message, data) "
+                          "VALUES (:deployment_id, now(), :kind, :message, CAST(:data AS json))"),
+                     [{**r, "data": json.dumps(r["data"])} for r in rows])
+        conn.execute(text("ANALYZE deployment_events"))
+
+
 def set_passwords(seeder, info):
     """The benchmark user gets a password and an admin is added (the seed has neither)."""
     from argon2 import PasswordHasher
@@ -149,7 +174,13 @@ def pages(info):
         ("deployment", "user", lambda i, rng: get("deployment", f"/deployments/{rng.choice(deployments)}")),
         ("deployment status", "user", lambda i, rng: get(
             "deployment status", f"/deployments/{rng.choice(deployments)}/status")),
+        ("deployment history", "user", lambda i, rng: get(
+            "deployment history", f"/deployments/{rng.choice(deployments)}/history")),
+        ("deployment live", "user", lambda i, rng: get(
+            "deployment live", f"/api/v1/deployments/{rng.choice(deployments)}/live")),
         ("pipeline", "user", lambda i, rng: get("pipeline", f"/projects/{rng.choice(projects)}/pipeline")),
+        ("pipeline editor data", "admin", lambda i, rng: get(
+            "pipeline editor data", f"/api/v1/projects/{rng.choice(projects)}/pipeline/editor")),
         ("environment", "user", lambda i, rng: get("environment", f"/environments/{environment}")),
         ("node", "admin", lambda i, rng: get("node", f"/nodes/{info['node_id']}")),
         ("new deployment", "user", lambda i, rng: get("new deployment", "/deployments/new")),
@@ -274,6 +305,7 @@ def main(argv=None):
         seeder = Seeder(database.url, KeyRing(key), random.Random(args.seed))
         info = seeder.seed(args.nodes, args.projects, args.deployments)
         set_passwords(seeder, info)
+        seed_history(seeder, info["deployment_ids"], random.Random(args.seed))
         seeded = (f"{args.nodes} nodes, {args.projects} projects, {args.deployments:,} deployments "
                   f"({info['deleted']:,} deleted)")
         log(f"seeded {seeded} in {time.monotonic() - t0:.1f} s")
