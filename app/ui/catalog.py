@@ -36,14 +36,14 @@ from app.ui.pages import _actor
 VERSIONS_PER_PAGE = 20
 
 
-def _load(model, obj_id, action="view"):
+def _load(model, obj_id, action="view", doing=None):
     """The object if the user may see it (404 otherwise, as if it did not exist); then the
-    action, refused as a 403."""
+    action, refused as a 403 that names `doing` ("delete") when given."""
     try:
         obj = access.get_visible(current_user, model, obj_id)
     except NotFound:
         abort(404)
-    access.require(current_user, action, obj)
+    access.require(current_user, action, obj, doing)
     return obj
 
 
@@ -128,7 +128,7 @@ def registry_detail(registry_id):
 
 @bp.post("/registries/<int:registry_id>")
 def registry_update(registry_id):
-    registry = _load(Registry, registry_id, "manage")
+    registry = _load(Registry, registry_id, "manage", "change")
     form = RegistryEditForm()
     try:
         registries.update(_actor(), registry, **registry_changes(form))
@@ -141,7 +141,7 @@ def registry_update(registry_id):
 
 @bp.post("/registries/<int:registry_id>/delete")
 def registry_delete(registry_id):
-    registry = _load(Registry, registry_id, "manage")
+    registry = _load(Registry, registry_id, "manage", "delete")
     return _deleted(lambda: registries.delete(_actor(), registry), f"Registry {registry.name} deleted.",
                     url_for("ui.registry_detail", registry_id=registry_id), url_for("ui.registry_list"))
 
@@ -195,7 +195,7 @@ def service_detail(service_id):
 
 @bp.post("/services/<int:service_id>")
 def service_update(service_id):
-    service = _load(Service, service_id, "manage")
+    service = _load(Service, service_id, "manage", "change")
     form = ServiceForm()
     try:
         service_catalog.update(_actor(), service, **service_values(form))
@@ -208,7 +208,7 @@ def service_update(service_id):
 
 @bp.post("/services/<int:service_id>/delete")
 def service_delete(service_id):
-    service = _load(Service, service_id, "manage")
+    service = _load(Service, service_id, "manage", "delete")
     return _deleted(lambda: service_catalog.delete(_actor(), service), f"Service {service.name} deleted.",
                     url_for("ui.service_detail", service_id=service_id), url_for("ui.service_list"))
 
@@ -253,7 +253,7 @@ def plugin_detail(plugin_id):
 
 @bp.post("/plugins/<int:plugin_id>")
 def plugin_update(plugin_id):
-    plugin = _load(Plugin, plugin_id, "manage")
+    plugin = _load(Plugin, plugin_id, "manage", "change")
     form = PluginForm()
     try:
         plugins.update(_actor(), plugin, **plugin_values(form))
@@ -266,7 +266,7 @@ def plugin_update(plugin_id):
 
 @bp.post("/plugins/<int:plugin_id>/delete")
 def plugin_delete(plugin_id):
-    plugin = _load(Plugin, plugin_id, "manage")
+    plugin = _load(Plugin, plugin_id, "manage", "delete")
     return _deleted(lambda: plugins.delete(_actor(), plugin), f"Plugin {plugin.name} deleted.",
                     url_for("ui.plugin_detail", plugin_id=plugin_id), url_for("ui.plugin_list"))
 
@@ -300,7 +300,7 @@ def project_pipeline(project_id):
 
 @bp.post("/projects/<int:project_id>/pipeline/import")
 def project_pipeline_import(project_id):
-    project = _load(Project, project_id, "manage")
+    project = _load(Project, project_id, "manage", "import a pipeline into")
     form = PipelineImportForm()
     try:
         version = pipeline_yaml.import_yaml(_actor(), project, (form.yaml.data or "").encode())

@@ -22,12 +22,14 @@ from app.ui.forms import (
 from app.ui.pages import _actor, service_call
 
 
-def _load(model, obj_id, action="view"):
+def _load(model, obj_id, action="view", doing=None):
+    """The object if the user may see it (404 otherwise); then the action, refused as a 403
+    that names `doing` ("delete") when given."""
     try:
         obj = access.get_visible(current_user, model, obj_id, model.__tablename__.rstrip("s"))
     except NotFound:
         abort(404)
-    access.require(current_user, action, obj)
+    access.require(current_user, action, obj, doing)
     return obj
 
 
@@ -100,7 +102,7 @@ def environment_detail(environment_id):
 @bp.post("/environments/<int:environment_id>/settings")
 @service_call(_to_environment)
 def environment_settings(environment_id):
-    environment = _load(Environment, environment_id, "manage")
+    environment = _load(Environment, environment_id, "manage", "change")
     form = _valid(EnvironmentSettingsForm())
     catalog.update(_actor(), environment, description=form.description.data or "",
                    base_domain=form.base_domain.data.strip(),
@@ -138,7 +140,7 @@ def node_detail(node_id):
 @bp.post("/nodes/<int:node_id>/settings")
 @service_call(_to_node)
 def node_settings(node_id):
-    node = _load(Node, node_id, "manage")
+    node = _load(Node, node_id, "manage", "change")
     form = _valid(NodeSettingsForm())
     nodes.update(_actor(), node, host=form.host.data.strip(), port=form.port.data,
                  cpus_override=form.cpus_override.data,
@@ -149,21 +151,21 @@ def node_settings(node_id):
 @bp.post("/nodes/<int:node_id>/rotate-token")
 @service_call(_to_node)
 def node_rotate_token(node_id):
-    node, token, command = nodes.rotate_token(_actor(), _load(Node, node_id, "manage"))
+    node, token, command = nodes.rotate_token(_actor(), _load(Node, node_id, "manage", "rotate the token of"))
     _show_once(node, token, command, nodes.ROTATED_MESSAGE)
 
 
 @bp.post("/nodes/<int:node_id>/revoke-token")
 @service_call(_to_node)
 def node_revoke_token(node_id):
-    node = nodes.revoke_token(_actor(), _load(Node, node_id, "manage"))
+    node = nodes.revoke_token(_actor(), _load(Node, node_id, "manage", "revoke the token of"))
     flash(f"The token of node {node.name} is revoked; issue a new token to let it back in.", "ok")
 
 
 @bp.post("/nodes/<int:node_id>/approve-thumbprint")
 @service_call(_to_node)
 def node_approve_thumbprint(node_id):
-    node = _load(Node, node_id, "manage")
+    node = _load(Node, node_id, "manage", "approve a certificate of")
     form = _valid(ThumbprintForm())
     nodes.approve_thumbprint(_actor(), node, form.thumbprint.data)
     flash(f"The new certificate of node {node.name} is trusted; reconnecting.", "ok")
@@ -172,14 +174,14 @@ def node_approve_thumbprint(node_id):
 @bp.post("/nodes/<int:node_id>/enable")
 @service_call(_to_node)
 def node_enable(node_id):
-    node = nodes.set_enabled(_actor(), _load(Node, node_id, "manage"), True)
+    node = nodes.set_enabled(_actor(), _load(Node, node_id, "manage", "enable"), True)
     flash(f"Node {node.name} enabled.", "ok")
 
 
 @bp.post("/nodes/<int:node_id>/disable")
 @service_call(_to_node)
 def node_disable(node_id):
-    node = nodes.set_enabled(_actor(), _load(Node, node_id, "manage"), False)
+    node = nodes.set_enabled(_actor(), _load(Node, node_id, "manage", "disable"), False)
     flash(f"Node {node.name} disabled: no new deployments go there; the ones there keep running and "
           "can be deleted, and NullOps stays linked until the last is gone.", "ok")
 
@@ -187,7 +189,7 @@ def node_disable(node_id):
 @bp.post("/nodes/<int:node_id>/delete")
 @service_call(_to_node)
 def node_delete(node_id):
-    node = _load(Node, node_id, "manage")
+    node = _load(Node, node_id, "manage", "delete")
     environment_id, name = node.environment_id, node.name
     nodes.delete(_actor(), node, force=request.form.get("force") == "1")
     flash(f"Node {name} deleted.", "ok")

@@ -11,7 +11,7 @@ from app import access
 from app.extensions import db
 from app.models import ApiToken, Environment, Grant, Project, Team, User
 from app.services import auth, teams, users
-from app.services.errors import NotFound, ServiceError, Throttled
+from app.services.errors import Forbidden, NotFound, ServiceError, Throttled
 from app.ui import bp, shown_once
 from app.ui.forms import EmptyForm, GrantForm, LoginForm, MemberForm, TeamForm, TokenForm, UserForm
 
@@ -31,7 +31,9 @@ def _safe_next(target):
 
 
 def service_call(redirect_to):
-    """Run a form action; a ServiceError becomes a flashed message, not a stack trace."""
+    """Run a form action; a ServiceError becomes a flashed message, not a stack trace. A
+    refusal stays one: Forbidden goes on to the 403 page (app/errors.py), never a flash on a
+    redirect that a script would read as success."""
 
     def decorator(fn):
         @wraps(fn)
@@ -44,6 +46,8 @@ def service_call(redirect_to):
                 result = fn(**kwargs)
             except NotFound:
                 abort(404)
+            except Forbidden:
+                raise
             except ServiceError as exc:
                 db.session.rollback()
                 flash(exc.message, "error")
@@ -191,12 +195,12 @@ def team_create():
     return redirect(url_for("ui.team_list"))
 
 
-def _team_for(action, team_id):
+def _team_for(action, team_id, doing=None):
     try:
         team = access.get_visible(current_user, Team, team_id, "team")
     except NotFound:
         abort(404)
-    access.require(current_user, action, team)
+    access.require(current_user, action, team, doing)
     return team
 
 
@@ -230,11 +234,13 @@ def _target_choices():
 
 @bp.post("/teams/<int:team_id>/members")
 def team_add_member(team_id):
-    team = _team_for("manage", team_id)
+    team = _team_for("manage", team_id, "add members to")
     form = MemberForm()
     form.user_id.choices = [SelectChoice(u.id, u.username) for u in db.session.scalars(select(User))]
     if form.validate_on_submit():
-        teams.add_member(_actor(), team, users.get(form.user_id.data))
+        user = users.get(form.user_id.data)
+        teams.add_member(_actor(), team, user)
+        flash(f"{user.username} added to team {team.name}.", "ok")
     else:
         flash("Choose a user to add.", "error")
     return redirect(url_for("ui.team_detail", team_id=team.id))
@@ -243,12 +249,14 @@ def team_add_member(team_id):
 @bp.post("/teams/<int:team_id>/members/<int:user_id>/remove")
 @service_call(lambda team_id, user_id: url_for("ui.team_detail", team_id=team_id))
 def team_remove_member(team_id, user_id):
-    teams.remove_member(_actor(), _team_for("manage", team_id), users.get(user_id))
+    team, user = _team_for("manage", team_id, "remove members of"), users.get(user_id)
+    teams.remove_member(_actor(), team, user)
+    flash(f"{user.username} removed from team {team.name}.", "ok")
 
 
 @bp.post("/teams/<int:team_id>/grants")
 def team_add_grant(team_id):
-    team = _team_for("manage", team_id)
+    team = _team_for("manage", team_id, "grant access for")
     form = GrantForm()
     form.target.choices = _target_choices()
     if form.validate_on_submit():
@@ -260,6 +268,9 @@ def team_add_grant(team_id):
         except ServiceError as exc:
             db.session.rollback()
             flash(exc.message, "error")
+        else:
+            level = "Full Access" if form.level.data == "full" else "Read-Only"
+            flash(f"Team {team.name} granted {level} on {kind} {target.name}.", "ok")
     else:
         flash("Choose a project or environment and an access level.", "error")
     return redirect(url_for("ui.team_detail", team_id=team.id))
@@ -270,14 +281,17 @@ def team_add_grant(team_id):
 def grant_remove(grant_id):
     row = access.get_visible(current_user, Grant, grant_id, "grant")
     access.require(current_user, "manage", row)
-    team_id = row.team_id
+    team_id, team_name, kind, target_name = (row.team_id, row.team.name,
+                                             "project" if row.project_id else "environment",
+                                             row.target.name)
     teams.revoke(_actor(), row)
+    flash(f"Team {team_name} no longer has access to {kind} {target_name}.", "ok")
     return redirect(url_for("ui.team_detail", team_id=team_id))
 
 
 @bp.post("/teams/<int:team_id>/delete")
 @service_call(lambda team_id: url_for("ui.team_list"))
 def team_delete(team_id):
-    team = _team_for("manage", team_id)
+    team = _team_for("manage", team_id, "delete")
     teams.delete(_actor(), team)
     flash(f"Team {team.name} deleted.", "ok")
