@@ -10,7 +10,7 @@ from wtforms.fields.choices import SelectChoice
 from app import access
 from app.extensions import db
 from app.models import ApiToken, Environment, Grant, Project, Team, User
-from app.services import auth, teams, users
+from app.services import auth, passwords, teams, users
 from app.services.errors import Forbidden, NotFound, ServiceError, Throttled
 from app.ui import bp, shown_once
 from app.ui.forms import EmptyForm, GrantForm, LoginForm, MemberForm, TeamForm, TokenForm, UserForm
@@ -81,7 +81,7 @@ def login():
     elif request.method == "POST":
         flash("Enter a username and a password.", "error")
         status = 400
-    return render_template("ui/login.html", form=form), status
+    return render_template("ui/login.html", form=form, rules=passwords.rules()), status
 
 
 @bp.post("/logout")
@@ -143,7 +143,8 @@ def revoke_token(token_id):
 def admin_users():
     access.require_admin(current_user, "manage users")
     rows = db.session.scalars(select(User).order_by(User.username)).all()
-    return render_template("admin/users.html", users=rows, form=UserForm(), empty=EmptyForm())
+    return render_template("admin/users.html", users=rows, form=UserForm(), empty=EmptyForm(),
+                           rules=passwords.rules())
 
 
 @bp.post("/admin/users")
