@@ -56,3 +56,18 @@ def query(actor=None, action=None, target_type=None, target_id=None, since=None,
     if until is not None:
         stmt = stmt.where(AuditEntry.at < until)
     return stmt.order_by(AuditEntry.at.desc(), AuditEntry.id.desc())
+
+
+def pipeline_savers(project_id, numbers):
+    """{version number: who saved it} from the audit log, for the versions whose row does not
+    say: the author's account was deleted (created_by is set to NULL) or NullOps saved it
+    itself (the demo seed, the CLI; recorded as "system"). Versions whose entries the
+    retention has pruned are missing."""
+    wanted = set(numbers)
+    if not wanted:
+        return {}
+    rows = db.session.execute(select(AuditEntry.actor_username, AuditEntry.details).where(
+        AuditEntry.action == "pipeline.save", AuditEntry.target_type == "project",
+        AuditEntry.target_id == project_id))
+    return {details.get("version"): name for name, details in rows
+            if (details or {}).get("version") in wanted}

@@ -13,7 +13,15 @@ from wtforms.fields.choices import SelectChoice
 from app import access
 from app.extensions import db
 from app.models import PipelineVersion, Plugin, Project, Registry, Service
-from app.services import pipeline_diff, pipeline_yaml, pipelines, plugins, registries, service_catalog
+from app.services import (
+    audit,
+    pipeline_diff,
+    pipeline_yaml,
+    pipelines,
+    plugins,
+    registries,
+    service_catalog,
+)
 from app.services.errors import NotFound, ServiceError
 from app.ui import bp
 from app.ui.catalog_forms import (
@@ -287,6 +295,7 @@ def _pipeline_page(project, form, errors=None, message=None, status=200):
     return render_template(
         "ui/pipeline.html", project=project, versions=rows, total=total, page=page,
         pages=max(1, -(-total // VERSIONS_PER_PAGE)), latest=latest, changes=changes,
+        savers=audit.pipeline_savers(project.id, [v.number for v in rows if v.created_by is None]),
         latest_yaml=pipeline_yaml.export_yaml(latest) if latest else None,
         form=form if access.can(current_user, "manage", project) else None,
         errors=errors or {}, message=message,
