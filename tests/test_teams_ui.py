@@ -99,3 +99,40 @@ def test_a_grant_a_user_may_not_see_answers_404(client, login, spec_example):
     before = _counts()
     assert _post(client, f"/grants/{grant.id}/remove").status_code == 404
     assert _counts() == before
+
+
+def _problem(text):
+    found = re.search(r'data-testid="form-error">\s*<p class="flash flash-error">([^<]*)</p>', text)
+    return (html.unescape(found.group(1)) if found else None,
+            re.findall(r'<li data-field="(\w+)">', text))
+
+
+def test_bad_input_on_team_user_and_token_forms_is_shown_with_the_form_and_writes_nothing(
+        client, login, spec_example):
+    ex = spec_example
+    login("admin")
+    before = _counts()
+    empty_name = _post(client, "/teams", name="", description="testers")
+    assert empty_name.status_code == 422
+    assert _problem(empty_name.text) == ("Name: This field is required.", ["name"])
+    assert 'value="testers"' in empty_name.text  # what was typed stays
+    taken = _post(client, "/teams", name="QA Team")
+    assert taken.status_code == 409
+    assert _problem(taken.text) == ("a team named 'QA Team' exists; choose another name", ["name"])
+
+    weak = _post(client, "/admin/users", page="/admin/users", username="carol",
+                 password="carol-is-my-name", role="user")
+    assert weak.status_code == 422
+    assert _problem(weak.text) == ("password is too weak: do not include the username", ["password"])
+    assert 'value="carol"' in weak.text and "carol-is-my-name" not in weak.text
+
+    url = f"/teams/{ex['qa'].id}"
+    twice = _post(client, f"{url}/grants", page=url, target=f"project:{ex['project'].id}", level="full")
+    assert twice.status_code == 409 and _problem(twice.text)[0].startswith(
+        "team 'QA Team' already has a grant on this project")
+    stranger = _post(client, f"{url}/members", page=url, user_id="99999")
+    assert stranger.status_code == 422 and _problem(stranger.text)[1] == ["user_id"]
+
+    long_token = _post(client, "/settings/tokens", page="/settings", name="t" * 65)
+    assert long_token.status_code == 422 and _problem(long_token.text)[1] == ["name"]
+    assert _counts() == before

@@ -34,11 +34,11 @@ def _load(model, obj_id, action="view", doing=None):
 
 
 def _valid(form):
-    """The form's fields, checked; the first problem becomes the flashed message."""
+    """The form's fields, checked; the first problem is the message, each one named by field."""
     if not form.validate():
-        for field in form:
-            if field.errors:
-                raise ValidationFailed(f"{field.label.text}: {field.errors[0]}")
+        problems = {field.name: field.errors[0] for field in form if field.errors}
+        first = next(field for field in form if field.errors)
+        raise ValidationFailed(f"{first.label.text}: {first.errors[0]}", problems)
     return form
 
 
@@ -60,19 +60,28 @@ def _to_node(node_id, **_):
     return url_for("ui.node_detail", node_id=node_id)
 
 
-@bp.get("/environments")
-def environment_list():
+def _problem(exc):
+    """What a page shows of a refused form: its message, its fields, its status."""
+    return {"message": exc.message, "errors": exc.fields} if exc else {}
+
+
+def _environments_page(exc=None):
     rows = db.session.scalars(
         access.visible(current_user, Environment).options(selectinload(Environment.nodes))
         .order_by(Environment.name)
     ).all()
     form = EnvironmentForm() if access.can(current_user, "create", Environment) else None
     return render_template("ui/environments.html", environments=rows, form=form,
-                           url_form=url_pattern())
+                           url_form=url_pattern(), **_problem(exc)), exc.status if exc else 200
+
+
+@bp.get("/environments")
+def environment_list():
+    return _environments_page()
 
 
 @bp.post("/environments")
-@service_call(lambda: url_for("ui.environment_list"))
+@service_call(lambda: url_for("ui.environment_list"), reshow=lambda exc: _environments_page(exc))
 def environment_create():
     access.require(current_user, "create", Environment)
     form = _valid(EnvironmentForm())
@@ -84,23 +93,38 @@ def environment_create():
     return redirect(_to_environment(environment.id))
 
 
-@bp.get("/environments/<int:environment_id>")
-def environment_detail(environment_id):
+def _environment_page(environment_id, exc=None, which=None):
+    """The environment's page; after a refused form (`which`: settings or node) that form as
+    typed with its problem, the other one fresh."""
     environment = _load(Environment, environment_id)
     rows = db.session.scalars(
         access.visible(current_user, Node).where(Node.environment_id == environment.id)
         .order_by(Node.name)
     ).all()
     can_manage = access.can(current_user, "manage", environment)
+
+    def bound(name):
+        return {} if which == name else {"formdata": None}
+
     return render_template(
         "ui/environment.html", environment=environment, nodes=rows, can_manage=can_manage,
-        settings_form=EnvironmentSettingsForm(obj=environment) if can_manage else None,
-        node_form=NodeForm() if access.can(current_user, "create", Node) else None,
-    )
+        settings_form=EnvironmentSettingsForm(obj=environment, **bound("settings")) if can_manage else None,
+        node_form=NodeForm(**bound("node")) if access.can(current_user, "create", Node) else None,
+        which=which, **_problem(exc),
+    ), exc.status if exc else 200
+
+
+@bp.get("/environments/<int:environment_id>")
+def environment_detail(environment_id):
+    return _environment_page(environment_id)
+
+
+def _reshow_environment(which):
+    return lambda exc, environment_id: _environment_page(environment_id, exc, which)
 
 
 @bp.post("/environments/<int:environment_id>/settings")
-@service_call(_to_environment)
+@service_call(_to_environment, reshow=_reshow_environment("settings"))
 def environment_settings(environment_id):
     environment = _load(Environment, environment_id, "manage", "change")
     form = _valid(EnvironmentSettingsForm())
@@ -111,7 +135,7 @@ def environment_settings(environment_id):
 
 
 @bp.post("/environments/<int:environment_id>/nodes")
-@service_call(_to_environment)
+@service_call(_to_environment, reshow=_reshow_environment("node"))
 def node_create(environment_id):
     environment = _load(Environment, environment_id)
     access.require(current_user, "create", Node)
@@ -122,23 +146,36 @@ def node_create(environment_id):
     return redirect(_to_node(node.id))
 
 
-@bp.get("/nodes/<int:node_id>")
-def node_detail(node_id):
+def _node_page(node_id, exc=None, which=None):
     node = _load(Node, node_id)
     can_manage = access.can(current_user, "manage", node)
-    shown_once = _pop_shown_once(node) if can_manage else None
+    shown_once = _pop_shown_once(node) if can_manage and exc is None else None
+
+    def bound(name):
+        return {} if which == name else {"formdata": None}
+
     page = render_template(
         "ui/node.html", node=node, can_manage=can_manage, shown_once=shown_once,
         holds_deployments=can_manage and nodes.holds_deployments(node.id),
-        settings_form=NodeSettingsForm(obj=node) if can_manage else None,
-        thumbprint_form=ThumbprintForm(), empty=EmptyForm(),
+        settings_form=NodeSettingsForm(obj=node, **bound("settings")) if can_manage else None,
+        thumbprint_form=ThumbprintForm(**bound("thumbprint")), empty=EmptyForm(),
+        which=which, **_problem(exc),
     )
     # The token is on this page once: no cache may keep a copy.
-    return page, 200, {"Cache-Control": "no-store"}
+    return page, exc.status if exc else 200, {"Cache-Control": "no-store"}
+
+
+@bp.get("/nodes/<int:node_id>")
+def node_detail(node_id):
+    return _node_page(node_id)
+
+
+def _reshow_node(which):
+    return lambda exc, node_id: _node_page(node_id, exc, which)
 
 
 @bp.post("/nodes/<int:node_id>/settings")
-@service_call(_to_node)
+@service_call(_to_node, reshow=_reshow_node("settings"))
 def node_settings(node_id):
     node = _load(Node, node_id, "manage", "change")
     form = _valid(NodeSettingsForm())
@@ -163,7 +200,7 @@ def node_revoke_token(node_id):
 
 
 @bp.post("/nodes/<int:node_id>/approve-thumbprint")
-@service_call(_to_node)
+@service_call(_to_node, reshow=_reshow_node("thumbprint"))
 def node_approve_thumbprint(node_id):
     node = _load(Node, node_id, "manage", "approve a certificate of")
     form = _valid(ThumbprintForm())

@@ -11,7 +11,7 @@ from app import access
 from app.extensions import db
 from app.models import ApiToken, Environment, Grant, Project, Team, User
 from app.services import auth, passwords, teams, users
-from app.services.errors import Forbidden, NotFound, ServiceError, Throttled
+from app.services.errors import Forbidden, NotFound, ServiceError, Throttled, ValidationFailed
 from app.ui import bp, shown_once
 from app.ui.forms import EmptyForm, GrantForm, LoginForm, MemberForm, TeamForm, TokenForm, UserForm
 
@@ -30,10 +30,12 @@ def _safe_next(target):
     return target
 
 
-def service_call(redirect_to):
+def service_call(redirect_to, reshow=None):
     """Run a form action; a ServiceError becomes a flashed message, not a stack trace. A
     refusal stays one: Forbidden goes on to the 403 page (app/errors.py), never a flash on a
-    redirect that a script would read as success."""
+    redirect that a script would read as success. Bad input (400, 409, 422) goes to
+    `reshow(exc, **kwargs)` when given: the page again, the form as typed, the problem named
+    and the service's status."""
 
     def decorator(fn):
         @wraps(fn)
@@ -50,6 +52,8 @@ def service_call(redirect_to):
                 raise
             except ServiceError as exc:
                 db.session.rollback()
+                if reshow is not None and exc.status in (400, 409, 422):
+                    return reshow(exc, **kwargs)
                 flash(exc.message, "error")
                 return redirect(redirect_to(**kwargs))
             return result or redirect(redirect_to(**kwargs))
@@ -57,6 +61,27 @@ def service_call(redirect_to):
         return wrapper
 
     return decorator
+
+
+def form_problem(form):
+    """A form WTForms refused, as the services refuse one: the first problem as the message,
+    each one named by field (422)."""
+    problems = {field.name: field.errors[0] for field in form if field.errors}
+    first = next(field for field in form if field.errors)
+    return ValidationFailed(f"{first.label.text}: {first.errors[0]}", problems)
+
+
+def _problem(exc):
+    """What a page shows of a refused form, and its status."""
+    if exc is None:
+        return {}, 200
+    return {"message": exc.message, "errors": exc.fields}, exc.status
+
+
+def _reshow(page, exc):
+    """The page again after bad input: nothing the service began stays in the session."""
+    db.session.rollback()
+    return page(exc)
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -105,27 +130,33 @@ def index():
                            levels=levels)
 
 
-@bp.get("/settings")
-def settings():
+def _settings_page(exc=None):
     tokens = db.session.scalars(
         access.visible(current_user, ApiToken).order_by(ApiToken.id.desc())
     ).all()
+    problem, status = _problem(exc)
+    new_token = None if exc else (shown_once.take("api_token") or {}).get("token")
     return render_template("ui/settings.html", tokens=tokens, form=TokenForm(), empty=EmptyForm(),
-                           new_token=(shown_once.take("api_token") or {}).get("token"))
+                           new_token=new_token, **problem), status
+
+
+@bp.get("/settings")
+def settings():
+    return _settings_page()
 
 
 @bp.post("/settings/tokens")
 def create_token():
     form = TokenForm()
-    if form.validate_on_submit():
-        try:
-            _token, raw = auth.create_token(_actor(), _actor(), form.name.data)
-        except ServiceError as exc:
-            flash(exc.message, "error")
-        else:
-            shown_once.remember("api_token", {"token": raw})  # for the next page only
-    else:
-        flash("Give the token a name of at most 64 characters.", "error")
+    try:
+        if not form.validate_on_submit():
+            raise form_problem(form)
+        _token, raw = auth.create_token(_actor(), _actor(), form.name.data)
+    except ServiceError as exc:
+        if isinstance(exc, Forbidden):
+            raise
+        return _reshow(_settings_page, exc)
+    shown_once.remember("api_token", {"token": raw})  # for the next page only
     return redirect(url_for("ui.settings"))
 
 
@@ -139,28 +170,33 @@ def revoke_token(token_id):
 
 
 # Users (admins)
+def _users_page(exc=None):
+    rows = db.session.scalars(select(User).order_by(User.username)).all()
+    problem, status = _problem(exc)
+    return render_template("admin/users.html", users=rows, form=UserForm(), empty=EmptyForm(),
+                           rules=passwords.rules(), **problem), status
+
+
 @bp.get("/admin/users")
 def admin_users():
     access.require_admin(current_user, "manage users")
-    rows = db.session.scalars(select(User).order_by(User.username)).all()
-    return render_template("admin/users.html", users=rows, form=UserForm(), empty=EmptyForm(),
-                           rules=passwords.rules())
+    return _users_page()
 
 
 @bp.post("/admin/users")
 def admin_create_user():
     access.require_admin(current_user, "manage users")
     form = UserForm()
-    if form.validate_on_submit():
-        try:
-            user = users.create(_actor(), form.username.data.strip(), form.password.data,
-                                form.role.data, form.full_name.data or "")
-        except ServiceError as exc:
-            flash(exc.message, "error")
-        else:
-            flash(f"User {user.username} created.", "ok")
-    else:
-        flash("Fill in username and initial password.", "error")
+    try:
+        if not form.validate_on_submit():
+            raise form_problem(form)
+        user = users.create(_actor(), form.username.data.strip(), form.password.data,
+                            form.role.data, form.full_name.data or "")
+    except ServiceError as exc:
+        if isinstance(exc, Forbidden):
+            raise
+        return _reshow(_users_page, exc)
+    flash(f"User {user.username} created.", "ok")
     return redirect(url_for("ui.admin_users"))
 
 
@@ -174,26 +210,31 @@ def admin_toggle_user(user_id):
 
 
 # Teams
+def _teams_page(exc=None):
+    rows = db.session.scalars(access.visible(current_user, Team).order_by(Team.name)).all()
+    problem, status = _problem(exc)
+    return render_template("admin/teams.html", teams=rows, form=TeamForm(), **problem), status
+
+
 @bp.get("/teams")
 def team_list():
-    rows = db.session.scalars(access.visible(current_user, Team).order_by(Team.name)).all()
-    return render_template("admin/teams.html", teams=rows, form=TeamForm())
+    return _teams_page()
 
 
 @bp.post("/teams")
 def team_create():
     access.require(current_user, "create", Team)
     form = TeamForm()
-    if form.validate_on_submit():
-        try:
-            team = teams.create(_actor(), form.name.data.strip(), form.description.data or "")
-        except ServiceError as exc:
-            flash(exc.message, "error")
-        else:
-            return redirect(url_for("ui.team_detail", team_id=team.id))
-    else:
-        flash("Give the team a name of at most 64 characters.", "error")
-    return redirect(url_for("ui.team_list"))
+    try:
+        if not form.validate_on_submit():
+            raise form_problem(form)
+        team = teams.create(_actor(), form.name.data.strip(), form.description.data or "")
+    except ServiceError as exc:
+        if isinstance(exc, Forbidden):
+            raise
+        return _reshow(_teams_page, exc)
+    flash(f"Team {team.name} created.", "ok")
+    return redirect(url_for("ui.team_detail", team_id=team.id))
 
 
 def _team_for(action, team_id, doing=None):
@@ -205,24 +246,32 @@ def _team_for(action, team_id, doing=None):
     return team
 
 
-@bp.get("/teams/<int:team_id>")
-def team_detail(team_id):
+def _team_page(team_id, exc=None, which=None):
+    """The team's page; after a refused form (`which`: member or grant) that form as sent,
+    its problem above it."""
     team = _team_for("view", team_id)
     can_manage = access.can(current_user, "manage", team)
     member_form = grant_form = None
     if can_manage:
         member_ids = {m.user_id for m in team.members}
-        member_form = MemberForm()
+        member_form = MemberForm(**({} if which == "member" else {"formdata": None}))
         member_form.user_id.choices = [
             SelectChoice(u.id, u.username)
             for u in db.session.scalars(select(User).order_by(User.username))
             if u.id not in member_ids
         ]
-        grant_form = GrantForm()
+        grant_form = GrantForm(**({} if which == "grant" else {"formdata": None}))
         grant_form.target.choices = _target_choices()
     grants = db.session.scalars(teams.grants_query(team_id=team.id)).all() if can_manage else []
+    problem, status = _problem(exc)
     return render_template("admin/team.html", team=team, can_manage=can_manage, grants=grants,
-                           member_form=member_form, grant_form=grant_form, empty=EmptyForm())
+                           member_form=member_form, grant_form=grant_form, empty=EmptyForm(),
+                           which=which, **problem), status
+
+
+@bp.get("/teams/<int:team_id>")
+def team_detail(team_id):
+    return _team_page(team_id)
 
 
 def _target_choices():
@@ -238,12 +287,16 @@ def team_add_member(team_id):
     team = _team_for("manage", team_id, "add members to")
     form = MemberForm()
     form.user_id.choices = [SelectChoice(u.id, u.username) for u in db.session.scalars(select(User))]
-    if form.validate_on_submit():
+    try:
+        if not form.validate_on_submit():
+            raise form_problem(form)
         user = users.get(form.user_id.data)
         teams.add_member(_actor(), team, user)
-        flash(f"{user.username} added to team {team.name}.", "ok")
-    else:
-        flash("Choose a user to add.", "error")
+    except ServiceError as exc:
+        if isinstance(exc, Forbidden):
+            raise
+        return _reshow(lambda e: _team_page(team_id, e, "member"), exc)
+    flash(f"{user.username} added to team {team.name}.", "ok")
     return redirect(url_for("ui.team_detail", team_id=team.id))
 
 
@@ -260,20 +313,19 @@ def team_add_grant(team_id):
     team = _team_for("manage", team_id, "grant access for")
     form = GrantForm()
     form.target.choices = _target_choices()
-    if form.validate_on_submit():
+    try:
+        if not form.validate_on_submit():
+            raise form_problem(form)
         kind, _, target_id = form.target.data.partition(":")
         model = Project if kind == "project" else Environment
-        try:
-            target = access.get_visible(current_user, model, int(target_id), kind)
-            teams.grant(_actor(), team, target, form.level.data)
-        except ServiceError as exc:
-            db.session.rollback()
-            flash(exc.message, "error")
-        else:
-            level = "Full Access" if form.level.data == "full" else "Read-Only"
-            flash(f"Team {team.name} granted {level} on {kind} {target.name}.", "ok")
-    else:
-        flash("Choose a project or environment and an access level.", "error")
+        target = access.get_visible(current_user, model, int(target_id), kind)
+        teams.grant(_actor(), team, target, form.level.data)
+    except ServiceError as exc:
+        if isinstance(exc, Forbidden):
+            raise
+        return _reshow(lambda e: _team_page(team_id, e, "grant"), exc)
+    level = "Full Access" if form.level.data == "full" else "Read-Only"
+    flash(f"Team {team.name} granted {level} on {kind} {target.name}.", "ok")
     return redirect(url_for("ui.team_detail", team_id=team.id))
 
 
