@@ -258,6 +258,8 @@ def test_users_with_a_grant_read_the_project_without_any_form(client, login, spe
     assert _buttons(page.text) == [] and _forms(page.text) == 0
     assert "1024 MB" in page.text and f"<td>{level}</td>" in page.text
     assert f'href="/projects/{project.id}/pipeline"' in page.text
+    # Full Access (on the project or an environment) may deploy it: the page links the form.
+    assert (f'href="/deployments/new?project_id={project.id}"' in page.text) == (who == "se-bob")
     # Secret names and other teams' grants are admin business, as in the API.
     assert "DB_PASSWORD" not in page.text and "SE Team" not in page.text
     assert client.get(f"/projects/{spec_example['other_project'].id}").status_code == 404

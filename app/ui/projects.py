@@ -103,6 +103,7 @@ def _project_page(project, errors=None, message=None, status=200, **forms):
     can_manage = access.can(current_user, "manage", project)
     context = {"project": project, "can_manage": can_manage, "errors": errors or {},
                "message": message, "empty": EmptyForm(),
+               "may_deploy": access.can_deploy_project(current_user, project),
                "level": None if current_user.is_admin else access.level_on(current_user, project)}
     if can_manage:
         grants = db.session.scalars(teams.grants_query(project_id=project.id)
@@ -224,10 +225,10 @@ def project_grant_add(project_id):
         grants = db.session.scalars(teams.grants_query(project_id=project_id)).all()
         again = _grant_form(db.session.get(Project, project_id), grants)
         again.level.data = form.level.data
-        return _project_page(db.session.get(Project, project_id),
-                             {"grant": {"team_id" if "project_id" in fields else k: v
-                                        for k, v in fields.items()}},
-                             message, status, grant=again)
+        # "already granted" is about the project for the service; on this form, the team.
+        fields = {("team_id" if key == "project_id" else key): hint for key, hint in fields.items()}
+        return _project_page(db.session.get(Project, project_id), {"grant": fields}, message,
+                             status, grant=again)
     level = "Full Access" if form.level.data == "full" else "Read-Only"
     flash(f"Team {team.name} granted {level} on {project.name}.", "ok")
     return redirect(_to_project(project.id) + "#grants")
