@@ -22,7 +22,7 @@ def _entry(actor, action, target_type, name, minutes, details=None):
 @pytest.fixture
 def entries(app):
     _entry("admin", "project.create", "project", "shop", 0, {"cpus": 1.0})
-    _entry("admin", "secret.create", "project", "shop", 10, {"secret": "DB_PASSWORD"})
+    _entry("admin", "secret.create", "project", "shop", 10, {"name": "DB_PASSWORD"})
     _entry("se-bob", "deployment.create", "deployment", "pr-1", 20)
     _entry("se-bob", "deployment.delete", "deployment", "pr-1", 30)
     _entry("admin", "project.update", "project", "billing", 40)
@@ -98,6 +98,9 @@ def test_secret_values_never_reach_the_audit_log_page(as_admin):
     catalog.put_secret(None, project, "DB_PASSWORD", "pw-never-shown-1")
     page = as_admin.get("/audit?action=secret").text
     assert "secret.create" in page and "pw-never-shown-1" not in page
+    # Which secret changed is no secret: it was recorded under a redacted key and read
+    # {"secret": "[redacted]"}.
+    assert "DB_PASSWORD" in page and "[redacted]" not in page
 
 
 @pytest.mark.parametrize("who", ["nobody", "qa-anna", "se-bob"])
