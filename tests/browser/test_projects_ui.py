@@ -1,6 +1,7 @@
 """The project pages through a real browser: an admin creates a project with CPU and memory
 limits, adds a secret and grants a team Read-Only, seeing a flash for each; a member of that
-team then sees the project without a single control that changes it. The pages fit a laptop
+team then sees the project without a single control that changes it. Deleting asks first and is
+refused while the project has deployments. The pages fit a laptop
 (1366×768) and a phone (390 wide) without the page scrolling sideways."""
 import re
 from pathlib import Path
@@ -8,7 +9,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+from app.extensions import db
+from app.models.types import utcnow
 from app.services import teams
+from tests.access.deployments import add_deployment, add_node, pipeline_version
 
 pytestmark = pytest.mark.browser
 
@@ -97,3 +101,39 @@ def test_admin_creates_a_project_with_limits_a_secret_and_a_grant_and_a_reader_s
     expect(qa_page.locator("main button, main input, main select, main textarea")).to_have_count(0)
     expect(qa_page.get_by_text("DB_PASSWORD")).to_have_count(0)
     qa_page.screenshot(path=SHOTS / "project-read-only.png", full_page=True)
+
+
+def test_deleting_a_project_asks_first_and_is_refused_while_it_has_deployments(
+        live_server, browser_login, spec_example):
+    project = spec_example["project"]
+    version = pipeline_version(project, [])
+    node = add_node(spec_example["environment"], "node-1")
+    deployment = add_deployment(version, spec_example["environment"], node, "pr-1")
+    page = browser_login("admin")
+    page.goto(f"/projects/{project.id}")
+    asked = []
+
+    def answer(dialog):
+        asked.append(dialog.message)
+        if len(asked) == 1:
+            dialog.dismiss()
+        else:
+            dialog.accept()
+
+    page.on("dialog", answer)
+    # By keyboard: focus the button, Enter; the first answer is Cancel, nothing happens.
+    page.get_by_role("button", name="Delete project").focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="shop", level=1)).to_be_visible()
+    assert asked == ["Delete project shop with its pipeline versions, secrets and grants?"]
+    page.get_by_role("button", name="Delete project").click()
+    expect(page.get_by_role("alert")).to_have_text(
+        "project shop has 1 deployment(s) that are not deleted yet: delete them first")
+    expect(page.get_by_role("link", name="Deployments of shop")).to_be_visible()
+
+    deployment.status, deployment.deleted_at = "deleted", utcnow()
+    db.session.commit()
+    page.get_by_role("button", name="Delete project").click()
+    page.wait_for_url(re.compile(r"/projects$"))
+    expect(page.get_by_role("status")).to_have_text("Project shop deleted.")
+    expect(page.locator("tr[data-project=shop]")).to_have_count(0)
