@@ -8,17 +8,21 @@ VENDOR := app/static/vendor
 ISLANDS := app/static/build
 TEST_DB_URL ?= postgresql://nullops_test:nullops_test@127.0.0.1:5432/nullops_test
 
-.PHONY: run demo demo-setup test chaos chaos-run venv assets host-run host-test images lint pytest clean
+.PHONY: check-admin-password run demo demo-setup test chaos chaos-run venv assets host-run host-test images lint pytest clean
 
 ## run: NullOps on http://127.0.0.1:8080 (embedded SQLite under var/, first admin created)
-run: host-run venv assets
+run: check-admin-password host-run venv assets
 	NULLOPS_DEV=1 $(BIN)/nullops db upgrade
 	NULLOPS_DEV=1 $(BIN)/nullops users create-admin --if-missing
 	@$(MAKE) --no-print-directory demo-setup OPTIONAL=--optional || echo "[demo] not seeded (see above); NullOps starts without it"
 	NULLOPS_DEV=1 exec $(BIN)/nullops dev
 
+# A NULLOPS_ADMIN_PASSWORD the rule refuses stops `make run` at once, not after installing.
+check-admin-password:
+	@$(PYTHON) scripts/check_admin_password.py
+
 ## demo: what run does, then deploys the demo and prints the URL that shows its seeded rows
-demo: host-run venv assets
+demo: check-admin-password host-run venv assets
 	NULLOPS_DEV=1 $(BIN)/nullops db upgrade
 	NULLOPS_DEV=1 $(BIN)/nullops users create-admin --if-missing
 	@$(MAKE) --no-print-directory demo-setup

@@ -308,12 +308,14 @@ def get_visible(user, model, obj_id, label=None):
     return obj
 
 
-def require(user, action, obj):
+def require(user, action, obj, doing=None):
     """Raise unless the user may do `action` on `obj`. Assumes the caller already knows the
-    user may view `obj` (use get_visible first), so refusing here is a Forbidden."""
+    user may view `obj` (use get_visible first), so refusing here is a Forbidden. `doing` names
+    what was refused when it is not the action itself ("delete", "replace a secret of"): a
+    refused delete should not read "you may not manage"."""
     if not can(user, action, obj):
         what = obj.__name__ if isinstance(obj, type) else type(obj).__name__
-        raise Forbidden(f"you may not {action} this {what.lower()}; ask an admin for access")
+        raise Forbidden(f"you may not {doing or action} this {what.lower()}; ask an admin for access")
 
 
 def require_admin(user, what):

@@ -156,7 +156,7 @@ def create_admin(username, if_missing):
 
     from app.extensions import db
     from app.models import User
-    from app.services import users
+    from app.services import passwords, users
     from app.services.errors import ServiceError
 
     if if_missing and db.session.scalar(select(User.id).where(User.role == "admin").limit(1)):
@@ -169,7 +169,8 @@ def create_admin(username, if_missing):
     try:
         users.create(None, username, password, role="admin")
     except ServiceError as exc:
-        raise click.ClickException(exc.message) from None
+        rule = f"; a password needs {passwords.rules()}" if "password" in exc.fields else ""
+        raise click.ClickException(exc.message + rule) from None
     click.echo(f"Admin {username!r} created.")
     if generated:
         # Printed to the terminal once; never logged, never stored in the clear.

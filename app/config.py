@@ -12,6 +12,8 @@ from pathlib import Path
 
 from pydantic_core import from_json
 
+from app.services.password_rules import DEFAULT_MIN_LENGTH
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 VAR_DIR = PROJECT_ROOT / "var"
 
@@ -98,7 +100,8 @@ class Config:
         self.NULLOPS_LOGIN_LOCKOUT_SECONDS = env_int(
             "NULLOPS_LOGIN_LOCKOUT_SECONDS", 300, env, minimum=1
         )
-        self.NULLOPS_PASSWORD_MIN_LENGTH = env_int("NULLOPS_PASSWORD_MIN_LENGTH", 12, env, minimum=8)
+        self.NULLOPS_PASSWORD_MIN_LENGTH = env_int("NULLOPS_PASSWORD_MIN_LENGTH", DEFAULT_MIN_LENGTH,
+                                                   env, minimum=8)
         self.NULLOPS_HOST = env_str("NULLOPS_HOST", "127.0.0.1", env)
         self.NULLOPS_PORT = env_int("NULLOPS_PORT", 8080, env, minimum=1)
         # Where a controller's internal endpoint for live data (logs, metrics) listens while it is

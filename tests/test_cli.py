@@ -60,6 +60,9 @@ def test_create_admin_generates_and_prints_a_password_once_and_is_idempotent(run
 def test_create_admin_refuses_a_weak_password_clearly(run):
     result = run(["users", "create-admin"], {"NULLOPS_ADMIN_PASSWORD": "short"})
     assert result.exit_code == 1 and "too weak" in result.output
+    # ... and states the whole rule, not only the first thing wrong.
+    named = run(["users", "create-admin"], {"NULLOPS_ADMIN_PASSWORD": "my-admin-password-42"})
+    assert "do not include the username; a password needs at least 12 characters" in named.output
 
 
 def test_keys_generate_prints_a_usable_key(run):

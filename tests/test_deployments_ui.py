@@ -168,6 +168,8 @@ def test_read_only_member_cannot_change_a_deployment(client, login, shop):
         page = f"/deployments/{deployment.id}"
         refused = _post(client, page, f"{page}/{action}", **fields)
         assert refused.status_code == 403, action
+        if action != "clone":  # the refusal names what was asked, not "deploy" for a delete
+            assert f"you may not {action} this deployment; ask an admin" in refused.text, action
     created = _post(client, "/deployments", "/deployments/new", project_id=shop["project"].id,
                     environment_id=shop["environment"].id, name="mine")
     assert created.status_code == 403 and "you may not deploy shop to staging" in created.text

@@ -47,7 +47,14 @@ def test_the_environment_form_shows_deployment_urls_as_people_type_them(as_admin
     assert f"<code>{form}</code>" in page
 
 
-def test_admin_creates_an_environment_and_bad_values_are_flashed(as_admin):
+def _problem(html_text):
+    """The refused form's message and the fields it names (ui/_forms.html form_problem)."""
+    found = re.search(r'data-testid="form-error">\s*<p class="flash flash-error">([^<]*)</p>', html_text)
+    return (found.group(1) if found else None,
+            re.findall(r'<li data-field="(\w+)">', html_text))
+
+
+def test_admin_creates_an_environment_and_bad_values_are_shown_with_the_form(as_admin):
     client = as_admin
     response = _post(client, "/environments", "/environments", name="staging",
                      base_domain="staging.example.com", cleanup_minutes="60", description="QA")
@@ -55,17 +62,23 @@ def test_admin_creates_an_environment_and_bad_values_are_flashed(as_admin):
     assert response.headers["Location"] == f"/environments/{environment.id}"
     assert (environment.base_domain, environment.cleanup_minutes) == ("staging.example.com", 60)
 
+    # Bad input: the form again with what was typed, the problem named by field, the
+    # service's status (not a 302 and a flash), and nothing written.
     bad = _post(client, "/environments", "/environments", name="dev", base_domain="http://x",
                 cleanup_minutes="60")
-    assert bad.headers["Location"] == "/environments"
-    assert ("error", "base_domain is invalid: use a DNS name of at most 200 characters: lowercase "
-            "labels of letters, digits or &#39;-&#39; joined by dots, e.g. staging.example.com or "
-            "localhost") in _flashes(client.get("/environments").text)
+    assert bad.status_code == 422
+    assert _problem(bad.text) == (
+        "base_domain is invalid: use a DNS name of at most 200 characters: lowercase labels of "
+        "letters, digits or &#39;-&#39; joined by dots, e.g. staging.example.com or localhost",
+        ["base_domain"])
+    assert 'value="http://x"' in bad.text and 'value="dev"' in bad.text
     not_a_number = _post(client, "/environments", "/environments", name="dev", base_domain="x.io",
                          cleanup_minutes="soon")
-    assert not_a_number.status_code == 302
-    (flash,) = _flashes(client.get("/environments").text)
-    assert flash[0] == "error" and flash[1].startswith("Auto-cleanup after (minutes of inactivity): ")
+    assert not_a_number.status_code == 422
+    message, fields = _problem(not_a_number.text)
+    assert message.startswith("Auto-cleanup after (minutes of inactivity): ")
+    assert fields == ["cleanup_minutes"]
+    assert db.session.scalar(select(db.func.count()).select_from(Environment)) == 1
 
     page = f"/environments/{environment.id}"
     _post(client, page, f"{page}/settings", base_domain="localhost", cleanup_minutes="5",
@@ -117,7 +130,7 @@ def test_the_token_of_one_node_is_not_shown_on_another_nodes_page(as_admin, admi
     assert 'data-testid="node-token"' not in client.get(f"/nodes/{other.id}").text
 
 
-def test_bad_node_input_is_flashed_and_nothing_is_added(as_admin, admin):
+def test_bad_node_input_is_shown_with_the_form_and_nothing_is_added(as_admin, admin):
     client = as_admin
     environment = catalog.create(admin, Environment, "staging")
     page = f"/environments/{environment.id}"
@@ -127,9 +140,10 @@ def test_bad_node_input_is_flashed_and_nothing_is_added(as_admin, admin):
         ({"name": "node-1", "host": "10.0.0.5", "port": "x"}, "Agent port: "),
     ):
         response = _post(client, page, f"{page}/nodes", **fields)
-        assert response.headers["Location"] == page
-        (flash,) = _flashes(client.get(page).text)
-        assert flash[0] == "error" and message in flash[1], flash
+        assert response.status_code == 422, response.status_code
+        problem, named = _problem(response.text)
+        assert message in problem and named in (["host"], ["port"]), (problem, named)
+        assert f'value="{fields["host"]}"' in response.text
     assert db.session.scalar(select(db.func.count()).select_from(Node)) == 0
 
 
@@ -143,9 +157,9 @@ def test_admin_approves_a_changed_certificate_by_typing_its_thumbprint(as_admin,
     page = client.get(url).text
     assert 'data-testid="thumbprint-pinned">' + "a" * 64 in page
     assert 'data-testid="thumbprint-pending">' + "b" * 64 in page
-    _post(client, url, f"{url}/approve-thumbprint", thumbprint="c" * 64)
-    (flash,) = _flashes(client.get(url).text)
-    assert flash[0] == "error" and "does not match" in flash[1]
+    wrong = _post(client, url, f"{url}/approve-thumbprint", thumbprint="c" * 64)
+    assert wrong.status_code in (409, 422)
+    assert "does not match" in _problem(wrong.text)[0]
     _post(client, url, f"{url}/approve-thumbprint", thumbprint="b" * 64)
     after = client.get(url).text
     assert ("ok", "The new certificate of node node-1 is trusted; reconnecting.") in _flashes(after)
@@ -225,17 +239,16 @@ def test_members_see_their_environments_nodes_without_addresses_or_buttons(clien
     assert client.get(f"/nodes/{hidden.id}").status_code == 404
     assert client.get(f"/environments/{hidden_env.id}").status_code == 404
 
-    # Posting anyway changes nothing.
+    # Posting anyway is refused with the 403 page (not a flash on a redirect) and changes nothing.
     ciphertext = node.verifier_ciphertext
     revoke = _post(client, f"/nodes/{node.id}", f"/nodes/{node.id}/revoke-token")
-    assert _flashes(client.get(revoke.headers["Location"]).text) == [
-        ("error", "you may not manage this node; ask an admin for access")]
+    assert revoke.status_code == 403
+    assert "you may not revoke the token of this node; ask an admin for access" in revoke.text
     refused = client.post(f"/environments/{ex['environment'].id}/nodes", data={
         "csrf_token": csrf_from(detail.text), "name": "x", "host": "10.0.0.1", "port": "5000",
     })
-    assert refused.status_code == 302
-    (flash,) = _flashes(client.get(refused.headers["Location"]).text)
-    assert flash == ("error", "you may not create this node; ask an admin for access")
+    assert refused.status_code == 403
+    assert "you may not create this node; ask an admin for access" in refused.text
     db.session.expire_all()
     assert db.session.get(Node, node.id).verifier_ciphertext == ciphertext
     assert db.session.scalar(select(db.func.count()).select_from(Node)) == 2

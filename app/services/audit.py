@@ -36,7 +36,10 @@ def _name_of(target):
     return getattr(target, "name", None) or getattr(target, "username", None) or ""
 
 
-def query(actor=None, action=None, target_type=None, target_id=None, since=None, until=None):
+def query(actor=None, action=None, target_type=None, target_id=None, since=None, until=None,
+          target_name=None):
+    """Entries newest first. `action` matches a prefix ("project" finds project.create and
+    project.delete); `target_name` a part of the name, any case (the audit page's search)."""
     stmt = select(AuditEntry)
     if actor is not None:
         stmt = stmt.where(AuditEntry.actor_username == actor)
@@ -46,8 +49,25 @@ def query(actor=None, action=None, target_type=None, target_id=None, since=None,
         stmt = stmt.where(AuditEntry.target_type == target_type)
     if target_id is not None:
         stmt = stmt.where(AuditEntry.target_id == target_id)
+    if target_name:
+        stmt = stmt.where(AuditEntry.target_name.icontains(target_name, autoescape=True))
     if since is not None:
         stmt = stmt.where(AuditEntry.at >= since)
     if until is not None:
         stmt = stmt.where(AuditEntry.at < until)
     return stmt.order_by(AuditEntry.at.desc(), AuditEntry.id.desc())
+
+
+def pipeline_savers(project_id, numbers):
+    """{version number: who saved it} from the audit log, for the versions whose row does not
+    say: the author's account was deleted (created_by is set to NULL) or NullOps saved it
+    itself (the demo seed, the CLI; recorded as "system"). Versions whose entries the
+    retention has pruned are missing."""
+    wanted = set(numbers)
+    if not wanted:
+        return {}
+    rows = db.session.execute(select(AuditEntry.actor_username, AuditEntry.details).where(
+        AuditEntry.action == "pipeline.save", AuditEntry.target_type == "project",
+        AuditEntry.target_id == project_id))
+    return {details.get("version"): name for name, details in rows
+            if (details or {}).get("version") in wanted}

@@ -173,7 +173,7 @@ def put_secret(actor, project, name, value):
         db.session.add(secret)
     secret.value_ciphertext = keyring().encrypt(value, SECRET_CONTEXT)
     audit.record(actor, "secret.create" if created else "secret.update", "project", project,
-                 {"secret": name})
+                 {"name": name})  # not "secret": that key is redacted, and the name is no secret
     db.session.commit()
     return secret, created
 
@@ -185,7 +185,7 @@ def delete_secret(actor, project, name):
     if secret is None:
         raise NotFound(f"project {project.name!r} has no secret named {name!r}")
     db.session.delete(secret)
-    audit.record(actor, "secret.delete", "project", project, {"secret": name})
+    audit.record(actor, "secret.delete", "project", project, {"name": name})
     db.session.commit()
 
 

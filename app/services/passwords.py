@@ -4,13 +4,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from flask import current_app
 
 from app.services.errors import ValidationFailed
-
-# A few passwords that pass a length rule yet are the first ones tried.
-COMMON_PASSWORDS = frozenset(
-    {"password1234", "passwordpassword", "123456789012", "qwertyuiopas", "adminadminadmin",
-     "letmeinletmein", "changemechangeme", "nullopsnullops"}
-)
-MAX_LENGTH = 256
+from app.services.password_rules import MAX_LENGTH, describe, problem  # noqa: F401 (MAX_LENGTH: the API schemas)
 
 _fast = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)  # tests only
 _standard = PasswordHasher()
@@ -31,18 +25,12 @@ def verify_password(password_hash, password):
         return False
 
 
+def rules():
+    """The rule in words, for the pages that ask for a password."""
+    return describe(current_app.config["NULLOPS_PASSWORD_MIN_LENGTH"])
+
+
 def check_strength(password, username, field="password"):
-    minimum = current_app.config["NULLOPS_PASSWORD_MIN_LENGTH"]
-    problem = None
-    if not isinstance(password, str) or len(password) < minimum:
-        problem = f"use at least {minimum} characters"
-    elif len(password) > MAX_LENGTH:
-        problem = f"use at most {MAX_LENGTH} characters"
-    elif len(set(password)) < 5:
-        problem = "use at least 5 different characters"
-    elif username and username.lower() in password.lower():
-        problem = "do not include the username"
-    elif password.lower() in COMMON_PASSWORDS:
-        problem = "this password is too common; choose another"
-    if problem:
-        raise ValidationFailed(f"{field} is too weak: {problem}", {field: problem})
+    found = problem(password, username, current_app.config["NULLOPS_PASSWORD_MIN_LENGTH"])
+    if found:
+        raise ValidationFailed(f"{field} is too weak: {found}", {field: found})

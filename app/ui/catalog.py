@@ -14,7 +14,15 @@ from wtforms.fields.choices import SelectChoice
 from app import access
 from app.extensions import db
 from app.models import PipelineVersion, Plugin, Project, Registry, Service
-from app.services import pipeline_diff, pipeline_yaml, pipelines, plugins, registries, service_catalog
+from app.services import (
+    audit,
+    pipeline_diff,
+    pipeline_yaml,
+    pipelines,
+    plugins,
+    registries,
+    service_catalog,
+)
 from app.services.errors import NotFound, ServiceError
 from app.ui import bp
 from app.ui.catalog_forms import (
@@ -37,14 +45,14 @@ from app.ui.pages import _actor
 VERSIONS_PER_PAGE = 20
 
 
-def _load(model, obj_id, action="view"):
+def _load(model, obj_id, action="view", doing=None):
     """The object if the user may see it (404 otherwise, as if it did not exist); then the
-    action, refused as a 403."""
+    action, refused as a 403 that names `doing` ("delete") when given."""
     try:
         obj = access.get_visible(current_user, model, obj_id)
     except NotFound:
         abort(404)
-    access.require(current_user, action, obj)
+    access.require(current_user, action, obj, doing)
     return obj
 
 
@@ -129,7 +137,7 @@ def registry_detail(registry_id):
 
 @bp.post("/registries/<int:registry_id>")
 def registry_update(registry_id):
-    registry = _load(Registry, registry_id, "manage")
+    registry = _load(Registry, registry_id, "manage", "change")
     form = RegistryEditForm()
     try:
         registries.update(_actor(), registry, **registry_changes(form))
@@ -142,7 +150,7 @@ def registry_update(registry_id):
 
 @bp.post("/registries/<int:registry_id>/delete")
 def registry_delete(registry_id):
-    registry = _load(Registry, registry_id, "manage")
+    registry = _load(Registry, registry_id, "manage", "delete")
     return _deleted(lambda: registries.delete(_actor(), registry), f"Registry {registry.name} deleted.",
                     url_for("ui.registry_detail", registry_id=registry_id), url_for("ui.registry_list"))
 
@@ -196,7 +204,7 @@ def service_detail(service_id):
 
 @bp.post("/services/<int:service_id>")
 def service_update(service_id):
-    service = _load(Service, service_id, "manage")
+    service = _load(Service, service_id, "manage", "change")
     form = ServiceForm()
     try:
         service_catalog.update(_actor(), service, **service_values(form))
@@ -209,7 +217,7 @@ def service_update(service_id):
 
 @bp.post("/services/<int:service_id>/delete")
 def service_delete(service_id):
-    service = _load(Service, service_id, "manage")
+    service = _load(Service, service_id, "manage", "delete")
     return _deleted(lambda: service_catalog.delete(_actor(), service), f"Service {service.name} deleted.",
                     url_for("ui.service_detail", service_id=service_id), url_for("ui.service_list"))
 
@@ -254,7 +262,7 @@ def plugin_detail(plugin_id):
 
 @bp.post("/plugins/<int:plugin_id>")
 def plugin_update(plugin_id):
-    plugin = _load(Plugin, plugin_id, "manage")
+    plugin = _load(Plugin, plugin_id, "manage", "change")
     form = PluginForm()
     try:
         plugins.update(_actor(), plugin, **plugin_values(form))
@@ -267,7 +275,7 @@ def plugin_update(plugin_id):
 
 @bp.post("/plugins/<int:plugin_id>/delete")
 def plugin_delete(plugin_id):
-    plugin = _load(Plugin, plugin_id, "manage")
+    plugin = _load(Plugin, plugin_id, "manage", "delete")
     return _deleted(lambda: plugins.delete(_actor(), plugin), f"Plugin {plugin.name} deleted.",
                     url_for("ui.plugin_detail", plugin_id=plugin_id), url_for("ui.plugin_list"))
 
@@ -294,6 +302,7 @@ def _pipeline_page(project, form, errors=None, message=None, status=200):
     return render_template(
         "ui/pipeline.html", project=project, versions=rows, total=total, page=page,
         pages=max(1, -(-total // VERSIONS_PER_PAGE)), latest=latest, changes=changes, shown=shown,
+        savers=audit.pipeline_savers(project.id, [v.number for v in rows if v.created_by is None]),
         latest_yaml=pipeline_yaml.export_yaml(latest) if latest else None,
         form=form if access.can(current_user, "manage", project) else None,
         errors=errors or {}, message=message,
@@ -307,7 +316,7 @@ def project_pipeline(project_id):
 
 @bp.post("/projects/<int:project_id>/pipeline/import")
 def project_pipeline_import(project_id):
-    project = _load(Project, project_id, "manage")
+    project = _load(Project, project_id, "manage", "import a pipeline into")
     form = PipelineImportForm()
     try:
         version = pipeline_yaml.import_yaml(_actor(), project, (form.yaml.data or "").encode())

@@ -25,20 +25,21 @@ PER_PAGE = 25
 HISTORY_SHOWN = 50
 
 
-def _load(deployment_id, action="view"):
+def _load(deployment_id, action="view", doing=None):
     """The deployment if the user may see it (404 otherwise, as if it did not exist); a
     refused change is a 403 page, never a flash that looks like a validation problem."""
     try:
         deployment = access.get_visible(current_user, Deployment, deployment_id, "deployment")
     except NotFound:
         abort(404)
-    access.require(current_user, action, deployment)
+    access.require(current_user, action, deployment, doing)
     return deployment
 
 
-def deployment_action(action="deploy"):
+def deployment_action(action="deploy", doing=None):
     """A button on the deployment page: CSRF-checked, access-checked before the service runs
-    (refused: the 403 page); any other ServiceError becomes a flash on the page it came from."""
+    (refused: the 403 page, naming `doing`, e.g. "delete"); any other ServiceError becomes a
+    flash on the page it came from."""
 
     def decorator(fn):
         @wraps(fn)
@@ -47,7 +48,7 @@ def deployment_action(action="deploy"):
             if not EmptyForm().validate_on_submit():
                 flash("The form expired; reload the page and try again.", "error")
                 return redirect(back)
-            deployment = _load(deployment_id, action)
+            deployment = _load(deployment_id, action, doing)
             try:
                 result = fn(deployment)
             except Forbidden:
@@ -233,21 +234,21 @@ def deployment_history(deployment_id):
 
 
 @bp.post("/deployments/<int:deployment_id>/extend")
-@deployment_action()
+@deployment_action(doing="extend")
 def deployment_extend(deployment):
     deployments.extend(_actor(), deployment)
     flash(f"Deployment {deployment.name} extended: the auto-cleanup timer starts over.", "ok")
 
 
 @bp.post("/deployments/<int:deployment_id>/retry")
-@deployment_action()
+@deployment_action(doing="retry")
 def deployment_retry(deployment):
     deployments.retry(_actor(), deployment)
     flash(f"Deployment {deployment.name} is deployed again with the latest pipeline version.", "ok")
 
 
 @bp.post("/deployments/<int:deployment_id>/delete")
-@deployment_action()
+@deployment_action(doing="delete")
 def deployment_delete(deployment):
     what = "cancelled" if deployment.status in ("pending", "deploying") else "is being deleted"
     deployments.request_delete(_actor(), deployment)

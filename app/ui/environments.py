@@ -24,21 +24,23 @@ from app.ui.pages import _actor, service_call
 NODES_PER_PAGE = 25
 
 
-def _load(model, obj_id, action="view"):
+def _load(model, obj_id, action="view", doing=None):
+    """The object if the user may see it (404 otherwise); then the action, refused as a 403
+    that names `doing` ("delete") when given."""
     try:
         obj = access.get_visible(current_user, model, obj_id, model.__tablename__.rstrip("s"))
     except NotFound:
         abort(404)
-    access.require(current_user, action, obj)
+    access.require(current_user, action, obj, doing)
     return obj
 
 
 def _valid(form):
-    """The form's fields, checked; the first problem becomes the flashed message."""
+    """The form's fields, checked; the first problem is the message, each one named by field."""
     if not form.validate():
-        for field in form:
-            if field.errors:
-                raise ValidationFailed(f"{field.label.text}: {field.errors[0]}")
+        problems = {field.name: field.errors[0] for field in form if field.errors}
+        first = next(field for field in form if field.errors)
+        raise ValidationFailed(f"{first.label.text}: {first.errors[0]}", problems)
     return form
 
 
@@ -60,12 +62,9 @@ def _to_node(node_id, **_):
     return url_for("ui.node_detail", node_id=node_id)
 
 
-@bp.get("/environments")
-def environment_list():
-    rows = db.session.scalars(access.visible(current_user, Environment).order_by(Environment.name)).all()
-    form = EnvironmentForm() if access.can(current_user, "create", Environment) else None
-    return render_template("ui/environments.html", environments=rows, form=form,
-                           url_form=url_pattern(), counts=_node_counts([e.id for e in rows]))
+def _problem(exc):
+    """What a page shows of a refused form: its message, its fields, its status."""
+    return {"message": exc.message, "errors": exc.fields} if exc else {}
 
 
 def _node_counts(environment_ids):
@@ -79,8 +78,21 @@ def _node_counts(environment_ids):
     return counts
 
 
+def _environments_page(exc=None):
+    rows = db.session.scalars(access.visible(current_user, Environment).order_by(Environment.name)).all()
+    form = EnvironmentForm() if access.can(current_user, "create", Environment) else None
+    return render_template("ui/environments.html", environments=rows, form=form,
+                           url_form=url_pattern(), counts=_node_counts([e.id for e in rows]),
+                           **_problem(exc)), exc.status if exc else 200
+
+
+@bp.get("/environments")
+def environment_list():
+    return _environments_page()
+
+
 @bp.post("/environments")
-@service_call(lambda: url_for("ui.environment_list"))
+@service_call(lambda: url_for("ui.environment_list"), reshow=lambda exc: _environments_page(exc))
 def environment_create():
     access.require(current_user, "create", Environment)
     form = _valid(EnvironmentForm())
@@ -92,8 +104,9 @@ def environment_create():
     return redirect(_to_environment(environment.id))
 
 
-@bp.get("/environments/<int:environment_id>")
-def environment_detail(environment_id):
+def _environment_page(environment_id, exc=None, which=None):
+    """The environment's page; after a refused form (`which`: settings or node) that form as
+    typed with its problem, the other one fresh."""
     environment = _load(Environment, environment_id)
     page = max(request.args.get("page", 1, type=int), 1)
     counts = _node_counts([environment.id]).get(environment.id, {})
@@ -103,18 +116,32 @@ def environment_detail(environment_id):
         .order_by(Node.name, Node.id).limit(NODES_PER_PAGE).offset((page - 1) * NODES_PER_PAGE)
     ).all()
     can_manage = access.can(current_user, "manage", environment)
+
+    def bound(name):
+        return {} if which == name else {"formdata": None}
+
     return render_template(
         "ui/environment.html", environment=environment, nodes=rows, can_manage=can_manage,
         counts=counts, total=total, page=page, pages=max(1, -(-total // NODES_PER_PAGE)),
-        settings_form=EnvironmentSettingsForm(obj=environment) if can_manage else None,
-        node_form=NodeForm() if access.can(current_user, "create", Node) else None,
-    )
+        settings_form=EnvironmentSettingsForm(obj=environment, **bound("settings")) if can_manage else None,
+        node_form=NodeForm(**bound("node")) if access.can(current_user, "create", Node) else None,
+        which=which, **_problem(exc),
+    ), exc.status if exc else 200
+
+
+@bp.get("/environments/<int:environment_id>")
+def environment_detail(environment_id):
+    return _environment_page(environment_id)
+
+
+def _reshow_environment(which):
+    return lambda exc, environment_id: _environment_page(environment_id, exc, which)
 
 
 @bp.post("/environments/<int:environment_id>/settings")
-@service_call(_to_environment)
+@service_call(_to_environment, reshow=_reshow_environment("settings"))
 def environment_settings(environment_id):
-    environment = _load(Environment, environment_id, "manage")
+    environment = _load(Environment, environment_id, "manage", "change")
     form = _valid(EnvironmentSettingsForm())
     catalog.update(_actor(), environment, description=form.description.data or "",
                    base_domain=form.base_domain.data.strip(),
@@ -123,7 +150,7 @@ def environment_settings(environment_id):
 
 
 @bp.post("/environments/<int:environment_id>/nodes")
-@service_call(_to_environment)
+@service_call(_to_environment, reshow=_reshow_environment("node"))
 def node_create(environment_id):
     environment = _load(Environment, environment_id)
     access.require(current_user, "create", Node)
@@ -134,25 +161,38 @@ def node_create(environment_id):
     return redirect(_to_node(node.id))
 
 
-@bp.get("/nodes/<int:node_id>")
-def node_detail(node_id):
+def _node_page(node_id, exc=None, which=None):
     node = _load(Node, node_id)
     can_manage = access.can(current_user, "manage", node)
-    shown_once = _pop_shown_once(node) if can_manage else None
+    shown_once = _pop_shown_once(node) if can_manage and exc is None else None
+
+    def bound(name):
+        return {} if which == name else {"formdata": None}
+
     page = render_template(
         "ui/node.html", node=node, can_manage=can_manage, shown_once=shown_once,
         holds_deployments=can_manage and nodes.holds_deployments(node.id),
-        settings_form=NodeSettingsForm(obj=node) if can_manage else None,
-        thumbprint_form=ThumbprintForm(), empty=EmptyForm(),
+        settings_form=NodeSettingsForm(obj=node, **bound("settings")) if can_manage else None,
+        thumbprint_form=ThumbprintForm(**bound("thumbprint")), empty=EmptyForm(),
+        which=which, **_problem(exc),
     )
     # The token is on this page once: no cache may keep a copy.
-    return page, 200, {"Cache-Control": "no-store"}
+    return page, exc.status if exc else 200, {"Cache-Control": "no-store"}
+
+
+@bp.get("/nodes/<int:node_id>")
+def node_detail(node_id):
+    return _node_page(node_id)
+
+
+def _reshow_node(which):
+    return lambda exc, node_id: _node_page(node_id, exc, which)
 
 
 @bp.post("/nodes/<int:node_id>/settings")
-@service_call(_to_node)
+@service_call(_to_node, reshow=_reshow_node("settings"))
 def node_settings(node_id):
-    node = _load(Node, node_id, "manage")
+    node = _load(Node, node_id, "manage", "change")
     form = _valid(NodeSettingsForm())
     nodes.update(_actor(), node, host=form.host.data.strip(), port=form.port.data,
                  cpus_override=form.cpus_override.data,
@@ -163,21 +203,21 @@ def node_settings(node_id):
 @bp.post("/nodes/<int:node_id>/rotate-token")
 @service_call(_to_node)
 def node_rotate_token(node_id):
-    node, token, command = nodes.rotate_token(_actor(), _load(Node, node_id, "manage"))
+    node, token, command = nodes.rotate_token(_actor(), _load(Node, node_id, "manage", "rotate the token of"))
     _show_once(node, token, command, nodes.ROTATED_MESSAGE)
 
 
 @bp.post("/nodes/<int:node_id>/revoke-token")
 @service_call(_to_node)
 def node_revoke_token(node_id):
-    node = nodes.revoke_token(_actor(), _load(Node, node_id, "manage"))
+    node = nodes.revoke_token(_actor(), _load(Node, node_id, "manage", "revoke the token of"))
     flash(f"The token of node {node.name} is revoked; issue a new token to let it back in.", "ok")
 
 
 @bp.post("/nodes/<int:node_id>/approve-thumbprint")
-@service_call(_to_node)
+@service_call(_to_node, reshow=_reshow_node("thumbprint"))
 def node_approve_thumbprint(node_id):
-    node = _load(Node, node_id, "manage")
+    node = _load(Node, node_id, "manage", "approve a certificate of")
     form = _valid(ThumbprintForm())
     nodes.approve_thumbprint(_actor(), node, form.thumbprint.data)
     flash(f"The new certificate of node {node.name} is trusted; reconnecting.", "ok")
@@ -186,14 +226,14 @@ def node_approve_thumbprint(node_id):
 @bp.post("/nodes/<int:node_id>/enable")
 @service_call(_to_node)
 def node_enable(node_id):
-    node = nodes.set_enabled(_actor(), _load(Node, node_id, "manage"), True)
+    node = nodes.set_enabled(_actor(), _load(Node, node_id, "manage", "enable"), True)
     flash(f"Node {node.name} enabled.", "ok")
 
 
 @bp.post("/nodes/<int:node_id>/disable")
 @service_call(_to_node)
 def node_disable(node_id):
-    node = nodes.set_enabled(_actor(), _load(Node, node_id, "manage"), False)
+    node = nodes.set_enabled(_actor(), _load(Node, node_id, "manage", "disable"), False)
     flash(f"Node {node.name} disabled: no new deployments go there; the ones there keep running and "
           "can be deleted, and NullOps stays linked until the last is gone.", "ok")
 
@@ -201,7 +241,7 @@ def node_disable(node_id):
 @bp.post("/nodes/<int:node_id>/delete")
 @service_call(_to_node)
 def node_delete(node_id):
-    node = _load(Node, node_id, "manage")
+    node = _load(Node, node_id, "manage", "delete")
     environment_id, name = node.environment_id, node.name
     nodes.delete(_actor(), node, force=request.form.get("force") == "1")
     flash(f"Node {name} deleted.", "ok")
