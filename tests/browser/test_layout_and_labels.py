@@ -13,6 +13,9 @@ from tests.access.pipelines import make_catalog
 pytestmark = pytest.mark.browser
 
 SHOTS = Path("/tmp/nullops-shots")
+NAV_ROWS = """Math.round(document.querySelector('header nav').getBoundingClientRect().height
+    / Math.max(...[...document.querySelectorAll('header nav li')]
+                 .map((li) => li.getBoundingClientRect().height)))"""
 VIEWPORTS = {"laptop": {"width": 1366, "height": 768}, "phone": {"width": 390, "height": 844}}
 
 # Form controls without a name a screen reader can announce: no <label>, aria-label or
@@ -71,8 +74,11 @@ def test_every_page_fits_laptop_and_phone_and_labels_every_control(live_server, 
             response = page.goto(path)
             assert response.status == 200, (path, response.status)
             wide, unlabelled = page.evaluate(TOO_WIDE), page.evaluate(UNLABELLED)
-            if wide or unlabelled:
-                problems[(size, path)] = {"too wide": wide, "unlabelled": unlabelled}
+            # On a laptop the navigation is one row (the admin's has the most links): content
+            # does not start lower than on other pages, and the editor's canvas stays in view.
+            nav_rows = 1 if size == "phone" else page.evaluate(NAV_ROWS)
+            if wide or unlabelled or nav_rows > 1:
+                problems[(size, path)] = {"too wide": wide, "unlabelled": unlabelled, "nav rows": nav_rows}
             if size == "phone" and who == "admin":
                 name = re.sub(r"\W+", "-", path.strip("/")) or "overview"
                 page.screenshot(path=SHOTS / f"phone-{name}.png", full_page=True)
