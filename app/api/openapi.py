@@ -6,6 +6,7 @@ from pydantic.json_schema import models_json_schema
 from app import __version__
 from app.api.core import OPERATIONS, operation
 from app.api.schemas import ErrorDocument
+from app.routing import ID_MAX
 
 _PARAM = re.compile(r"<(?:(\w+):)?(\w+)>")
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -15,10 +16,17 @@ def _path(rule):
     return _PARAM.sub(lambda m: "{" + m.group(2) + "}", rule)
 
 
+# What the routes' converters match: `int` is an id (app/routing.py), the default converter any
+# text without a slash.
+_CONVERTER_SCHEMAS = {
+    "int": {"type": "integer", "minimum": 0, "maximum": ID_MAX},
+    "": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"},
+}
+
+
 def _path_params(rule):
     return [
-        {"name": name, "in": "path", "required": True,
-         "schema": {"type": "integer" if conv == "int" else "string"}}
+        {"name": name, "in": "path", "required": True, "schema": dict(_CONVERTER_SCHEMAS[conv])}
         for conv, name in _PARAM.findall(rule)
     ]
 

@@ -1,10 +1,11 @@
 """Request and response schemas. Requests are strict: unknown fields and wrong types fail."""
 from datetime import datetime
-from typing import Generic, Literal, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.models.catalog import DEFAULT_CLEANUP_MINUTES, DEFAULT_PROJECT_CPUS, DEFAULT_PROJECT_MEMORY_MB
+from app.routing import ID_MAX
 from app.services.catalog import (
     CLEANUP_MINUTES_MAX,
     CLEANUP_MINUTES_MIN,
@@ -23,6 +24,14 @@ from app.services.names import (
 from app.services.passwords import MAX_LENGTH as PASSWORD_MAX
 from app.services.registries import NAME_PATTERN as REGISTRY_NAME_PATTERN
 from app.states import NODE_STATUSES
+
+# An id a caller sends (body or query): what an id column can hold. Larger numbers reached the
+# database, which refused them with a 500 (issue 17 item 7); now they are a 422 naming the field,
+# and the OpenAPI document says the bound. tests/security/test_fuzz_bounds.py checks that every
+# integer a request takes has an upper bound.
+Id = Annotated[int, Field(ge=1, le=ID_MAX)]
+# A page whose offset ((page - 1) * per_page, per_page <= 100) still fits a 64-bit OFFSET.
+PAGE_MAX = ID_MAX // 100
 
 
 class Request(BaseModel):
@@ -49,7 +58,7 @@ class Page(Response, Generic[T]):
 
 
 class Pagination(Query):
-    page: int = Field(1, ge=1)
+    page: int = Field(1, ge=1, le=PAGE_MAX)
     per_page: int = Field(25, ge=1, le=100)
 
 
@@ -161,9 +170,9 @@ class TeamDetail(TeamOut):
 
 
 class GrantCreate(Request):
-    team_id: int
-    project_id: int | None = None
-    environment_id: int | None = None
+    team_id: Id
+    project_id: Id | None = None
+    environment_id: Id | None = None
     level: Level
 
     @model_validator(mode="after")
@@ -187,9 +196,9 @@ class GrantOut(Response):
 
 
 class GrantQuery(Pagination):
-    team_id: int | None = None
-    project_id: int | None = None
-    environment_id: int | None = None
+    team_id: Id | None = None
+    project_id: Id | None = None
+    environment_id: Id | None = None
 
 
 # Projects and environments
@@ -449,7 +458,7 @@ class AuditQuery(Pagination):
     actor: str | None = Field(None, max_length=64)
     action: str | None = Field(None, max_length=64)
     target_type: str | None = Field(None, max_length=32)
-    target_id: int | None = None
+    target_id: Id | None = None
     since: datetime | None = None
     until: datetime | None = None
 
