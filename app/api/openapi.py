@@ -3,10 +3,12 @@ import re
 
 from pydantic.json_schema import models_json_schema
 
+from agent.spec import ID_PATTERN as STEP_ID_PATTERN
 from app import __version__
 from app.api.core import OPERATIONS, operation
 from app.api.schemas import ErrorDocument
 from app.routing import ID_MAX
+from app.services.names import SECRET_NAME_PATTERN
 
 _PARAM = re.compile(r"<(?:(\w+):)?(\w+)>")
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -24,9 +26,18 @@ _CONVERTER_SCHEMAS = {
 }
 
 
+# Text path parameters whose values follow a known pattern.
+_NAMED_SCHEMAS = {
+    "name": {"type": "string", "pattern": SECRET_NAME_PATTERN},  # /projects/{id}/secrets/{name}
+    "step_id": {"type": "string", "pattern": STEP_ID_PATTERN.pattern},
+}
+
+
 def _path_params(rule):
     return [
-        {"name": name, "in": "path", "required": True, "schema": dict(_CONVERTER_SCHEMAS[conv])}
+        {"name": name, "in": "path", "required": True,
+         "schema": dict(_NAMED_SCHEMAS.get(name) if not conv and name in _NAMED_SCHEMAS
+                        else _CONVERTER_SCHEMAS[conv])}
         for conv, name in _PARAM.findall(rule)
     ]
 

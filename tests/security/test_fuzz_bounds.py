@@ -135,3 +135,25 @@ def test_odd_unicode_thumbprint_is_refused_naming_the_field(client, headers, thu
     assert "thumbprint" in response.json["error"]["fields"]
 
 
+
+
+def test_fields_that_refuse_null_are_documented_without_null():
+    schemas = build_document()["components"]["schemas"]
+    port = schemas["NodeUpdate"]["properties"]["port"]
+    assert port["type"] == "integer" and "anyOf" not in port
+    assert "null" not in str(schemas["ServiceUpdate"]["properties"]["name"])
+    # A field that does take null (clears the value) keeps it.
+    assert "null" in str(schemas["ServiceUpdate"]["properties"]["tag"])
+
+
+def test_text_path_parameters_and_secret_values_carry_their_real_patterns_and_lengths():
+    document = build_document()
+    secret = document["paths"]["/api/v1/projects/{project_id}/secrets/{name}"]["put"]
+    name = next(p for p in secret["parameters"] if p["name"] == "name")
+    assert name["schema"]["pattern"] == "^[A-Z_][A-Z0-9_]{0,63}$"
+    value = document["components"]["schemas"]["SecretPut"]["properties"]["value"]
+    assert value["maxLength"] == 64 * 1024
+    tags = document["paths"]["/api/v1/projects/{project_id}/steps/{step_id}/tags"]["get"]
+    assert "pattern" in next(p for p in tags["parameters"] if p["name"] == "step_id")["schema"]
+    registry_url = document["components"]["schemas"]["RegistryCreate"]["properties"]["url"]
+    assert registry_url["pattern"].startswith("^https?://")

@@ -11,6 +11,7 @@ from app.services.catalog import (
     CLEANUP_MINUTES_MIN,
     PROJECT_CPUS_RANGE,
     PROJECT_MEMORY_MB_RANGE,
+    SECRET_MAX_BYTES,
 )
 from app.services.names import (
     DNS_LABEL_PATTERN,
@@ -34,8 +35,25 @@ Id = Annotated[int, Field(ge=1, le=ID_MAX)]
 PAGE_MAX = ID_MAX // 100
 
 
+def _document_not_null(schema, model):
+    """Fields a `not_null` validator refuses null for (PATCH bodies: leave a field out to keep
+    it) are documented without the null their `X | None` type would give them: the document
+    must not promise what the API refuses (issue 17 item 7)."""
+    validator = model.__pydantic_decorators__.field_validators.get("not_null")
+    for name in validator.info.fields if validator else ():
+        prop = schema.get("properties", {}).get(name)
+        if not prop or "anyOf" not in prop:
+            continue
+        branches = [b for b in prop.pop("anyOf") if b.get("type") != "null"]
+        if len(branches) == 1:
+            prop.update(branches[0])
+        else:
+            prop["anyOf"] = branches
+        prop.pop("default", None)
+
+
 class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_document_not_null)
 
 
 class Query(BaseModel):
@@ -291,7 +309,8 @@ class AccessOut(BaseModel):
 
 
 class SecretPut(Request):
-    value: str = Field(min_length=1)
+    value: str = Field(min_length=1, description=f"At most {SECRET_MAX_BYTES} bytes in UTF-8",
+                       json_schema_extra={"maxLength": SECRET_MAX_BYTES})
 
 
 class SecretOut(Response):
@@ -393,6 +412,8 @@ class NodeWithToken(NodeOut):
 # Registries
 _REGISTRY_NAME = {"pattern": REGISTRY_NAME_PATTERN, "min_length": 1, "max_length": 64}
 _REGISTRY_URL = {"min_length": 1, "max_length": 255,
+                 # Documented only: the service checks it with its own message (shared with the UI).
+                 "json_schema_extra": {"pattern": "^https?://[^/?#]+/?$"},
                  "description": "Base URL of a Registry HTTP API v2, e.g. https://registry.example.com "
                                 "or http://127.0.0.1:5000 (no path: /v2 is added)"}
 _REGISTRY_USERNAME = {"min_length": 1, "max_length": 255, "description": "Write-only"}
