@@ -10,10 +10,18 @@ from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.orm import joinedload
 
 from app.extensions import db
-from app.models import ApiToken, LoginFailure, User
+from app.models import SCOPES, ApiToken, LoginFailure, User
+from app.models.identity import SCOPE_ADMIN
 from app.models.types import utcnow
 from app.services import audit
-from app.services.errors import Conflict, NotFound, Throttled, Unauthorized, ValidationFailed
+from app.services.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    Throttled,
+    Unauthorized,
+    ValidationFailed,
+)
 from app.services.passwords import hash_password, verify_password
 
 TOKEN_PREFIX = "nlo_"
@@ -32,7 +40,9 @@ def authenticate(username, password, address):
         verify_password(_dummy_hash(), password or "")
         ok = False
     else:
-        ok = verify_password(user.password_hash, password or "") and user.is_active
+        # Service accounts never log in (their hash is of a secret nobody knows; belt and braces).
+        ok = (verify_password(user.password_hash, password or "") and user.is_active
+              and not user.is_service_account)
     if not ok:
         db.session.add(LoginFailure(username=username, address=address or ""))
         audit.record(None, "login.failure", "user", user, target_name=username)
@@ -82,11 +92,29 @@ def _digest(raw):
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
 
-def create_token(actor, user, name, expires_in_days=None):
-    """Create a token; the secret is returned once, here, and never again."""
+def create_token(actor, user, name, expires_in_days=None, scope=SCOPE_ADMIN, minted_with=None):
+    """Create a token; the secret is returned once, here, and never again.
+
+    `minted_with`: the token the request creating this one came with, if any. A token never
+    makes a wider one: not a wider scope, and when it expires, not one that outlives it (an
+    expiring token that could mint a non-expiring one would never expire; issue 17 item 3)."""
     name = (name or "").strip()
     if not name or len(name) > 64:
         raise ValidationFailed("name must be 1-64 characters", {"name": "use 1-64 characters"})
+    if scope not in SCOPES:
+        raise ValidationFailed(f"scope must be one of {', '.join(SCOPES)}",
+                               {"scope": f"use one of {', '.join(SCOPES)}"})
+    expires_at = utcnow() + timedelta(days=expires_in_days) if expires_in_days else None
+    if minted_with is not None:
+        if SCOPES.index(scope) > SCOPES.index(minted_with.scope):
+            raise Forbidden(f"a token of scope {minted_with.scope} cannot make one of scope {scope}",
+                            {"scope": f"at most {minted_with.scope}"})
+        if minted_with.expires_at is not None and (
+                expires_at is None or expires_at > minted_with.expires_at):
+            raise Forbidden(
+                "this request's token expires at "
+                f"{minted_with.expires_at.isoformat()}; a token it makes must expire no later",
+                {"expires_in_days": "give a number of days that ends before this token expires"})
     taken = db.session.scalar(
         select(ApiToken.id).where(
             ApiToken.user_id == user.id, ApiToken.name == name, ApiToken.revoked_at.is_(None)
@@ -100,11 +128,14 @@ def create_token(actor, user, name, expires_in_days=None):
         name=name,
         prefix=raw[: len(TOKEN_PREFIX) + 6],
         token_hash=_digest(raw),
-        expires_at=utcnow() + timedelta(days=expires_in_days) if expires_in_days else None,
+        expires_at=expires_at,
+        scope=scope,
     )
     db.session.add(token)
     db.session.flush()
-    audit.record(actor, "token.create", "api_token", token, {"owner": user.username})
+    audit.record(actor, "token.create", "api_token", token,
+                 {"owner": user.username, "scope": scope,
+                  "expires_at": expires_at.isoformat() if expires_at else None})
     db.session.commit()
     return token, raw
 
@@ -133,6 +164,11 @@ def _token_by_hash():
 
 def user_for_token(raw):
     """The active user behind a bearer token, or Unauthorized with the reason."""
+    return token_for_request(raw).user
+
+
+def token_for_request(raw):
+    """The valid token (its user loaded) for a bearer secret, or Unauthorized with the reason."""
     if not raw or not raw.startswith(TOKEN_PREFIX):
         raise Unauthorized("the bearer token is malformed; create one under Settings > API tokens")
     # The user comes in the same query: every API call from a script pays for this lookup.
@@ -151,4 +187,4 @@ def user_for_token(raw):
     if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
         token.last_used_at = now
         db.session.commit()
-    return token.user
+    return token

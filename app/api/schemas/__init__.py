@@ -91,6 +91,11 @@ class ErrorDocument(BaseModel):
 
 
 Role = Literal["admin", "user"]
+Kind = Literal["person", "service"]
+Scope = Literal["read-only", "deploy", "admin"]
+_SCOPE = Field("admin", description="read-only: GET only; deploy: also create, clone, retry, extend "
+               "and delete deployments; admin: everything the account may do. A token never makes "
+               "a token of a wider scope")
 Level = Literal["read_only", "full"]
 Description = Field("", max_length=500)
 
@@ -98,9 +103,12 @@ Description = Field("", max_length=500)
 # Users and tokens
 class UserCreate(Request):
     username: str = Field(pattern=USERNAME_PATTERN, max_length=64)
-    password: str = Field(max_length=PASSWORD_MAX)
+    password: str | None = Field(None, max_length=PASSWORD_MAX,
+                                 description="Required for a person; left out for a service account")
     role: Role = "user"
     full_name: str = Field("", max_length=120)
+    kind: Kind = Field("person", description="service: an account for a CI pipeline; it never logs "
+                       "in and uses the API tokens an admin issues for it (POST /users/{id}/tokens)")
 
 
 class UserUpdate(Request):
@@ -131,6 +139,7 @@ class UserOut(Response):
     username: str
     full_name: str
     role: Role
+    kind: Kind
     is_active: bool
     created_at: datetime
     last_login_at: datetime | None
@@ -142,13 +151,29 @@ class MeOut(UserOut):
 
 class TokenCreate(Request):
     name: str = Field(min_length=1, max_length=64)
-    expires_in_days: int | None = Field(None, ge=1, le=3650)
+    expires_in_days: int | None = Field(None, ge=1, le=3650,
+                                        description="null: never expires (not from an expiring token)")
+    scope: Scope = _SCOPE
+
+
+LOGIN_TOKEN_DAYS_MAX = 90
+
+
+class LoginTokenCreate(Request):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=PASSWORD_MAX)
+    name: str | None = Field(None, min_length=1, max_length=64,
+                             description="Default: api-login- and a random suffix")
+    expires_in_days: int = Field(1, ge=1, le=LOGIN_TOKEN_DAYS_MAX,
+                                 description="Tokens from a login always expire")
+    scope: Scope = _SCOPE
 
 
 class TokenOut(Response):
     id: int
     name: str
     prefix: str
+    scope: Scope
     created_at: datetime
     expires_at: datetime | None
     last_used_at: datetime | None
