@@ -304,4 +304,21 @@ def _outcome(where, state, attachment, secrets, max_output, memory_mb):
         shown = repr(shown[:PREVIEW_CHARS]) + (" ..." if len(shown) > PREVIEW_CHARS else "")
         raise PluginError("plugin_bad_output", f"{where} must write one JSON object to stdout, "
                           f"it wrote {shown}", lines)
+    check_secret_outputs(output, where, lines)
     return PluginResult(output=output, log=lines)
+
+
+def check_secret_outputs(output, where, lines=()):
+    """`secret_outputs` must list keys of the output. Given as a string ("url") it was iterated
+    letter by letter and redacted nothing (issue 17 item 6): a plugin that means to hide a value
+    and says so wrongly fails its step, naming the field, rather than leak the value."""
+    keys = output.get("secret_outputs")
+    if keys is None:
+        return
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise PluginError("plugin_bad_output", f"{where}: secret_outputs must be a list of output "
+                          f"keys (e.g. [\"url\"]), not {type(keys).__name__}", list(lines))
+    unknown = sorted(set(keys) - set(output))
+    if unknown:
+        raise PluginError("plugin_bad_output", f"{where}: secret_outputs names keys the output "
+                          f"does not have: {', '.join(unknown)[:200]}", list(lines))
