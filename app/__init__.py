@@ -13,7 +13,7 @@ def create_app(config=None):
     app = Flask(__name__)
     app.config.from_object(config if config is not None else Config())
 
-    from app import auth_setup, crypto, errors, routing
+    from app import auth_setup, crypto, errors, routing, security_headers
     from app.api import bp as api_bp
     from app.extensions import csrf, db, login_manager, migrate
     from app.health import bp as health_bp
@@ -39,6 +39,7 @@ def create_app(config=None):
     app.register_blueprint(log_stream_bp)
     app.register_blueprint(ingress_pages_bp)
     errors.register(app)
+    security_headers.init_app(app)
     return app
 
 

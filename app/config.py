@@ -94,6 +94,10 @@ class Config:
         self.SESSION_COOKIE_SAMESITE = "Lax"
         self.REMEMBER_COOKIE_SAMESITE = "Lax"
         self.WTF_CSRF_TIME_LIMIT = None  # token lives as long as the session
+        # The largest request body taken (issue 17 item 6): larger ones answer 413 before being
+        # read. Pipelines, imported YAML and secrets are far smaller.
+        self.MAX_CONTENT_LENGTH = env_int("NULLOPS_MAX_REQUEST_BYTES", 2 * 1024 * 1024, env,
+                                          minimum=64 * 1024)
         self.NULLOPS_LOGIN_MAX_FAILURES = env_int("NULLOPS_LOGIN_MAX_FAILURES", 5, env, minimum=1)
         self.NULLOPS_LOGIN_LOCKOUT_SECONDS = env_int(
             "NULLOPS_LOGIN_LOCKOUT_SECONDS", 300, env, minimum=1
