@@ -32,9 +32,18 @@ _DUMMY_HASH = None
 
 
 def authenticate(username, password, address):
-    """Return the user for a correct password; raise Throttled or Unauthorized otherwise."""
+    """Return the user for a correct password; raise Throttled or Unauthorized otherwise.
+
+    Throttling (issue 17 item 6): failures count per (username, address), so a third party
+    guessing `admin`'s password from elsewhere locks only itself out, never the admin at their
+    own address; per address over all usernames (password spraying); and a username under
+    attack from many addresses slows those addresses down (one attempt per SLOWDOWN_SECONDS)
+    without stopping an address that has not failed for it. Each attempt is written before the
+    password is checked and counted after that write, so parallel requests cannot all slip
+    under the limit: the k-th attempt to commit sees at least k rows."""
     username = (username or "").strip().lower()[:64]
-    _check_throttle(username, address)
+    address = (address or "")[:64]
+    attempt = _reserve_attempt(username, address)
     user = db.session.scalar(select(User).where(User.username == username))
     if user is None:
         verify_password(_dummy_hash(), password or "")
@@ -44,11 +53,13 @@ def authenticate(username, password, address):
         ok = (verify_password(user.password_hash, password or "") and user.is_active
               and not user.is_service_account)
     if not ok:
-        db.session.add(LoginFailure(username=username, address=address or ""))
+        # The attempt's row stays: it is this failure.
         audit.record(None, "login.failure", "user", user, target_name=username)
         db.session.commit()
         raise Unauthorized("wrong username or password")
-    db.session.execute(delete(LoginFailure).where(LoginFailure.username == username))
+    db.session.execute(delete(LoginFailure).where(
+        LoginFailure.username == username, LoginFailure.address == address))
+    db.session.execute(delete(LoginFailure).where(LoginFailure.id == attempt))
     user.last_login_at = utcnow()
     audit.record(user, "login.success", "user", user)
     db.session.commit()
@@ -62,24 +73,46 @@ def _dummy_hash():
     return _DUMMY_HASH
 
 
-def _check_throttle(username, address):
+# Once a username has this many times the per-pair limit of failures in the window, from
+# whatever addresses, addresses that failed for it wait this long between attempts.
+SLOWDOWN_SECONDS = 2
+
+
+def _reserve_attempt(username, address):
+    """Write this attempt as a failure (committed), then count: refuse (and drop the row) when
+    the attempt is over a limit. Returns the row's id."""
     window = timedelta(seconds=current_app.config["NULLOPS_LOGIN_LOCKOUT_SECONDS"])
     limit = current_app.config["NULLOPS_LOGIN_MAX_FAILURES"]
-    since = utcnow() - window
-    for column, value, allowed in (
-        (LoginFailure.username, username, limit),
-        (LoginFailure.address, address or "", limit * ADDRESS_FACTOR),
+    row = LoginFailure(username=username, address=address)
+    db.session.add(row)
+    db.session.commit()
+    now = utcnow()
+    since = now - window
+
+    def counted(*where):
+        return db.session.execute(select(func.count(LoginFailure.id), func.min(LoginFailure.at))
+                                  .where(LoginFailure.at >= since, *where)).one()
+
+    def refuse(retry_after):
+        db.session.execute(delete(LoginFailure).where(LoginFailure.id == row.id))
+        db.session.commit()
+        raise Throttled(f"too many failed logins; try again in {retry_after} seconds", retry_after)
+
+    for where, allowed in (
+        ((LoginFailure.username == username, LoginFailure.address == address), limit),
+        ((LoginFailure.address == address,), limit * ADDRESS_FACTOR),
     ):
-        count, oldest = db.session.execute(
-            select(func.count(LoginFailure.id), func.min(LoginFailure.at)).where(
-                column == value, LoginFailure.at >= since
-            )
-        ).one()
-        if count >= allowed:
-            retry_after = max(1, int((oldest + window - utcnow()).total_seconds()) + 1)
-            raise Throttled(
-                f"too many failed logins; try again in {retry_after} seconds", retry_after
-            )
+        count, oldest = counted(*where)
+        if count > allowed:  # this attempt's own row is among them
+            refuse(max(1, int((oldest + window - now).total_seconds()) + 1))
+    under_attack, _ = counted(LoginFailure.username == username)
+    if under_attack > limit * ADDRESS_FACTOR:
+        failed_here, _ = counted(LoginFailure.username == username, LoginFailure.address == address)
+        latest = db.session.scalar(select(func.max(LoginFailure.at)).where(
+            LoginFailure.username == username, LoginFailure.id != row.id))
+        if failed_here > 1 and latest is not None and now - latest < timedelta(seconds=SLOWDOWN_SECONDS):
+            refuse(SLOWDOWN_SECONDS)
+    return row.id
 
 
 def prune_login_failures():
