@@ -104,6 +104,12 @@ class Config:
         )
         self.NULLOPS_PASSWORD_MIN_LENGTH = env_int("NULLOPS_PASSWORD_MIN_LENGTH", 12, env, minimum=8)
         self.NULLOPS_HOST = env_str("NULLOPS_HOST", "127.0.0.1", env)
+        # Where people open NullOps (e.g. https://nullops.example.com): the public ingress pages
+        # link to its login. Optional; without it they say "log in to NullOps" without a link.
+        public_url = env_str("NULLOPS_PUBLIC_URL", "", env).rstrip("/")
+        if public_url and not public_url.startswith(("http://", "https://")):
+            raise ConfigError(f"NULLOPS_PUBLIC_URL={public_url!r}: give an http:// or https:// URL")
+        self.NULLOPS_PUBLIC_URL = public_url or None
         self.NULLOPS_PORT = env_int("NULLOPS_PORT", 8080, env, minimum=1)
         # Where a controller's internal endpoint for live data (logs, metrics) listens while it is
         # the active one, and the address web processes reach it on (default: that one, this
