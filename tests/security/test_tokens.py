@@ -222,3 +222,35 @@ def test_admins_issue_tokens_only_for_service_accounts(client, admin, make_user,
     response = client.post(f"/api/v1/users/{bob.id}/tokens", json={"name": "x"},
                            headers=token_of(admin))
     assert response.status_code == 409
+
+
+def _call_every_changing_operation(client, headers):
+    import re
+
+    from app.api.core import OPERATIONS
+    answers = {}
+    for op in OPERATIONS:
+        if op.public or op.method in ("GET", "HEAD", "OPTIONS"):
+            continue
+        path = "/api/v1" + re.sub(r"<int:\w+>", "1", op.rule)
+        path = re.sub(r"<\w+>", "X", path)
+        answers[(op.method, op.rule, op.scope)] = client.open(
+            path, method=op.method, json={}, headers=headers).status_code
+    return answers
+
+
+def test_a_read_only_token_is_refused_by_every_operation_that_changes_something(
+        client, admin, token_of):
+    answers = _call_every_changing_operation(client, token_of(admin, "read-only"))
+    assert len(answers) > 40
+    assert {key: status for key, status in answers.items() if status != 403} == {}
+
+
+def test_a_deploy_token_is_refused_by_every_changing_operation_outside_the_lifecycle(
+        client, admin, token_of):
+    answers = _call_every_changing_operation(client, token_of(admin, "deploy"))
+    refused = {key for key, status in answers.items() if status == 403}
+    assert refused == {key for key in answers if key[2] == "admin"}
+    assert {key[1] for key in answers if key[2] == "deploy"} == {
+        "/deployments", "/deployments/<int:deployment_id>", "/deployments/<int:deployment_id>/retry",
+        "/deployments/<int:deployment_id>/clone", "/deployments/<int:deployment_id>/extend"}
