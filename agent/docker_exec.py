@@ -35,8 +35,13 @@ ACTIVE_STATES = ("running", "restarting", "paused")
 # HostConfig keys that would give a container power over the node. The spec validator refuses
 # the matching spec keys; this is the last line of defence, checked on what is sent to Docker.
 _EMPTY_HOST_KEYS = ("Privileged", "CapAdd", "Devices", "DeviceRequests", "Binds", "Mounts",
-                    "VolumesFrom", "PidMode", "IpcMode", "UTSMode", "UsernsMode", "SecurityOpt",
+                    "VolumesFrom", "PidMode", "IpcMode", "UTSMode", "UsernsMode",
                     "CgroupParent", "Sysctls")
+# Every container NullOps starts (services and plugins): no setuid/file-capability privilege
+# gain inside it, and a process cap, so a fork bomb in a selectable tag stays in its container
+# instead of taking the node down (issue 17 item 2). The only security option ever sent.
+SECURITY_OPT = ["no-new-privileges:true"]
+SERVICE_PIDS_LIMIT = 4096    # databases and app servers fork workers; far below a node's pid_max
 
 
 def refuse_forbidden(step):
@@ -49,8 +54,14 @@ def refuse_forbidden(step):
 def check_confined(host_config, network_mode):
     """Refuse to send a HostConfig that escapes the container's confinement."""
     loose = [key for key in _EMPTY_HOST_KEYS if host_config.get(key)]
-    if loose or host_config.get("NetworkMode") != network_mode:
-        raise RuntimeError(f"refusing to create a container with {loose or ['NetworkMode']} set")
+    if host_config.get("NetworkMode") != network_mode:
+        loose.append("NetworkMode")
+    if host_config.get("SecurityOpt") != SECURITY_OPT:
+        loose.append("SecurityOpt")
+    if not host_config.get("PidsLimit") or host_config["PidsLimit"] < 1:
+        loose.append("PidsLimit")
+    if loose:
+        raise RuntimeError(f"refusing to create a container with {loose} set (or missing)")
 
 
 def config_hash(image_id, env, command, ports, expose, limits, extra=None):
@@ -267,8 +278,10 @@ class Executor:
         network = self.ensure_network(deployment_id)
         limits = self._limits(spec, step)
         ports, expose = list(step.get("ports", [])), list(step.get("expose", []))
+        # The confinement is part of the hash: containers made before it are recreated with it.
         digest = config_hash(image_id, env, command, ports, expose, limits,
-                             {"stop_grace_s": self.stop_grace_s, "publish_host": self.publish_host})
+                             {"stop_grace_s": self.stop_grace_s, "publish_host": self.publish_host,
+                              "pids_limit": SERVICE_PIDS_LIMIT, "security_opt": SECURITY_OPT})
         name = self.container_name(deployment_id, step_id)
 
         existing = self._get_container(name)
@@ -290,6 +303,8 @@ class Executor:
             log_config=LogConfig(**SERVICE_LOG_CONFIG),
             init=False,
             privileged=False,
+            pids_limit=SERVICE_PIDS_LIMIT,
+            security_opt=list(SECURITY_OPT),
         )
         check_confined(host_config, network_mode)
         labels = self.labels_for(deployment_id, L.ROLE_SERVICE, step=step_id, run=run_id)

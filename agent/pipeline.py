@@ -63,8 +63,12 @@ class RunMemory:
     def add_outputs(self, step_id, output):
         outputs = {k: v for k, v in output.items() if k != "secret_outputs"}
         self.outputs[step_id] = outputs
-        for key in output.get("secret_outputs", []) or []:
-            if isinstance(outputs.get(key), str) and outputs[key]:
+        keys = output.get("secret_outputs") or []
+        if not isinstance(keys, list):
+            # Fail closed (outputs sealed before check_secret_outputs existed): all are secret.
+            keys = list(outputs)
+        for key in keys:
+            if isinstance(key, str) and isinstance(outputs.get(key), str) and outputs[key]:
                 self.secret_values.add(outputs[key])
 
     def redact(self, text):

@@ -25,7 +25,7 @@ from docker.errors import APIError, NotFound
 from docker.types import LogConfig
 
 from agent import labels as L
-from agent.docker_exec import check_confined, refuse_forbidden
+from agent.docker_exec import SECURITY_OPT, check_confined, refuse_forbidden
 from agent.errors import UNAVAILABLE, Cancelled, PluginError, engine_call, engine_error
 from agent.redaction import redact
 from agent.spec import DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_PLUGIN_TIMEOUT_S
@@ -214,7 +214,8 @@ def run_plugin(executor, spec, step, input_obj, *, run_id, cancel, action="run",
         network_mode = "none"
     host_config = api.create_host_config(
         network_mode=network_mode, mem_limit=f"{memory_mb}m", nano_cpus=int(cpus * 1e9),
-        log_config=LogConfig(type="none"), pids_limit=PIDS_LIMIT, init=False, privileged=False)
+        log_config=LogConfig(type="none"), pids_limit=PIDS_LIMIT, init=False, privileged=False,
+        security_opt=list(SECURITY_OPT))
     check_confined(host_config, network_mode)
     labels = executor.labels_for(deployment_id, L.ROLE_PLUGIN, step=step_id, run=run_id)
     name = f"{executor.container_name(deployment_id, step_id)}-{uuid.uuid4().hex[:8]}"
@@ -304,4 +305,21 @@ def _outcome(where, state, attachment, secrets, max_output, memory_mb):
         shown = repr(shown[:PREVIEW_CHARS]) + (" ..." if len(shown) > PREVIEW_CHARS else "")
         raise PluginError("plugin_bad_output", f"{where} must write one JSON object to stdout, "
                           f"it wrote {shown}", lines)
+    check_secret_outputs(output, where, lines)
     return PluginResult(output=output, log=lines)
+
+
+def check_secret_outputs(output, where, lines=()):
+    """`secret_outputs` must list keys of the output. Given as a string ("url") it was iterated
+    letter by letter and redacted nothing (issue 17 item 6): a plugin that means to hide a value
+    and says so wrongly fails its step, naming the field, rather than leak the value."""
+    keys = output.get("secret_outputs")
+    if keys is None:
+        return
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise PluginError("plugin_bad_output", f"{where}: secret_outputs must be a list of output "
+                          f"keys (e.g. [\"url\"]), not {type(keys).__name__}", list(lines))
+    unknown = sorted(set(keys) - set(output))
+    if unknown:
+        raise PluginError("plugin_bad_output", f"{where}: secret_outputs names keys the output "
+                          f"does not have: {', '.join(unknown)[:200]}", list(lines))

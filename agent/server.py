@@ -36,6 +36,12 @@ __all__ = ["AgentServer", "EventHub", "ServerError", "create_agent_app"]
 log = logging.getLogger("nullops.agent.server")
 
 HTTP_TIMEOUT_S = 10          # TLS handshake and HTTP request of a new connection
+# Connections open at once on the agent port (issue 17 item 6). The control plane needs one link
+# (two while a new one replaces the old) and a health check now and then; without a cap, anyone
+# who reaches the port could open connections until the agent runs out of threads or memory
+# (each waits up to HTTP_TIMEOUT_S in its TLS handshake). Past the cap a connection is closed
+# at once, before its handshake.
+MAX_CONNECTIONS = 32
 REQUEST_WORKERS = 4          # requests handled at once on the link
 EVENT_BATCH = 500
 CLOSE_WAIT_S = 2             # for a closing peer's reply before the socket is dropped
@@ -538,6 +544,38 @@ class _RequestHandler(WSGIRequestHandler):
         return "nullops-agent"
 
 
+def _cap_connections(server, limit):
+    """At most `limit` connections served at once by a threaded socketserver: a slot is taken in
+    process_request (the accept loop's thread) and given back in shutdown_request (the end of
+    the connection's thread, or a refusal)."""
+    slots = threading.BoundedSemaphore(limit)
+    held, held_lock = set(), threading.Lock()
+    process_request, shutdown_request = server.process_request, server.shutdown_request
+
+    def capped_process_request(request, client_address):
+        if not slots.acquire(blocking=False):
+            log.warning("refused a connection from %s: %d connections are open (the cap)",
+                        client_address[0], limit)
+            shutdown_request(request)
+            return
+        with held_lock:
+            held.add(id(request))
+        process_request(request, client_address)
+
+    def releasing_shutdown_request(request):
+        try:
+            shutdown_request(request)
+        finally:
+            with held_lock:
+                mine = id(request) in held
+                held.discard(id(request))
+            if mine:
+                slots.release()
+
+    server.process_request = capped_process_request
+    server.shutdown_request = releasing_shutdown_request
+
+
 class AgentServer:
     """The TLS server for an agent app; `start()` serves in a thread, `stop()` ends it."""
 
@@ -548,6 +586,7 @@ class AgentServer:
                                        request_handler=_RequestHandler)
         except SystemExit:  # Werkzeug prints why (address in use, ...) and exits
             raise ServerError(f"cannot listen on {host}:{port}") from None
+        _cap_connections(self._server, MAX_CONNECTIONS)
         self._thread = None
 
     @property

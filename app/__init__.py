@@ -13,7 +13,7 @@ def create_app(config=None):
     app = Flask(__name__)
     app.config.from_object(config if config is not None else Config())
 
-    from app import auth_setup, crypto, errors
+    from app import auth_setup, crypto, errors, routing, security_headers
     from app.api import bp as api_bp
     from app.extensions import csrf, db, login_manager, migrate
     from app.health import bp as health_bp
@@ -21,6 +21,7 @@ def create_app(config=None):
     from app.ui import bp as ui_bp
     from app.ui.log_stream import bp as log_stream_bp
 
+    routing.init_app(app)
     db.init_app(app)
     migrate.init_app(app, db, directory=str(_migrations_dir()))
     csrf.init_app(app)
@@ -38,6 +39,7 @@ def create_app(config=None):
     app.register_blueprint(log_stream_bp)
     app.register_blueprint(ingress_pages_bp)
     errors.register(app)
+    security_headers.init_app(app)
     return app
 
 

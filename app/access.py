@@ -15,6 +15,12 @@ Deployments belong to a project and an environment; a user's level on a deployme
 stronger of their levels on the two. Creating one (`can_deploy_to`) needs Full Access on
 either and sight of both, so nobody deploys into an environment they cannot see.
 
+API tokens carry a scope (read-only, deploy, admin; issue 17 item 3) that narrows what their
+user may do, never widens it. The scope is checked here and only here: `can()` and the deploy
+checks refuse an action the request's token scope does not cover (`_ACTION_SCOPE`), and the API
+asks `require_scope()` for every operation before its view runs (app/api/core.py), so a
+read-only token cannot change a password through a route that needs no object.
+
 A user's grants are read once per request (one small query) and kept in `flask.g`: a create
 asks about the same project and environment five times, a list filters by all of them. A
 flush that touches a team, a membership or a grant drops what was kept.
@@ -28,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from app.extensions import db
 from app.models import (
+    SCOPES,
     AccessLevel,
     ApiToken,
     AuditEntry,
@@ -50,6 +57,31 @@ from app.models import (
 from app.services.errors import Forbidden, NotFound
 
 ACTIONS = ("view", "deploy", "manage", "create")
+# The narrowest token scope that allows an action.
+_ACTION_SCOPE = {"view": "read-only", "deploy": "deploy", "manage": "admin", "create": "admin"}
+
+
+def scope_covers(held, needed):
+    """Does a token of scope `held` allow what scope `needed` allows?"""
+    return SCOPES.index(held) >= SCOPES.index(needed)
+
+
+def request_scope():
+    """The scope of the API token this request came with; None for a session (no narrowing)."""
+    return g.get("token_scope") if has_request_context() else None
+
+
+def _scope_allows(action):
+    scope = request_scope()
+    return scope is None or scope_covers(scope, _ACTION_SCOPE[action])
+
+
+def require_scope(needed, what="do this"):
+    """Refuse unless the request's token scope covers `needed` (a session always does)."""
+    scope = request_scope()
+    if scope is not None and not scope_covers(scope, needed):
+        raise Forbidden(f"this token's scope is {scope}; to {what} use a token of scope {needed} "
+                        "or wider")
 
 
 def _is_admin(user):
@@ -141,7 +173,7 @@ def can_deploy_to(user, project, environment):
 
 def may_deploy_ids(user, project_id, environment_id):
     """can_deploy_to() by ids: for lists of (id, name) rows, without loading objects."""
-    if not _is_user(user):
+    if not _is_user(user) or not _scope_allows("deploy"):
         return False
     if user.is_admin:
         return True
@@ -154,7 +186,7 @@ def may_deploy_ids(user, project_id, environment_id):
 def may_deploy_somewhere(user):
     """May the user create a deployment of some project in some environment? (can_deploy_to()
     over every pair, from the user's grants.)"""
-    if not _is_user(user):
+    if not _is_user(user) or not _scope_allows("deploy"):
         return False
     if user.is_admin:
         return bool(db.session.scalar(select(Project.id).limit(1))
@@ -168,7 +200,7 @@ def may_deploy_somewhere(user):
 def can_deploy_project(user, project):
     """May the user deploy `project` into at least one environment? (Listing the tags of its
     services is for them.)"""
-    if not _is_user(user):
+    if not _is_user(user) or not _scope_allows("deploy"):
         return False
     if user.is_admin:
         return True
@@ -213,7 +245,7 @@ _USER_CREATABLE = {ApiToken}
 def can(user, action, obj):
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}")
-    if not _is_user(user):
+    if not _is_user(user) or not _scope_allows(action):
         return False
     if action == "create":
         model = obj if isinstance(obj, type) else type(obj)

@@ -96,6 +96,10 @@ class Config:
         self.SESSION_COOKIE_SAMESITE = "Lax"
         self.REMEMBER_COOKIE_SAMESITE = "Lax"
         self.WTF_CSRF_TIME_LIMIT = None  # token lives as long as the session
+        # The largest request body taken (issue 17 item 6): larger ones answer 413 before being
+        # read. Pipelines, imported YAML and secrets are far smaller.
+        self.MAX_CONTENT_LENGTH = env_int("NULLOPS_MAX_REQUEST_BYTES", 2 * 1024 * 1024, env,
+                                          minimum=64 * 1024)
         self.NULLOPS_LOGIN_MAX_FAILURES = env_int("NULLOPS_LOGIN_MAX_FAILURES", 5, env, minimum=1)
         self.NULLOPS_LOGIN_LOCKOUT_SECONDS = env_int(
             "NULLOPS_LOGIN_LOCKOUT_SECONDS", 300, env, minimum=1
@@ -103,6 +107,12 @@ class Config:
         self.NULLOPS_PASSWORD_MIN_LENGTH = env_int("NULLOPS_PASSWORD_MIN_LENGTH", DEFAULT_MIN_LENGTH,
                                                    env, minimum=8)
         self.NULLOPS_HOST = env_str("NULLOPS_HOST", "127.0.0.1", env)
+        # Where people open NullOps (e.g. https://nullops.example.com): the public ingress pages
+        # link to its login. Optional; without it they say "log in to NullOps" without a link.
+        public_url = env_str("NULLOPS_PUBLIC_URL", "", env).rstrip("/")
+        if public_url and not public_url.startswith(("http://", "https://")):
+            raise ConfigError(f"NULLOPS_PUBLIC_URL={public_url!r}: give an http:// or https:// URL")
+        self.NULLOPS_PUBLIC_URL = public_url or None
         self.NULLOPS_PORT = env_int("NULLOPS_PORT", 8080, env, minimum=1)
         # Where a controller's internal endpoint for live data (logs, metrics) listens while it is
         # the active one, and the address web processes reach it on (default: that one, this

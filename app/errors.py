@@ -1,13 +1,30 @@
 """Error handling for the whole app: services raise typed errors, this turns them into the
 API's error document or the UI's error page."""
-from flask import current_app, render_template, request
+from flask import current_app, g, render_template, request
+from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
 from app.api.core import bp as api_bp
 from app.api.core import error_response
 from app.extensions import db
+from app.services import audit
 from app.services.errors import ServiceError
+
+
+def audit_refusal(message):
+    """A refused attempt (403) goes into the audit log (issue 17 item 6): who tried what, and
+    why it was refused. Its own transaction, after the refused work was rolled back; a failure
+    to record is logged and never turns the 403 into a 500."""
+    try:
+        actor = current_user._get_current_object() if current_user.is_authenticated else None
+        audit.record(actor, "access.refused", "request", target_name=request.path[:128], details={
+            "method": request.method, "endpoint": request.endpoint or "",
+            "reason": (message or "")[:300], "via": g.get("auth_via", "anonymous")})
+        db.session.commit()
+    except Exception:  # noqa: BLE001 (the 403 must still be answered)
+        db.session.rollback()
+        current_app.logger.exception("could not audit a refused %s %s", request.method, request.path)
 
 
 def register(app):
@@ -24,6 +41,8 @@ def register(app):
         if exc.status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="nullops"'
         db.session.rollback()
+        if exc.status == 403:
+            audit_refusal(exc.message)
         if wants_json():
             return error_response(exc.status, exc.code, exc.message, exc.fields, headers)
         return render_template("error.html", status=exc.status, message=exc.message), exc.status, headers
@@ -37,6 +56,9 @@ def register(app):
 
     @app.errorhandler(HTTPException)
     def http_error(exc):
+        if exc.code == 403:
+            db.session.rollback()
+            audit_refusal(exc.description)
         if not wants_json():
             if exc.code in (404, 405):
                 return render_template("error.html", status=exc.code, message=exc.description), exc.code

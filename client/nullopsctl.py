@@ -32,11 +32,30 @@ class Failure(Exception):
         self.code = code
 
 
+def _origin(url):
+    parts = urllib.parse.urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
+
+
+class _KeepTokenAtHome(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, but sends the token only to the origin it was given for: urllib copies
+    every header onto the redirected request, so a redirect elsewhere (or to plain http) would
+    hand the bearer token to another server (issue 17 item 6)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(newurl) != _origin(req.full_url):
+            new.remove_header("Authorization")
+        return new
+
+
 class Api:
     def __init__(self, base_url, token, timeout=30):
         self.base = base_url.rstrip("/") + "/api/v1"
         self.token = token
         self.timeout = timeout
+        self._opener = urllib.request.build_opener(_KeepTokenAtHome)
 
     def call(self, method, path, body=None, query=None):
         url = self.base + path + ("?" + urllib.parse.urlencode(query) if query else "")
@@ -45,7 +64,7 @@ class Api:
             "Authorization": f"Bearer {self.token}", "Accept": "application/json",
             **({"Content-Type": "application/json"} if data is not None else {})})
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with self._opener.open(request, timeout=self.timeout) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
             raise Failure(_api_error(exc), EXIT_REFUSED) from None

@@ -7,7 +7,7 @@ import pytest
 
 from app.extensions import db
 from app.models import Grant
-from app.services import auth, catalog, nodes, registries
+from app.services import auth, catalog, nodes, registries, users
 from tests.access import AREAS
 from tests.conftest import STRONG_PASSWORD
 
@@ -61,6 +61,15 @@ MATRIX = {
         "/api/v1/users/{writer}/password", {"new_password": NEW_PASSWORD},
         row(401, 404, 404, 403, 204)),
     ("DELETE", "/api/v1/users/<int:user_id>"): ("/api/v1/users/{writer}", None, WRITER_DELETE),
+    ("GET", "/api/v1/users/<int:user_id>/tokens"): (
+        "/api/v1/users/{service_account}/tokens", None, HIDDEN_FROM_USERS),
+    ("POST", "/api/v1/users/<int:user_id>/tokens"): (
+        "/api/v1/users/{service_account}/tokens", {"name": "ci", "scope": "deploy"},
+        row(401, 404, 404, 404, 201)),
+    # Public: a login for a token (the writer's password; any caller).
+    ("POST", "/api/v1/auth/token"): (
+        "/api/v1/auth/token", {"username": "se-bob", "password": STRONG_PASSWORD},
+        row(201, 201, 201, 201, 201)),
     ("GET", "/api/v1/teams"): ("/api/v1/teams", None, EVERYONE),
     ("POST", "/api/v1/teams"): ("/api/v1/teams", {"name": "Frontend Team"}, ADMIN_CREATE),
     ("GET", "/api/v1/teams/<int:team_id>"): ("/api/v1/teams/{qa}", None, QA_TEAM_VIEW),
@@ -160,6 +169,7 @@ def test_every_api_route_has_a_row(app):
 def ids(spec_example):
     ex = spec_example
     writer_token, _ = auth.create_token(ex["writer"], ex["writer"], "writer-script")
+    service_account = users.create(ex["admin"], "ci-bot", None, kind="service")
     qa_grant = db.session.scalar(
         db.select(Grant).where(Grant.team_id == ex["qa"].id, Grant.project_id == ex["project"].id)
     )
@@ -176,6 +186,7 @@ def ids(spec_example):
         "environment": ex["environment"].id, "qa": ex["qa"].id, "se": ex["se"].id,
         "reader": ex["reader"].id, "writer": ex["writer"].id, "outsider": ex["outsider"].id,
         "writer_token": writer_token.id, "qa_grant": qa_grant.id,
+        "service_account": service_account.id,
     }
     for area in AREAS:
         result.update(area.make_ids(ex, dict(result)))

@@ -133,6 +133,20 @@ def _schema_sql(tables):
                 ", ".join(f"'{table}'" for table in tables))))}
 
 
+def _admin_without_the_orm():
+    """An admin row written as revision 0008 has it, and a stand-in for the services: the User
+    model has columns later revisions add (users.kind, 0011), so loading one would fail here."""
+    from types import SimpleNamespace
+
+    db.session.execute(db.text(
+        "INSERT INTO users (username, full_name, role, password_hash, is_active, session_nonce, "
+        "created_at) VALUES ('admin', '', 'admin', 'unusable', 1, 'n', CURRENT_TIMESTAMP)"))
+    db.session.commit()
+    user_id = db.session.scalar(db.text("SELECT id FROM users WHERE username = 'admin'"))
+    return SimpleNamespace(id=user_id, username="admin", role="admin", is_admin=True,
+                           is_active=True, is_authenticated=True)
+
+
 def test_after_the_upgrade_sqlite_gives_no_id_ever_used_again(tmp_path):
     # Before 0009 SQLite gave the next row the highest id plus one, a deleted row's too, and with
     # a deployment's id its agent label (dep-<id>). The upgrade keeps every row and id, and the
@@ -140,14 +154,13 @@ def test_after_the_upgrade_sqlite_gives_no_id_ever_used_again(tmp_path):
     # remembers deleted ones).
     from app.models import Deployment, DeploymentEvent, Environment, Node, Project
     from app.models.types import utcnow
-    from app.services import catalog, deployments, nodes, users
+    from app.services import catalog, deployments, nodes
     from tests.access.deployments import add_node, pipeline_version, service_step
-    from tests.conftest import STRONG_PASSWORD
 
     app = create_app(TestConfig(database_url=f"sqlite:///{tmp_path / 'old.db'}"))
     with app.app_context():
         upgrade(revision="0008")
-        admin = users.create(None, "admin", STRONG_PASSWORD, role="admin")
+        admin = _admin_without_the_orm()
         environment = catalog.create(admin, Environment, "staging")
         kept_node = add_node(environment, "node-1")
         gone_node, _token, _command = nodes.add(admin, environment, "node-2", "10.0.0.6")

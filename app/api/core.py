@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import to_json
 from sqlalchemy import bindparam, func, select
 
+from app import access
 from app.extensions import csrf, db
 from app.services import auth
 from app.services.errors import ServiceError, Unauthorized
@@ -37,14 +38,22 @@ class Operation:
     status: int = 200
     public: bool = False
     errors: tuple = field(default_factory=tuple)
+    scope: str = "admin"
 
 
 OPERATIONS: list[Operation] = []
+_BY_ENDPOINT: dict[str, Operation] = {}
 
 
 def operation(method, rule, *, summary, tag, body=None, query=None, response=None, status=200,
-              public=False):
-    """Register a view as an API operation; parsed input arrives as `data` and `params`."""
+              public=False, scope=None):
+    """Register a view as an API operation; parsed input arrives as `data` and `params`.
+
+    `scope`: the narrowest API token scope that may call it (issue 17 item 3). Reads need
+    read-only, everything else admin unless it says otherwise (the deployment lifecycle says
+    deploy); authenticate() asks the access module before the view runs."""
+    if scope is None:
+        scope = "read-only" if method in SAFE_METHODS else "admin"
 
     def decorator(fn):
         endpoint = fn.__name__
@@ -65,9 +74,10 @@ def operation(method, rule, *, summary, tag, body=None, query=None, response=Non
             return Response(to_json(result), status, mimetype="application/json")
 
         bp.add_url_rule(rule, endpoint=endpoint, view_func=view, methods=[method])
-        OPERATIONS.append(
-            Operation(method, rule, endpoint, summary, tag, body, query, response, status, public)
-        )
+        op = Operation(method, rule, endpoint, summary, tag, body, query, response, status, public,
+                       scope=scope)
+        OPERATIONS.append(op)
+        _BY_ENDPOINT[f"api.{endpoint}"] = op
         return view
 
     return decorator
@@ -185,7 +195,10 @@ def authenticate():
             raise Unauthorized("use the header Authorization: Bearer <token>")
         # Flask-Login reads the request's user from g._login_user; setting it authenticates
         # this one request without creating a session cookie.
-        g._login_user = auth.user_for_token(raw.strip())
+        token = auth.token_for_request(raw.strip())
+        g._login_user = token.user
+        g.api_token = token
+        g.token_scope = token.scope
         g.auth_via = "token"
     elif current_user.is_authenticated:
         g.auth_via = "session"
@@ -195,4 +208,7 @@ def authenticate():
         return None
     if not current_user.is_authenticated:
         raise Unauthorized("log in, or send Authorization: Bearer <token>")
+    op = _BY_ENDPOINT.get(request.endpoint)
+    if op is not None:
+        access.require_scope(op.scope, f"{request.method} {request.path}")
     return None

@@ -183,7 +183,8 @@ def deployments_page(params):
 
 @operation("POST", "/deployments",
            summary="Deploy a project to an environment (tags for its selectable services)", tag=TAG,
-           body=DeploymentCreate, response=DeploymentOut, status=201)
+           body=DeploymentCreate, response=DeploymentOut, status=201,
+           scope="deploy")
 def create_deployment(data):
     project = access.get_visible(current_user, Project, data.project_id, "project")
     environment = access.get_visible(current_user, Environment, data.environment_id, "environment")
@@ -213,28 +214,32 @@ def get_deployment_live(deployment_id):
 
 @operation("DELETE", "/deployments/<int:deployment_id>",
            summary="Delete a deployment, or cancel it while it is being created (idempotent)",
-           tag=TAG, response=DeploymentOut, status=202)
+           tag=TAG, response=DeploymentOut, status=202,
+           scope="deploy")
 def delete_deployment(deployment_id):
     return deployment_out(deployments.request_delete(_actor(), _deployment(deployment_id)))
 
 
 @operation("POST", "/deployments/<int:deployment_id>/retry",
            summary="Deploy a failed deployment again with the latest pipeline version", tag=TAG,
-           response=DeploymentOut, status=202)
+           response=DeploymentOut, status=202,
+           scope="deploy")
 def retry_deployment(deployment_id):
     return deployment_out(deployments.retry(_actor(), _deployment(deployment_id)))
 
 
 @operation("POST", "/deployments/<int:deployment_id>/clone",
            summary="A new deployment like this one: latest pipeline version, tags changeable",
-           tag=TAG, body=DeploymentClone, response=DeploymentOut, status=201)
+           tag=TAG, body=DeploymentClone, response=DeploymentOut, status=201,
+           scope="deploy")
 def clone_deployment(deployment_id, data):
     source = _deployment(deployment_id, "view")
     return deployment_out(deployments.clone(_actor(), source, data.name, data.tags))
 
 
 @operation("POST", "/deployments/<int:deployment_id>/extend",
-           summary="Reset the auto-cleanup timer", tag=TAG, response=DeploymentOut)
+           summary="Reset the auto-cleanup timer", tag=TAG, response=DeploymentOut,
+           scope="deploy")
 def extend_deployment(deployment_id):
     return deployment_out(deployments.extend(_actor(), _deployment(deployment_id)))
 

@@ -37,6 +37,7 @@ def node_out(node, user):
         "cpus_override": node.cpus_override, "memory_mb_override": node.memory_mb_override,
     }
     hidden = set() if access.can(user, "manage", node) else NODE_MANAGER_FIELDS
+    data["status_reason"] = nodes.status_reason_for(user, node)
     return NodeOut.model_validate(data).model_dump(mode="json", exclude=hidden)
 
 

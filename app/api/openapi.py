@@ -3,9 +3,12 @@ import re
 
 from pydantic.json_schema import models_json_schema
 
+from agent.spec import ID_PATTERN as STEP_ID_PATTERN
 from app import __version__
 from app.api.core import OPERATIONS, operation
 from app.api.schemas import ErrorDocument
+from app.routing import ID_MAX
+from app.services.names import SECRET_NAME_PATTERN
 
 _PARAM = re.compile(r"<(?:(\w+):)?(\w+)>")
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -15,10 +18,26 @@ def _path(rule):
     return _PARAM.sub(lambda m: "{" + m.group(2) + "}", rule)
 
 
+# What the routes' converters match: `int` is an id (app/routing.py), the default converter any
+# text without a slash.
+_CONVERTER_SCHEMAS = {
+    "int": {"type": "integer", "minimum": 0, "maximum": ID_MAX},
+    "": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"},
+}
+
+
+# Text path parameters whose values follow a known pattern.
+_NAMED_SCHEMAS = {
+    "name": {"type": "string", "pattern": SECRET_NAME_PATTERN},  # /projects/{id}/secrets/{name}
+    "step_id": {"type": "string", "pattern": STEP_ID_PATTERN.pattern},
+}
+
+
 def _path_params(rule):
     return [
         {"name": name, "in": "path", "required": True,
-         "schema": {"type": "integer" if conv == "int" else "string"}}
+         "schema": dict(_NAMED_SCHEMAS.get(name) if not conv and name in _NAMED_SCHEMAS
+                        else _CONVERTER_SCHEMAS[conv])}
         for conv, name in _PARAM.findall(rule)
     ]
 

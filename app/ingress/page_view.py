@@ -1,7 +1,7 @@
 """The page the ingress shows for every host it does not proxy. Caddy sends such requests here
 (app/ingress/caddy.py) with the original Host header; no login: the page tells no more than the
 URL already does (the deployment's name, its services and status)."""
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 from sqlalchemy import select
 
 from app.extensions import db
@@ -63,5 +63,10 @@ def ingress_page():
             else deployment.status_changed_at
         return _html(pages.offline(deployment.name, {"since": since}), 503)
     if status in PROXIED:  # ready: Caddy learns its route within a second
-        return _html(pages.not_ready(deployment.name, "starting", ""), 503)
-    return _html(pages.not_ready(deployment.name, status, deployment.status_message), 503)
+        return _html(pages.not_ready(deployment.name, "starting"), 503)
+    return _html(pages.not_ready(deployment.name, status, _login_url(deployment)), 503)
+
+
+def _login_url(deployment):
+    base = current_app.config.get("NULLOPS_PUBLIC_URL")
+    return f"{base}/login?next=/deployments/{deployment.id}" if base else None

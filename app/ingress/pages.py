@@ -26,8 +26,14 @@ def offline(deployment, host):
         "kept and comes back when the node reconnects; this page reloads by itself.</p>"), refresh=15)
 
 
-def not_ready(deployment, status, message):
-    detail = f"<p class=\"muted\">{escape(message)}</p>" if message else ""
+def not_ready(deployment, status, login_url=None):
+    """Never the deployment's status message: it can hold agent errors, image references and
+    plugin stderr, and this page is public (issue 17 item 5). Its users read it in NullOps."""
+    detail = ""
+    if status in ("failed", "degraded", "cleanup_failed"):
+        where = (f'<a href="{escape(login_url)}">log in to NullOps</a>' if login_url
+                 else "log in to NullOps")
+        detail = f"<p class=\"muted\">To see why, {where} and open the deployment.</p>"
     return _page(f"{deployment} is {status}", (
         f"<h1>Deployment <code>{escape(deployment)}</code> is {escape(status)}</h1>"
         f"<p>The service answers here once the deployment is ready.</p>{detail}"),

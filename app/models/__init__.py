@@ -3,13 +3,14 @@ from app.models.audit import AuditEntry
 from app.models.catalog import Environment, Plugin, Project, ProjectSecret, Service
 from app.models.controller import ControllerEndpoint
 from app.models.deployments import Deployment, DeploymentEvent, DeploymentSpec
-from app.models.identity import ApiToken, LoginFailure, User
+from app.models.identity import SCOPES, ApiToken, LoginFailure, User
 from app.models.nodes import Node, NodeCommand, NodeOutbox
 from app.models.pipelines import PipelineVersion
 from app.models.registries import Registry
 from app.models.teams import AccessLevel, Grant, Team, TeamMember
 
 __all__ = [
+    "SCOPES",
     "AccessLevel",
     "ApiToken",
     "AuditEntry",

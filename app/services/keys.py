@@ -21,8 +21,13 @@ def rotate(keyring, batch_size=500):
         done = 0
         last_id = 0
         while True:
+            # FOR UPDATE: a value changed between this read and the batch's commit would be
+            # overwritten with its old value re-encrypted (issue 17 item 6). The lock makes such a
+            # write wait for the batch's commit and then apply on top of it. (SQLite ignores it:
+            # it has one writer at a time.)
             rows = db.session.scalars(
                 db.select(model).where(key > last_id).order_by(key).limit(batch_size)
+                .with_for_update(of=model)
             ).all()
             if not rows:
                 break

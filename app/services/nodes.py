@@ -218,6 +218,32 @@ def revoke_token(actor, node):
     return node
 
 
+def status_reason_for(user, node):
+    """The node's status reason as `user` may read it. Host, port and thumbprints are for those
+    who may manage the node (NodeOut hides them from the others), yet connection errors name
+    them ("connection refused at 10.0.0.5:5000"): for viewers they are replaced (issue 17
+    item 5)."""
+    from app import access  # the access module imports models only; imported late to stay so
+
+    reason = node.status_reason or ""
+    if access.can(user, "manage", node):
+        return reason
+    return hide_connection_details(reason, node)
+
+
+def hide_connection_details(reason, node):
+    replacements = []
+    if node.host:
+        if node.port:
+            replacements += [(f"[{node.host}]:{node.port}", "the node's address"),
+                             (f"{node.host}:{node.port}", "the node's address")]
+        replacements.append((node.host, "the node's host"))
+    replacements += [(t, "a certificate") for t in (node.thumbprint, node.pending_thumbprint) if t]
+    for secret, shown in replacements:
+        reason = reason.replace(secret, shown)
+    return reason
+
+
 def normalize_thumbprint(value):
     """Accept the thumbprint as the agent logs it, and also uppercase or colon-separated."""
     cleaned = value.replace(":", "").strip().lower() if isinstance(value, str) else ""

@@ -23,4 +23,12 @@ def island(name):
     return Markup(f'<link rel="stylesheet" href="{css}">\n  <script src="{js}" defer></script>')
 
 
+@bp.app_template_global()
+def node_reason(node):
+    """A node's status reason without its address for viewers who may not manage it."""
+    from app.services.nodes import status_reason_for
+
+    return status_reason_for(current_user, node)
+
+
 from app.ui import audit, catalog, deployments, environments, pages, projects, teams  # noqa: E402,F401

@@ -1,15 +1,17 @@
 """Request and response schemas. Requests are strict: unknown fields and wrong types fail."""
 from datetime import datetime
-from typing import Generic, Literal, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.models.catalog import DEFAULT_CLEANUP_MINUTES, DEFAULT_PROJECT_CPUS, DEFAULT_PROJECT_MEMORY_MB
+from app.routing import ID_MAX
 from app.services.catalog import (
     CLEANUP_MINUTES_MAX,
     CLEANUP_MINUTES_MIN,
     PROJECT_CPUS_RANGE,
     PROJECT_MEMORY_MB_RANGE,
+    SECRET_MAX_BYTES,
 )
 from app.services.names import (
     DNS_LABEL_PATTERN,
@@ -24,9 +26,34 @@ from app.services.passwords import MAX_LENGTH as PASSWORD_MAX
 from app.services.registries import NAME_PATTERN as REGISTRY_NAME_PATTERN
 from app.states import NODE_STATUSES
 
+# An id a caller sends (body or query): what an id column can hold. Larger numbers reached the
+# database, which refused them with a 500 (issue 17 item 7); now they are a 422 naming the field,
+# and the OpenAPI document says the bound. tests/security/test_fuzz_bounds.py checks that every
+# integer a request takes has an upper bound.
+Id = Annotated[int, Field(ge=1, le=ID_MAX)]
+# A page whose offset ((page - 1) * per_page, per_page <= 100) still fits a 64-bit OFFSET.
+PAGE_MAX = ID_MAX // 100
+
+
+def _document_not_null(schema, model):
+    """Fields a `not_null` validator refuses null for (PATCH bodies: leave a field out to keep
+    it) are documented without the null their `X | None` type would give them: the document
+    must not promise what the API refuses (issue 17 item 7)."""
+    validator = model.__pydantic_decorators__.field_validators.get("not_null")
+    for name in validator.info.fields if validator else ():
+        prop = schema.get("properties", {}).get(name)
+        if not prop or "anyOf" not in prop:
+            continue
+        branches = [b for b in prop.pop("anyOf") if b.get("type") != "null"]
+        if len(branches) == 1:
+            prop.update(branches[0])
+        else:
+            prop["anyOf"] = branches
+        prop.pop("default", None)
+
 
 class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_document_not_null)
 
 
 class Query(BaseModel):
@@ -49,7 +76,7 @@ class Page(Response, Generic[T]):
 
 
 class Pagination(Query):
-    page: int = Field(1, ge=1)
+    page: int = Field(1, ge=1, le=PAGE_MAX)
     per_page: int = Field(25, ge=1, le=100)
 
 
@@ -64,6 +91,11 @@ class ErrorDocument(BaseModel):
 
 
 Role = Literal["admin", "user"]
+Kind = Literal["person", "service"]
+Scope = Literal["read-only", "deploy", "admin"]
+_SCOPE = Field("admin", description="read-only: GET only; deploy: also create, clone, retry, extend "
+               "and delete deployments; admin: everything the account may do. A token never makes "
+               "a token of a wider scope")
 Level = Literal["read_only", "full"]
 Description = Field("", max_length=500)
 
@@ -71,9 +103,12 @@ Description = Field("", max_length=500)
 # Users and tokens
 class UserCreate(Request):
     username: str = Field(pattern=USERNAME_PATTERN, max_length=64)
-    password: str = Field(max_length=PASSWORD_MAX)
+    password: str | None = Field(None, max_length=PASSWORD_MAX,
+                                 description="Required for a person; left out for a service account")
     role: Role = "user"
     full_name: str = Field("", max_length=120)
+    kind: Kind = Field("person", description="service: an account for a CI pipeline; it never logs "
+                       "in and uses the API tokens an admin issues for it (POST /users/{id}/tokens)")
 
 
 class UserUpdate(Request):
@@ -104,6 +139,7 @@ class UserOut(Response):
     username: str
     full_name: str
     role: Role
+    kind: Kind
     is_active: bool
     created_at: datetime
     last_login_at: datetime | None
@@ -115,13 +151,29 @@ class MeOut(UserOut):
 
 class TokenCreate(Request):
     name: str = Field(min_length=1, max_length=64)
-    expires_in_days: int | None = Field(None, ge=1, le=3650)
+    expires_in_days: int | None = Field(None, ge=1, le=3650,
+                                        description="null: never expires (not from an expiring token)")
+    scope: Scope = _SCOPE
+
+
+LOGIN_TOKEN_DAYS_MAX = 90
+
+
+class LoginTokenCreate(Request):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=PASSWORD_MAX)
+    name: str | None = Field(None, min_length=1, max_length=64,
+                             description="Default: api-login- and a random suffix")
+    expires_in_days: int = Field(1, ge=1, le=LOGIN_TOKEN_DAYS_MAX,
+                                 description="Tokens from a login always expire")
+    scope: Scope = _SCOPE
 
 
 class TokenOut(Response):
     id: int
     name: str
     prefix: str
+    scope: Scope
     created_at: datetime
     expires_at: datetime | None
     last_used_at: datetime | None
@@ -161,9 +213,9 @@ class TeamDetail(TeamOut):
 
 
 class GrantCreate(Request):
-    team_id: int
-    project_id: int | None = None
-    environment_id: int | None = None
+    team_id: Id
+    project_id: Id | None = None
+    environment_id: Id | None = None
     level: Level
 
     @model_validator(mode="after")
@@ -187,9 +239,9 @@ class GrantOut(Response):
 
 
 class GrantQuery(Pagination):
-    team_id: int | None = None
-    project_id: int | None = None
-    environment_id: int | None = None
+    team_id: Id | None = None
+    project_id: Id | None = None
+    environment_id: Id | None = None
 
 
 # Projects and environments
@@ -282,7 +334,8 @@ class AccessOut(BaseModel):
 
 
 class SecretPut(Request):
-    value: str = Field(min_length=1)
+    value: str = Field(min_length=1, description=f"At most {SECRET_MAX_BYTES} bytes in UTF-8",
+                       json_schema_extra={"maxLength": SECRET_MAX_BYTES})
 
 
 class SecretOut(Response):
@@ -384,6 +437,8 @@ class NodeWithToken(NodeOut):
 # Registries
 _REGISTRY_NAME = {"pattern": REGISTRY_NAME_PATTERN, "min_length": 1, "max_length": 64}
 _REGISTRY_URL = {"min_length": 1, "max_length": 255,
+                 # Documented only: the service checks it with its own message (shared with the UI).
+                 "json_schema_extra": {"pattern": "^https?://[^/?#]+/?$"},
                  "description": "Base URL of a Registry HTTP API v2, e.g. https://registry.example.com "
                                 "or http://127.0.0.1:5000 (no path: /v2 is added)"}
 _REGISTRY_USERNAME = {"min_length": 1, "max_length": 255, "description": "Write-only"}
@@ -449,7 +504,7 @@ class AuditQuery(Pagination):
     actor: str | None = Field(None, max_length=64)
     action: str | None = Field(None, max_length=64)
     target_type: str | None = Field(None, max_length=32)
-    target_id: int | None = None
+    target_id: Id | None = None
     since: datetime | None = None
     until: datetime | None = None
 

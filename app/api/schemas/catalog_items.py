@@ -2,15 +2,15 @@
 and simple bounds; app/services/service_catalog.py and app/services/plugins.py check the rest
 (and the same bounds again, for the UI and the CLI)."""
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, WithJsonSchema, field_validator
 
-from app.api.schemas import Request, Response
+from app.api.schemas import Id, Request, Response
 from app.models.catalog import DEFAULT_PLUGIN_TIMEOUT_S
 from app.services.names import DNS_LABEL_PATTERN
 from app.services.plugins import CPUS_RANGE, MEMORY_MB_RANGE, TIMEOUT_S_RANGE
-from app.services.service_catalog import TAG_PATTERN
+from app.services.service_catalog import PORTS_MAX, TAG_PATTERN
 
 _NAME = {"pattern": DNS_LABEL_PATTERN, "max_length": 63,
          "description": "A DNS label: it names the service's host in deployment URLs"}
@@ -21,7 +21,12 @@ _TAG = {"pattern": TAG_PATTERN, "max_length": 128, "description": "A Docker tag,
 _TAG_PATTERN = {"max_length": 128,
                 "description": "Selectable only: a glob over tags users may choose (features-*, v*); "
                                "null offers every tag"}
-_PORTS = {"description": "Container ports the service listens on (1-65535, at most 32)"}
+# The service layer checks ports (with its own messages, shared with the UI); the document states
+# the same bounds so clients and fuzzers know them.
+PortList = Annotated[list[int], WithJsonSchema(
+    {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 65535},
+     "maxItems": PORTS_MAX, "uniqueItems": True}, mode="validation")]
+_PORTS = {"description": f"Container ports the service listens on (1-65535, at most {PORTS_MAX})"}
 _EXPOSED = {"description": "Those of `ports` the ingress publishes at the service's URL"}
 _ENV = {"description": "NAME: value. Values are plain text up to 4 KiB; ${secrets.NAME}, "
                        "${services.ID.host} and ${steps.ID.outputs.KEY} are filled in at deploy time"}
@@ -45,13 +50,13 @@ def _not_null(cls, value):
 class ServiceCreate(Request):
     name: str = Field(**_NAME)
     description: str = Field("", **_DESCRIPTION)
-    registry_id: int
+    registry_id: Id
     image: str = Field(**_IMAGE)
     tag_mode: TagMode = "pinned"
     tag: str | None = Field(None, **_TAG)
     tag_pattern: str | None = Field(None, **_TAG_PATTERN)
-    ports: list[int] = Field(default_factory=list, **_PORTS)
-    exposed_ports: list[int] = Field(default_factory=list, **_EXPOSED)
+    ports: PortList = Field(default_factory=list, **_PORTS)
+    exposed_ports: PortList = Field(default_factory=list, **_EXPOSED)
     env: dict[str, str] = Field(default_factory=dict, **_ENV)
     command: list[str] | None = Field(None, **_COMMAND)
     health_check: dict | None = Field(None, **_HEALTH_CHECK)
@@ -63,13 +68,13 @@ class ServiceUpdate(Request):
 
     name: str | None = Field(None, **_NAME)
     description: str | None = Field(None, **_DESCRIPTION)
-    registry_id: int | None = None
+    registry_id: Id | None = None
     image: str | None = Field(None, **_IMAGE)
     tag_mode: TagMode | None = None
     tag: str | None = Field(None, **_TAG)
     tag_pattern: str | None = Field(None, **_TAG_PATTERN)
-    ports: list[int] | None = Field(None, **_PORTS)
-    exposed_ports: list[int] | None = Field(None, **_EXPOSED)
+    ports: PortList | None = Field(None, **_PORTS)
+    exposed_ports: PortList | None = Field(None, **_EXPOSED)
     env: dict[str, str] | None = Field(None, **_ENV)
     command: list[str] | None = Field(None, **_COMMAND)
     health_check: dict | None = Field(None, **_HEALTH_CHECK)
@@ -112,7 +117,7 @@ _PARAMS_SCHEMA = {"description": "A JSON Schema (draft 2020-12) of the params a 
 class PluginCreate(Request):
     name: str = Field(**_NAME)
     description: str = Field("", **_DESCRIPTION)
-    registry_id: int
+    registry_id: Id
     image: str = Field(**_IMAGE)
     tag: str = Field(**_TAG)
     params_schema: dict = Field(default_factory=dict, **_PARAMS_SCHEMA)
@@ -129,7 +134,7 @@ class PluginUpdate(Request):
 
     name: str | None = Field(None, **_NAME)
     description: str | None = Field(None, **_DESCRIPTION)
-    registry_id: int | None = None
+    registry_id: Id | None = None
     image: str | None = Field(None, **_IMAGE)
     tag: str | None = Field(None, **_TAG)
     params_schema: dict | None = Field(None, **_PARAMS_SCHEMA)

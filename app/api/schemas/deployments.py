@@ -4,7 +4,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from app.api.schemas import Pagination, Query, Request, Response
+from app.api.schemas import Id, Pagination, Query, Request, Response
 from app.services.deployments import TAIL_MAX
 from app.services.names import DNS_LABEL_HINT
 from app.states import DEPLOYMENT_STATUSES
@@ -17,8 +17,8 @@ _TAGS = {"max_length": 100,
 
 
 class DeploymentCreate(Request):
-    project_id: int
-    environment_id: int
+    project_id: Id
+    environment_id: Id
     name: str = Field(**_NAME)
     tags: dict[str, str] = Field(default_factory=dict, **_TAGS)
 
@@ -30,8 +30,8 @@ class DeploymentClone(Request):
 
 
 class DeploymentQuery(Pagination):
-    project_id: int | None = None
-    environment_id: int | None = None
+    project_id: Id | None = None
+    environment_id: Id | None = None
     status: Literal[DEPLOYMENT_STATUSES] | None = None
     include_deleted: bool = Field(False, description="Deleted ones too (status=deleted implies it)")
 

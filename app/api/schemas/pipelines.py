@@ -5,7 +5,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from app.api.schemas import Query, Request, Response
+from app.api.schemas import ID_MAX, Query, Request, Response
 from app.services.pipelines import COMMENT_MAX
 
 DEFINITION_HELP = (
@@ -40,11 +40,11 @@ class PipelineVersionDetail(PipelineVersionOut):
 
 
 class DiffQuery(Query):
-    against: int | None = Field(None, ge=1, description="Default: the previous version")
+    against: int | None = Field(None, ge=1, le=ID_MAX, description="Default: the previous version")
 
 
 class ExportQuery(Query):
-    version: int | None = Field(None, ge=1, description="Default: the latest version")
+    version: int | None = Field(None, ge=1, le=ID_MAX, description="Default: the latest version")
 
 
 class FieldChange(BaseModel):
