@@ -267,3 +267,16 @@ def test_labels(docker_client):
         dockertools.remove_labelled(docker_client, selector)
     left = dockertools.left_behind(docker_client, selector)
     assert not left, f"left behind after cleanup: {left}"
+
+
+def rows_of(*models):
+    """How many rows each model has, for "nothing was written" checks. AuditEntry counts the
+    record of changes only: refusals are audited too (access.refused), and must be."""
+    from sqlalchemy import func, select
+
+    from app.models import AuditEntry
+
+    db.session.expire_all()
+    return tuple(db.session.scalar(
+        select(func.count()).select_from(model).where(AuditEntry.action != "access.refused")
+        if model is AuditEntry else select(func.count()).select_from(model)) for model in models)

@@ -1,4 +1,5 @@
 """Logins, sessions, CSRF, throttling and personal API tokens."""
+import re
 from datetime import timedelta
 
 from app.extensions import db
@@ -166,3 +167,20 @@ def test_a_new_token_waits_for_the_next_page_encrypted_and_is_shown_once(client,
     token = re.search(r'data-testid="new-token">([^<]+)<', shown).group(1)
     assert token.startswith("nlo_") and token.encode() not in readable
     assert 'data-testid="new-token"' not in client.get("/settings").text  # once only
+
+
+def test_a_token_made_on_the_settings_page_has_the_scope_and_expiry_chosen(client, login, admin):
+    login("admin")
+    page = client.get("/settings").text
+    assert 'name="scope"' in page and 'name="expires_in_days"' in page
+    client.post("/settings/tokens", data={"name": "reader", "scope": "read-only", "expires_in_days": "7",
+                                          "csrf_token": csrf_from(page)})
+    shown = client.get("/settings").text
+    raw = re.search(r'data-testid="new-token">([^<]+)<', shown).group(1)
+    assert "<td>read-only</td>" in shown
+    headers = {"Authorization": f"Bearer {raw}"}
+    assert client.get("/api/v1/projects", headers=headers).status_code == 200
+    refused = client.post("/api/v1/projects", json={"name": "nope"}, headers=headers)
+    assert refused.status_code == 403
+    bad = client.post("/settings/tokens", data={"name": "x", "scope": "root", "csrf_token": csrf_from(shown)})
+    assert bad.status_code in (400, 422) and "scope" in bad.text

@@ -13,7 +13,7 @@ from app.models import AuditEntry, Grant, Project, ProjectSecret, Team
 from app.services import catalog, teams
 from app.ui import projects as project_pages
 from tests.access.deployments import add_deployment, add_node, pipeline_version
-from tests.conftest import csrf_from
+from tests.conftest import csrf_from, rows_of
 
 PROJECT_FORM = {"name": "shop", "description": "the shop", "cpus": "2.5", "memory_mb": "2048",
                 "cleanup_minutes": "90"}
@@ -41,7 +41,7 @@ def _count(model):
 
 
 def _counts():
-    return tuple(_count(m) for m in (Project, ProjectSecret, Grant, AuditEntry))
+    return rows_of(Project, ProjectSecret, Grant, AuditEntry)
 
 
 def _buttons(text):

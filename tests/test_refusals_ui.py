@@ -4,7 +4,7 @@ import html
 import re
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from app.extensions import db
 from app.models import (
@@ -23,7 +23,7 @@ from app.services import catalog
 from tests.access.deployments import add_deployment, add_node, pipeline_version, service_step
 from tests.access.deployments import registry as make_registry
 from tests.access.pipelines import make_catalog
-from tests.conftest import csrf_from
+from tests.conftest import csrf_from, rows_of
 
 
 @pytest.fixture
@@ -56,10 +56,8 @@ def test_a_refused_change_answers_403_naming_the_action(client, login, ids, path
 
 
 def _counts():
-    db.session.expire_all()
-    return tuple(db.session.scalar(select(func.count()).select_from(m)) for m in (
-        AuditEntry, Deployment, Environment, Grant, Node, Project, ProjectSecret, Team,
-        TeamMember, User))
+    return rows_of(AuditEntry, Deployment, Environment, Grant, Node, Project, ProjectSecret, Team,
+                   TeamMember, User)
 
 
 # What a user may do on their own (their session, their tokens) or, with Full Access, to

@@ -5,12 +5,12 @@ import html
 import re
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from app.extensions import db
 from app.models import AuditEntry, Grant, Team, TeamMember, User
 from app.ui import teams as team_pages
-from tests.conftest import csrf_from
+from tests.conftest import csrf_from, rows_of
 
 
 def _post(client, action, page="/teams", **fields):
@@ -24,9 +24,7 @@ def _flashes(text):
 
 
 def _counts():
-    db.session.expire_all()
-    return tuple(db.session.scalar(select(func.count()).select_from(m))
-                 for m in (Team, TeamMember, Grant, User, AuditEntry))
+    return rows_of(Team, TeamMember, Grant, User, AuditEntry)
 
 
 def test_adding_and_removing_members_and_grants_is_told_in_a_flash(client, login, spec_example):

@@ -2,9 +2,10 @@
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, FloatField, IntegerField, PasswordField, SelectField, StringField
 from wtforms.fields.choices import SelectChoice
-from wtforms.validators import DataRequired, InputRequired, Length, Optional
+from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional
 
 from app.models.catalog import DEFAULT_CLEANUP_MINUTES
+from app.models.identity import SCOPE_ADMIN, SCOPE_DEPLOY, SCOPE_READ_ONLY
 
 
 class LoginForm(FlaskForm):
@@ -42,6 +43,13 @@ class GrantForm(FlaskForm):
 
 class TokenForm(FlaskForm):
     name = StringField("Token name", validators=[DataRequired(), Length(max=64)])
+    # Checked by the service (a missing one is read-only), which names the field when it refuses.
+    scope = SelectField("Scope", default=SCOPE_READ_ONLY, validate_choice=False, choices=[
+        (SCOPE_READ_ONLY, "Read-only: look, never change"),
+        (SCOPE_DEPLOY, "Deploy: create and manage deployments"),
+        (SCOPE_ADMIN, "Admin: everything you may do")])
+    expires_in_days = IntegerField("Expires after (days; empty: never)",
+                                   validators=[Optional(), NumberRange(min=1, max=3650)])
 
 
 class EnvironmentSettingsForm(FlaskForm):

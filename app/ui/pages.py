@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from app import access
 from app.extensions import db
 from app.models import ApiToken, Deployment, Environment, Project
+from app.models.identity import SCOPE_READ_ONLY
 from app.services import auth, passwords
 from app.services.errors import Forbidden, NotFound, ServiceError, Throttled, ValidationFailed
 from app.ui import bp, shown_once
@@ -164,7 +165,9 @@ def create_token():
     try:
         if not form.validate_on_submit():
             raise form_problem(form)
-        _token, raw = auth.create_token(_actor(), _actor(), form.name.data)
+        _token, raw = auth.create_token(_actor(), _actor(), form.name.data,
+                                        expires_in_days=form.expires_in_days.data,
+                                        scope=form.scope.data or SCOPE_READ_ONLY)
     except ServiceError as exc:
         if isinstance(exc, Forbidden):
             raise
