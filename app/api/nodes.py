@@ -64,7 +64,10 @@ def list_nodes(environment_id, params):
 def create_node(environment_id, data):
     environment = access.get_visible(current_user, Environment, environment_id, "environment")
     access.require(current_user, "create", Node)
-    node, token, command = nodes.add(_actor(), environment, data.name, data.host, data.port)
+    node, token, command = nodes.add(_actor(), environment, data.name, data.host, data.port,
+                                     agent_container_name=data.agent_container_name,
+                                     agent_data_dir=data.agent_data_dir,
+                                     agent_bind_address=data.agent_bind_address)
     return _with_token(node, token, command, nodes.TOKEN_SHOWN_ONCE)
 
 

@@ -309,6 +309,13 @@ class NodeCreate(Request):
     host: str = Field(min_length=1, max_length=HOST_MAX,
                       description="Host name or IP address the controller dials (no scheme, no path)")
     port: int = Field(5000, **_PORT)
+    agent_container_name: str = Field("nullops-agent", max_length=128,
+                                      description="The agent container's name on the host")
+    agent_data_dir: str = Field("/var/lib/nullops-agent", max_length=255,
+                                description="The host directory mounted as the agent's /data")
+    agent_bind_address: str | None = Field(
+        None, max_length=64, description="The host address the agent's port is published on; "
+        "default: host when it is an IP address, else 0.0.0.0")
 
 
 class NodeUpdate(Request):
@@ -367,17 +374,22 @@ class NodeOut(Response):
     pending_thumbprint: str | None = Field(
         None, description="Managers only: a changed certificate waiting for an admin's approval")
     agent_version: str | None
+    agent_container_name: str | None = Field(None, description="Managers only")
+    agent_data_dir: str | None = Field(None, description="Managers only")
+    agent_bind_address: str | None = Field(None, description="Managers only")
     capacity: NodeCapacity
     resources: dict | None = Field(description="The agent's latest live figures, or null")
     resources_at: datetime | None
 
 
-NODE_MANAGER_FIELDS = frozenset({"host", "port", "thumbprint", "pending_thumbprint"})
+NODE_MANAGER_FIELDS = frozenset({"host", "port", "thumbprint", "pending_thumbprint", "agent_container_name",
+                                 "agent_data_dir", "agent_bind_address"})
 
 
 class NodeWithToken(NodeOut):
     token: str = Field(description="The node token. Shown only in this response; it is never stored.")
-    command: str = Field(description="The docker run command that starts the agent with the token")
+    command: str = Field(description="The commands that start the agent: the first stores the token "
+                         "(pasted at its prompt) in an env file, the second is the docker run command")
     message: str
 
 
