@@ -86,3 +86,37 @@ def test_agent_role_starts_upgrades_in_place_and_removes_the_agent(
         except NotFound:
             pass
         shutil.rmtree(data_root, ignore_errors=True)
+
+
+FULL = os.environ.get("NULLOPS_MOLECULE_FULL", "") not in ("", "0")
+
+
+@pytest.mark.skipif(not FULL, reason="make molecule runs it (NULLOPS_MOLECULE_FULL=1): it installs "
+                    "docker.io from the Debian mirror, several minutes")
+def test_docker_engine_role_installs_starts_and_enables_the_engine(
+        docker_client, molecule, ansible_host_image, test_labels):
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "NULLOPS_MOLECULE_RUN": uuid.uuid4().hex[:10],
+        "NULLOPS_MOLECULE_HOST_IMAGE": ansible_host_image,
+        "NULLOPS_MOLECULE_TEST_LABEL": test_labels[LABEL],
+        "NULLOPS_MOLECULE_TEST_OWNER": test_labels[OWNER_LABEL],
+        "ANSIBLE_FORCE_COLOR": "0",
+        "NO_COLOR": "1",
+    }
+    result = subprocess.run([str(molecule), "test", "-s", "default"], cwd=REPO / "roles/docker_engine",
+                            env=env, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+
+
+def test_the_playbooks_pass_ansible_syntax_check():
+    playbook = BIN / "ansible-playbook"
+    if not playbook.exists():
+        pytest.skip("ansible is not installed (pip install -r requirements.txt)")
+    result = subprocess.run(
+        [str(playbook), "--syntax-check", "-i", "inventory_templates/nodes.example.yml",
+         "playbooks/onboard_node.yml", "playbooks/upgrade_agents.yml", "playbooks/decommission_node.yml"],
+        cwd=REPO, env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")},
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
