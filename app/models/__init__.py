@@ -6,6 +6,7 @@ from app.models.deployments import Deployment, DeploymentEvent, DeploymentSpec
 from app.models.identity import ApiToken, LoginFailure, User
 from app.models.nodes import Node, NodeAgentSettings, NodeCommand, NodeOutbox
 from app.models.pipelines import PipelineVersion
+from app.models.provisioning import NodeSshAccess, ProvisioningEvent, ProvisioningRun
 from app.models.registries import Registry
 from app.models.teams import AccessLevel, Grant, Team, TeamMember
 
@@ -24,9 +25,12 @@ __all__ = [
     "NodeAgentSettings",
     "NodeCommand",
     "NodeOutbox",
+    "NodeSshAccess",
     "PipelineVersion",
     "Plugin",
     "Project",
+    "ProvisioningEvent",
+    "ProvisioningRun",
     "ProjectSecret",
     "Registry",
     "Service",

@@ -56,6 +56,8 @@ class Node(db.Model):
                             passive_deletes=True)
     agent_settings = relationship("NodeAgentSettings", uselist=False, cascade="all, delete-orphan",
                                   passive_deletes=True)
+    ssh_access = relationship("NodeSshAccess", uselist=False, cascade="all, delete-orphan",
+                              passive_deletes=True)
 
     # How the agent runs on the host (NodeAgentSettings), with the defaults of the fixed command
     # that came before it for a node without a row.
