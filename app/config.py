@@ -135,6 +135,8 @@ class Config:
             "NULLOPS_INGRESS_PAGES_UPSTREAM", f"{self.NULLOPS_HOST}:{self.NULLOPS_PORT}", env)
         # How often the controller looks for deployments whose inactivity period ran out.
         self.NULLOPS_CLEANUP_INTERVAL_S = env_int("NULLOPS_CLEANUP_INTERVAL_S", 30, env, minimum=1)
+        # How long an Ansible run (onboarding, upgrade, decommission) may take before it is ended.
+        self.NULLOPS_PROVISIONING_TIMEOUT_S = env_int("NULLOPS_PROVISIONING_TIMEOUT_S", 1800, env, minimum=10)
         # History kept (app/services/retention.py): deleted deployments and deployment events,
         # and audit entries, in days.
         self.NULLOPS_RETENTION_DAYS = env_int("NULLOPS_RETENTION_DAYS", 90, env, minimum=1)

@@ -200,9 +200,10 @@ def _check_override(field, value, low, high, integer):
 
 
 def add(actor, environment, name, host, port=5000, agent_container_name=DEFAULT_CONTAINER_NAME,
-        agent_data_dir=DEFAULT_DATA_DIR, agent_bind_address=None):
+        agent_data_dir=DEFAULT_DATA_DIR, agent_bind_address=None, ssh_access=None, commit=True):
     """Returns (node, token, command); the token and the command are shown once. The bind
-    address defaults to default_bind_address(host)."""
+    address defaults to default_bind_address(host). With `ssh_access` (app/services/onboarding.py)
+    the node starts "provisioning": the controller sets its host up before it dials it."""
     name = _check_name(environment, name)
     host = check_host("host", host)
     port = _check_port(port)
@@ -217,13 +218,17 @@ def add(actor, environment, name, host, port=5000, agent_container_name=DEFAULT_
         verifier_ciphertext=keyring().encrypt(verifier, VERIFIER_CONTEXT),
         status="pending", status_reason="waiting for the first connection to the agent",
     )
+    if ssh_access is not None:
+        node.ssh_access = ssh_access
+        node.status, node.status_reason = "provisioning", "onboarding over SSH: waiting for the controller"
     db.session.add(node)
     db.session.flush()
     audit.record(actor, "node.create", "node", node,
                  {"environment": environment.name, "host": host, "port": port,
                   "agent_container_name": agent_container_name, "agent_data_dir": agent_data_dir,
-                  "agent_bind_address": agent_bind_address})
-    db.session.commit()
+                  "agent_bind_address": agent_bind_address, "over_ssh": ssh_access is not None})
+    if commit:
+        db.session.commit()
     return node, token, agent_command(node)
 
 

@@ -477,3 +477,61 @@ class AuditOut(Response):
     target_name: str
     address: str
     details: dict
+
+
+# --- provisioning over SSH (issue 16) -----------------------------------------------------------
+class SshAccess(Request):
+    host: str = Field(min_length=1, max_length=HOST_MAX, description="Where the controller reaches sshd")
+    port: int = Field(22, **_PORT)
+    user: str = Field(min_length=1, max_length=64)
+    private_key: str | None = Field(None, max_length=16384, description="Stored encrypted; never returned")
+    password: str | None = Field(None, max_length=16384, description="Stored encrypted; never returned")
+    become: bool = Field(True, description="Use sudo on the host")
+
+
+class NodeProvision(NodeCreate):
+    ssh: SshAccess
+
+
+class ProvisioningRunOut(Response):
+    id: int
+    node_id: int | None
+    node_name: str
+    playbook: str
+    agent_version: str | None
+    status: Literal["pending", "running", "successful", "failed", "canceled", "timeout"]
+    failed_task: str | None = Field(description="The task that failed, as Ansible names it")
+    message: str = Field(description="Ansible's own message of the failure (secrets redacted)")
+    rc: int | None
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class NodeProvisioned(NodeOut):
+    run: ProvisioningRunOut
+
+
+class ProvisioningEventOut(Response):
+    counter: int
+    event: str
+    task: str | None
+    host: str | None
+    stdout: str
+    data: dict | None
+    created_at: datetime
+
+
+class ProvisioningRunEvents(Response):
+    run: ProvisioningRunOut
+    events: list[ProvisioningEventOut]
+
+
+class ProvisioningEventsQuery(Query):
+    after: int = Field(0, ge=0, description="Only events with a greater counter (follow a run)")
+
+
+class UpgradeAgentsOut(Response):
+    runs: list[ProvisioningRunOut]
+    skipped: list[dict]
