@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import jinja2
+from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -251,7 +252,11 @@ def execute(run_id, timeout_s=DEFAULT_TIMEOUT_S, extra_envvars=None, cancel_poll
         (private / "env").mkdir(mode=0o700)
         (private / "inventory").mkdir(mode=0o700)
         _write(private / "inventory" / "hosts.yml", render_inventory(run, node, access))
-        extravars = dict(secrets)
+        config = current_app.config
+        extravars = {"nullops_agent_image": config.get("NULLOPS_AGENT_IMAGE", "nullops/agent"),
+                     "nullops_agent_image_source": config.get("NULLOPS_AGENT_IMAGE_SOURCE", "registry"),
+                     "nullops_agent_image_archive": config.get("NULLOPS_AGENT_IMAGE_ARCHIVE", ""),
+                     **secrets}
         if run.agent_version:
             extravars["nullops_agent_version"] = run.agent_version
         if password:
