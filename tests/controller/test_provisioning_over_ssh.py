@@ -1,5 +1,6 @@
-"""The control plane onboards a host it reaches only over SSH, upgrades its agent in place and
-decommissions it (issue 16, "Done means"), with the real playbooks and roles.
+"""The control plane onboards a host it reaches only over SSH, the node comes online, its agent
+is upgraded in place without a new approval, and decommissioning leaves nothing behind (issue 16,
+"Done means"): the real controller carries out the runs with the real playbooks and roles.
 
 The host is a container of images/ssh-node running sshd on a port of 127.0.0.1; the control
 plane's run logs in with a key it holds encrypted. The host uses this machine's Docker engine
@@ -25,6 +26,7 @@ from app.models import Environment, Node, ProvisioningEvent, ProvisioningRun
 from app.services import catalog, onboarding, provisioning
 from tests.agent.link.support import open_link
 from tests.agent.link.test_image import agent_image  # noqa: F401  (the fixture)
+from tests.controller.conftest import wait_for_status
 from tests.dockertools import BASE_IMAGE, require_image
 from tests.plugins import images
 
@@ -112,8 +114,20 @@ def _tasks(run_id, event="runner_on_ok"):
         .order_by(ProvisioningEvent.counter))]
 
 
+def _wait_for_run(run_id, timeout=600):
+    deadline = time.monotonic() + timeout
+    while True:
+        db.session.expire_all()
+        run = db.session.get(ProvisioningRun, run_id)
+        if run.status not in ("pending", "running"):
+            assert run.status == "successful", (run.failed_task, run.message)
+            return run
+        assert time.monotonic() < deadline, f"run {run_id} still {run.status}"
+        time.sleep(0.5)
+
+
 def test_onboard_upgrade_and_decommission_a_host_reached_over_ssh_only(
-        app, admin, docker_client, agent_image, ssh_host, monkeypatch):  # noqa: F811
+        app, admin, docker_client, agent_image, ssh_host, controller, monkeypatch):  # noqa: F811
     from docker.errors import NotFound
 
     ssh_port, private_key, data_root, host = ssh_host
@@ -130,10 +144,11 @@ def test_onboard_upgrade_and_decommission_a_host_reached_over_ssh_only(
             {"host": "127.0.0.1", "port": ssh_port, "user": "root", "private_key": private_key},
             agent_container_name=name, agent_data_dir=f"{data_root}/agent", agent_bind_address="127.0.0.1")
         assert node.status == "provisioning"
-        done = onboarding.work_once(timeout_s=600)
-        assert done.status == "successful", (done.failed_task, done.message)
-        node = db.session.get(Node, node.id)
-        assert node.status == "pending"   # the controller dials it now and pins the thumbprint
+        node_id = node.id
+        controller()   # carries out the runs and links the node, as in production
+        _wait_for_run(first.id)
+        node = wait_for_status(node_id, "online", timeout=60)   # no manual step, thumbprint pinned
+        assert node.agent_version == __version__ and node.thumbprint
         tasks = _tasks(first.id)
         for task in ("Install the engine and the Python library community.docker needs",
                      "Write the env file (token and settings; never on a command line)",
@@ -143,7 +158,7 @@ def test_onboard_upgrade_and_decommission_a_host_reached_over_ssh_only(
         stored = json.dumps([[e.stdout, e.data] for e in db.session.get(ProvisioningRun, first.id).events])
         assert seen["nullops_agent_token"] not in stored and private_key.splitlines()[1] not in stored
         hello = _hello(agent_port, seen["nullops_agent_token"])
-        assert hello["agent_version"] == __version__
+        assert hello["agent_version"] == __version__ and hello["thumbprint"] == node.thumbprint
         before = docker_client.containers.get(name)
 
         # A new image under the version's tag (a rebuilt release), then upgrade_agents.
@@ -152,17 +167,17 @@ def test_onboard_upgrade_and_decommission_a_host_reached_over_ssh_only(
             tag=f"{repository}:{__version__}", rm=True, forcerm=True, pull=False)[0]
         runs, skipped = onboarding.upgrade_agents(admin, environment)
         assert [r.node_name for r in runs] == ["node-ssh"] and skipped == []
-        done = onboarding.work_once(timeout_s=600)
-        assert done.status == "successful", (done.failed_task, done.message)
+        _wait_for_run(runs[0].id)
         after = docker_client.containers.get(name)
         assert after.id != before.id and after.image.id == upgraded.id
         again = _hello(agent_port, seen["nullops_agent_token"])
         assert again["thumbprint"] == hello["thumbprint"]   # same certificate: no new approval
+        wait_for_status(node_id, "online", timeout=60)
 
-        decommission = onboarding.decommission(admin, db.session.get(Node, node.id))
-        done = onboarding.work_once(timeout_s=600)
-        assert done.status == "successful", (done.failed_task, done.message)
-        assert db.session.get(Node, node.id) is None
+        decommission = onboarding.decommission(admin, db.session.get(Node, node_id))
+        _wait_for_run(decommission.id)
+        db.session.expire_all()
+        assert db.session.get(Node, node_id) is None
         assert db.session.get(ProvisioningRun, decommission.id).node_name == "node-ssh"
         with pytest.raises(NotFound):
             docker_client.containers.get(name)
