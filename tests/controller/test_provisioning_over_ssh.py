@@ -81,6 +81,14 @@ def ssh_host(docker_client, test_labels, tmp_path):
         shutil.rmtree(data_root, ignore_errors=True)
 
 
+def _untag(docker_client, repository):
+    """Remove the test's tags (by name: the image under them may be the shared agent image)."""
+    for image in docker_client.images.list(name=repository):
+        for tag in image.tags:
+            if tag.startswith(f"{repository}:"):
+                docker_client.images.remove(tag, force=True)
+
+
 def _token_spy(monkeypatch):
     seen = {}
     execute = provisioning.execute
@@ -191,5 +199,45 @@ def test_onboard_upgrade_and_decommission_a_host_reached_over_ssh_only(
             docker_client.containers.get(name).remove(force=True)
         except NotFound:
             pass
-        for image in docker_client.images.list(name=repository):
-            docker_client.images.remove(image.id, force=True)
+        _untag(docker_client, repository)
+
+
+@pytest.mark.parametrize("fault", ["wrong key", "port in use"])
+def test_a_failed_onboarding_shows_ansibles_message_and_the_task(
+        app, admin, docker_client, agent_image, ssh_host, fault):  # noqa: F811
+    """Bad input from the issue: the run fails with Ansible's own message, the node is
+    "provision_failed" with the failing task named. (Carried out here without the controller.)"""
+    from docker.errors import NotFound
+
+    ssh_port, private_key, data_root, _host = ssh_host
+    run = uuid.uuid4().hex[:10]
+    repository = f"nullops-test/agent-ssh-{run}"
+    docker_client.images.get(agent_image).tag(repository, __version__)
+    app.config.update(NULLOPS_AGENT_IMAGE=repository, NULLOPS_AGENT_IMAGE_SOURCE="host")
+    name = f"nullops-agent-ssh-{run}"
+    key = _key_pair()[0] if fault == "wrong key" else private_key
+    taken = socket.socket()
+    try:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        node, _run = onboarding.add_over_ssh(
+            admin, catalog.create(admin, Environment, "staging"), "node-ssh", "127.0.0.1",
+            taken.getsockname()[1],
+            {"host": "127.0.0.1", "port": ssh_port, "user": "root", "private_key": key},
+            agent_container_name=name, agent_data_dir=f"{data_root}/agent", agent_bind_address="127.0.0.1")
+        done = onboarding.work_once(timeout_s=300)
+        node = db.session.get(Node, node.id)
+        assert done.status == "failed" and node.status == "provision_failed"
+        if fault == "wrong key":
+            assert done.failed_task == "Gathering Facts" and "Permission denied" in done.message
+        else:
+            assert done.failed_task == "Run the agent container"
+            assert "address already in use" in done.message or "port is already allocated" in done.message
+        assert node.status_reason.startswith(f"provisioning failed at task '{done.failed_task}': ")
+    finally:
+        taken.close()
+        try:
+            docker_client.containers.get(name).remove(force=True)
+        except NotFound:
+            pass
+        _untag(docker_client, repository)
