@@ -23,4 +23,4 @@ def island(name):
     return Markup(f'<link rel="stylesheet" href="{css}">\n  <script src="{js}" defer></script>')
 
 
-from app.ui import catalog, deployments, environments, pages  # noqa: E402,F401
+from app.ui import catalog, deployments, environments, pages, provisioning  # noqa: E402,F401

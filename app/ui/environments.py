@@ -130,9 +130,17 @@ def node_detail(node_id):
         holds_deployments=can_manage and nodes.holds_deployments(node.id),
         settings_form=NodeSettingsForm(obj=node) if can_manage else None,
         thumbprint_form=ThumbprintForm(), empty=EmptyForm(),
+        provisioning=_provisioning(node) if can_manage else None,
     )
     # The token is on this page once: no cache may keep a copy.
     return page, 200, {"Cache-Control": "no-store"}
+
+
+def _provisioning(node):
+    from app.ui.provisioning import node_runs  # the module imports this one
+
+    runs, tasks = node_runs(node)
+    return {"over_ssh": node.ssh_access is not None, "runs": runs, "tasks": tasks}
 
 
 @bp.post("/nodes/<int:node_id>/settings")

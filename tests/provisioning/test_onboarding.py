@@ -137,3 +137,22 @@ def test_bad_ssh_access_is_refused_and_adds_no_node(client, headers, env_id, ssh
     assert response.status_code == 422, response.text
     assert field in response.json["error"]["fields"]
     assert db.session.scalar(db.select(db.func.count()).select_from(Node)) == 0
+
+
+def test_the_node_page_shows_the_failed_task_and_retries_in_one_click(app, client, login, admin, headers,
+                                                                     env_id, playbooks):
+    from tests.conftest import csrf_from
+
+    added = _provision(client, headers, env_id)
+    playbooks["onboard_node"] = "fail.yml"
+    onboarding.work_once()
+    login("admin")
+    page = client.get(f"/nodes/{added['id']}")
+    assert "Provisioning failed." in page.text and "provision failed" in page.text
+    assert "Check the free disk space: <strong>failed</strong>" in page.text
+    assert "No space left on device (token ********)" in page.text
+    retried = client.post(f"/nodes/{added['id']}/provision/retry", data={"csrf_token": csrf_from(page.text)})
+    assert retried.status_code == 302
+    assert db.session.get(Node, added["id"]).status == "provisioning"
+    page = client.get(f"/nodes/{added['id']}")
+    assert page.text.count('data-testid="provisioning-run"') == 2 and "Cancel" in page.text
