@@ -140,7 +140,8 @@ def _provisioning(node):
     from app.ui.provisioning import node_runs  # the module imports this one
 
     runs, tasks = node_runs(node)
-    return {"over_ssh": node.ssh_access is not None, "runs": runs, "tasks": tasks}
+    return {"over_ssh": node.ssh_access is not None, "runs": runs, "tasks": tasks,
+            "active": bool(runs) and runs[0].status in ("pending", "running")}
 
 
 @bp.post("/nodes/<int:node_id>/settings")

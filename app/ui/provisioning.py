@@ -1,6 +1,6 @@
 """Node pages: what the controller's Ansible runs did on a node's host, retry a failed
 onboarding, decommission, cancel (issue 16). Admins only, as the API."""
-from flask import abort, flash, url_for
+from flask import abort, flash, render_template, url_for
 from flask_login import current_user
 from sqlalchemy import select
 
@@ -11,6 +11,7 @@ from app.services import onboarding, provisioning
 from app.services.errors import NotFound
 from app.ui import bp
 from app.ui.environments import _load, _to_node
+from app.ui.forms import EmptyForm
 from app.ui.pages import _actor, service_call
 
 RUNS_SHOWN = 5
@@ -34,6 +35,16 @@ def node_runs(node):
             failed = outcome in ("failed", "unreachable")
             tasks.append((event.task, outcome, result.get("msg", "") if failed else ""))
     return runs, tasks
+
+
+@bp.get("/nodes/<int:node_id>/provisioning")
+def node_provisioning(node_id):
+    """The provisioning part of the node page, polled by htmx while a run goes on."""
+    from app.ui.environments import _provisioning
+
+    node = _load(Node, node_id, "manage")
+    return render_template("ui/_node_provisioning.html", node=node, provisioning=_provisioning(node),
+                           empty=EmptyForm())
 
 
 @bp.post("/nodes/<int:node_id>/provision/retry")

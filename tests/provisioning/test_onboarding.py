@@ -156,3 +156,11 @@ def test_the_node_page_shows_the_failed_task_and_retries_in_one_click(app, clien
     assert db.session.get(Node, added["id"]).status == "provisioning"
     page = client.get(f"/nodes/{added['id']}")
     assert page.text.count('data-testid="provisioning-run"') == 2 and "Cancel" in page.text
+    # While the run goes on the section polls itself; once it ended it stops.
+    assert 'hx-trigger="every 2s"' in page.text
+    playbooks["onboard_node"] = "ok.yml"
+    onboarding.work_once()
+    fragment = client.get(f"/nodes/{added['id']}/provisioning")
+    assert fragment.status_code == 200 and 'id="node-provisioning"' in fragment.text
+    assert 'hx-trigger' not in fragment.text and "Run the agent" not in fragment.text
+    assert "Echo the token through a command: <strong>ok</strong>" in fragment.text
