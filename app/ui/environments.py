@@ -17,6 +17,7 @@ from app.ui.forms import (
     EnvironmentSettingsForm,
     NodeForm,
     NodeSettingsForm,
+    SshNodeForm,
     ThumbprintForm,
 )
 from app.ui.pages import _actor, service_call
@@ -94,6 +95,7 @@ def environment_detail(environment_id):
         "ui/environment.html", environment=environment, nodes=rows, can_manage=can_manage,
         settings_form=EnvironmentSettingsForm(obj=environment) if can_manage else None,
         node_form=NodeForm() if access.can(current_user, "create", Node) else None,
+        ssh_node_form=SshNodeForm() if access.can(current_user, "create", Node) else None,
     )
 
 

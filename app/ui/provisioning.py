@@ -1,17 +1,17 @@
 """Node pages: what the controller's Ansible runs did on a node's host, retry a failed
 onboarding, decommission, cancel (issue 16). Admins only, as the API."""
-from flask import abort, flash, render_template, url_for
+from flask import abort, flash, redirect, render_template, url_for
 from flask_login import current_user
 from sqlalchemy import select
 
 from app import access
 from app.extensions import db
-from app.models import Node, ProvisioningEvent, ProvisioningRun
+from app.models import Environment, Node, ProvisioningEvent, ProvisioningRun
 from app.services import onboarding, provisioning
 from app.services.errors import NotFound
 from app.ui import bp
-from app.ui.environments import _load, _to_node
-from app.ui.forms import EmptyForm
+from app.ui.environments import _load, _to_environment, _to_node, _valid
+from app.ui.forms import EmptyForm, SshNodeForm
 from app.ui.pages import _actor, service_call
 
 RUNS_SHOWN = 5
@@ -45,6 +45,33 @@ def node_provisioning(node_id):
     node = _load(Node, node_id, "manage")
     return render_template("ui/_node_provisioning.html", node=node, provisioning=_provisioning(node),
                            empty=EmptyForm())
+
+
+@bp.post("/environments/<int:environment_id>/nodes/provision")
+@service_call(_to_environment)
+def node_provision(environment_id):
+    environment = _load(Environment, environment_id)
+    access.require(current_user, "create", Node)
+    form = _valid(SshNodeForm())
+    host = form.host.data.strip()
+    ssh = {"host": (form.ssh_host.data or "").strip() or host, "port": form.ssh_port.data,
+           "user": form.ssh_user.data.strip(), "private_key": form.private_key.data or None,
+           "password": form.password.data or None, "become": bool(form.become.data)}
+    node, _run = onboarding.add_over_ssh(_actor(), environment, form.name.data.strip(), host,
+                                         form.port.data, ssh)
+    flash(f"Node {node.name} added: the controller sets its host up over SSH now.", "ok")
+    return redirect(_to_node(node.id))
+
+
+@bp.post("/environments/<int:environment_id>/upgrade-agents")
+@service_call(_to_environment)
+def environment_upgrade_agents(environment_id):
+    environment = _load(Environment, environment_id)
+    access.require_admin(current_user, "upgrade agents")
+    runs, skipped = onboarding.upgrade_agents(_actor(), environment)
+    left = "; ".join(f"{s['node']}: {s['reason']}" for s in skipped)
+    skipped_text = f" Skipped {left}." if left else ""
+    flash(f"Upgrading the agent of {len(runs)} node(s) to this version.{skipped_text}", "ok")
 
 
 @bp.post("/nodes/<int:node_id>/provision/retry")

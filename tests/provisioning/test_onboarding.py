@@ -164,3 +164,27 @@ def test_the_node_page_shows_the_failed_task_and_retries_in_one_click(app, clien
     assert fragment.status_code == 200 and 'id="node-provisioning"' in fragment.text
     assert 'hx-trigger' not in fragment.text and "Run the agent" not in fragment.text
     assert "Echo the token through a command: <strong>ok</strong>" in fragment.text
+
+
+def test_an_admin_adds_a_node_over_ssh_and_upgrades_agents_from_the_environment_page(
+        client, login, admin, env_id, playbooks):
+    from tests.conftest import csrf_from
+
+    login("admin")
+    page = client.get(f"/environments/{env_id}")
+    assert 'data-testid="add-node-over-ssh"' in page.text and "Upgrade agents" in page.text
+    response = client.post(f"/environments/{env_id}/nodes/provision", data={
+        "csrf_token": csrf_from(page.text), "name": "node-1", "host": "10.0.0.5", "port": "5000",
+        "ssh_port": "22", "ssh_user": "admin", "private_key": KEY, "become": "y"})
+    assert response.status_code == 302, response.text
+    node = db.session.scalar(db.select(Node))
+    assert response.headers["Location"] == f"/nodes/{node.id}"
+    assert node.status == "provisioning" and node.ssh_access.host == "10.0.0.5" and node.ssh_access.become
+    assert KEY.splitlines()[1] not in client.get(f"/nodes/{node.id}").text
+    onboarding.work_once()
+    page = client.get(f"/environments/{env_id}")
+    token = csrf_from(page.text)
+    response = client.post(f"/environments/{env_id}/upgrade-agents", data={"csrf_token": token})
+    assert response.status_code == 302
+    runs = db.session.scalars(db.select(ProvisioningRun).order_by(ProvisioningRun.id))
+    assert [r.playbook for r in runs] == ["onboard_node", "upgrade_agents"]
