@@ -92,7 +92,8 @@ FULL = os.environ.get("NULLOPS_MOLECULE_FULL", "") not in ("", "0")
 
 
 @pytest.mark.skipif(not FULL, reason="make molecule runs it (NULLOPS_MOLECULE_FULL=1): it installs "
-                    "docker.io from the Debian mirror, several minutes")
+                    "docker.io from the Debian mirror, several minutes; it needs a host that may raise "
+                    "the open-files limit (roles/docker_engine/README.md)")
 def test_docker_engine_role_installs_starts_and_enables_the_engine(
         docker_client, molecule, ansible_host_image, test_labels):
     env = {
