@@ -176,6 +176,5 @@ def work_once(timeout_s=provisioning.DEFAULT_TIMEOUT_S, extra_envvars=None):
     run_id = claim_next()
     if run_id is None:
         return None
-    run = provisioning.execute(run_id, timeout_s=timeout_s, extra_envvars=extra_envvars)
-    finish(run)
-    return run
+    return provisioning.execute(run_id, timeout_s=timeout_s, extra_envvars=extra_envvars,
+                                on_end=lambda run: finish(run, commit=False))

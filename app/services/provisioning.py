@@ -159,8 +159,9 @@ class _Run:
     """The handlers of one ansible-runner run. Runs in the controller's thread that called
     execute(); the handlers are called from that same thread."""
 
-    def __init__(self, run, redact, cancel_poll_s):
+    def __init__(self, run, redact, cancel_poll_s, on_end=None):
         self.run_id = run.id
+        self.on_end = on_end
         self.redact = redact
         self.counter = 0
         self.buffer = []
@@ -216,6 +217,8 @@ class _Run:
         self.counter += 1
         db.session.add(ProvisioningEvent(run_id=self.run_id, counter=self.counter, event=RUN_END,
                                          stdout=run.message, data={"status": status, "rc": rc}))
+        if self.on_end is not None:
+            self.on_end(run)   # what the end means for the node, in the same transaction
         db.session.commit()
         return run
 
@@ -227,9 +230,11 @@ def _write(path, text, mode=0o600):
         handle.write(text)
 
 
-def execute(run_id, timeout_s=DEFAULT_TIMEOUT_S, extra_envvars=None, cancel_poll_s=CANCEL_POLL_S):
+def execute(run_id, timeout_s=DEFAULT_TIMEOUT_S, extra_envvars=None, cancel_poll_s=CANCEL_POLL_S,
+            on_end=None):
     """Run a pending run to its end; returns the run. The caller (the controller) makes sure one
-    process executes a given run (it moved it from pending)."""
+    process executes a given run (it moved it from pending). `on_end(run)` is called before the
+    run's end is committed, so its changes land with it."""
     import ansible_runner  # imported here: only the controller runs Ansible
 
     run = db.session.get(ProvisioningRun, run_id)
@@ -242,7 +247,7 @@ def execute(run_id, timeout_s=DEFAULT_TIMEOUT_S, extra_envvars=None, cancel_poll
     password = keyring().decrypt(access.password_ciphertext, SSH_PASSWORD_CONTEXT) \
         if access is not None and access.password_ciphertext else None
     redact = Redactor([*(str(v) for v in secrets.values()), key, password])
-    handlers = _Run(run, redact, cancel_poll_s)
+    handlers = _Run(run, redact, cancel_poll_s, on_end)
     if node is None or access is None:
         return handlers.end("failed", None, "the node or its SSH access is gone")
 
@@ -259,6 +264,11 @@ def execute(run_id, timeout_s=DEFAULT_TIMEOUT_S, extra_envvars=None, cancel_poll
                      **secrets}
         if run.agent_version:
             extravars["nullops_agent_version"] = run.agent_version
+        if run.playbook == "upgrade_agents":
+            # As nullops_upgrade_*: extra variables outrank all, and the playbook's rescue must
+            # set the role's variables back to what the node ran (playbooks/upgrade_agents.yml).
+            extravars = {key.replace("nullops_agent_", "nullops_upgrade_", 1): value
+                         for key, value in extravars.items()}
         if password:
             extravars["ansible_password"] = password
             extravars["ansible_become_password"] = password

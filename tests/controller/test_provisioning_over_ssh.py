@@ -241,3 +241,40 @@ def test_a_failed_onboarding_shows_ansibles_message_and_the_task(
         except NotFound:
             pass
         _untag(docker_client, repository)
+
+
+def test_a_node_whose_upgrade_fails_is_reported_and_left_running_as_it_was(
+        app, admin, docker_client, agent_image, ssh_host):  # noqa: F811
+    """upgrade_agents on a version whose image the host lacks: the run fails naming the task,
+    and the agent runs the image it ran (the playbook's rescue puts it back)."""
+    from docker.errors import NotFound
+
+    ssh_port, private_key, data_root, _host = ssh_host
+    run = uuid.uuid4().hex[:10]
+    repository = f"nullops-test/agent-ssh-{run}"
+    docker_client.images.get(agent_image).tag(repository, __version__)
+    app.config.update(NULLOPS_AGENT_IMAGE=repository, NULLOPS_AGENT_IMAGE_SOURCE="host")
+    agent_port, name = _free_port(), f"nullops-agent-ssh-{run}"
+    try:
+        node, _first = onboarding.add_over_ssh(
+            admin, catalog.create(admin, Environment, "staging"), "node-ssh", "127.0.0.1", agent_port,
+            {"host": "127.0.0.1", "port": ssh_port, "user": "root", "private_key": private_key},
+            agent_container_name=name, agent_data_dir=f"{data_root}/agent", agent_bind_address="127.0.0.1")
+        assert onboarding.work_once(timeout_s=300).status == "successful"
+        before = docker_client.containers.get(name)
+        provisioning.request(admin, db.session.get(Node, node.id), "upgrade_agents", agent_version="9.9.9")
+        db.session.commit()
+        done = onboarding.work_once(timeout_s=300)
+        assert done.status == "failed" and done.failed_task == "Refuse to go on without the image"
+        assert f"{repository}:9.9.9 is not in the host's engine" in done.message
+        tasks = _tasks(done.id, "runner_on_failed")
+        assert tasks[-1] == "Report the failed upgrade"
+        assert "Put the agent back on the image it ran before" in _tasks(done.id, "playbook_on_include")
+        after = docker_client.containers.get(name)   # recreated: the env file lost the token
+        assert after.status == "running" and after.image.id == before.image.id
+    finally:
+        try:
+            docker_client.containers.get(name).remove(force=True)
+        except NotFound:
+            pass
+        _untag(docker_client, repository)

@@ -28,7 +28,7 @@ def stand_in_playbooks(monkeypatch):
     pytest.importorskip("ansible_runner")
     monkeypatch.setattr(provisioning, "PLAYBOOK_DIR", HERE / "playbooks")
     monkeypatch.setattr(provisioning, "PLAYBOOKS", {
-        "onboard_node": "ok.yml", "upgrade_agents": "fail.yml", "decommission_node": "slow.yml"})
+        "onboard_node": "ok.yml", "decommission_node": "fail.yml", "upgrade_agents": "slow.yml"})
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_a_run_stores_each_event_in_order_with_every_secret_redacted(admin, node
 
 
 def test_a_failed_run_names_the_failing_task_with_ansibles_message(admin, node):
-    run_id, run = _run(admin, node, "upgrade_agents")
+    run_id, run = _run(admin, node, "decommission_node")
     run, events, text = _stored_text(run_id)
     assert run.status == "failed" and run.rc != 0
     assert run.failed_task == "Check the free disk space"
@@ -90,7 +90,7 @@ def test_one_run_per_node_at_a_time(admin, node):
     first = provisioning.request(admin, node, "onboard_node")
     db.session.commit()
     with pytest.raises(Conflict) as caught:
-        provisioning.request(admin, node, "upgrade_agents")
+        provisioning.request(admin, node, "decommission_node")
     assert "already has a run going on" in caught.value.message
     first.status = "successful"
     db.session.commit()
@@ -98,7 +98,7 @@ def test_one_run_per_node_at_a_time(admin, node):
 
 
 def test_a_cancelled_run_ends_as_cancelled(admin, node):
-    run = provisioning.request(admin, node, "decommission_node")
+    run = provisioning.request(admin, node, "upgrade_agents")
     db.session.commit()
     provisioning.cancel(admin, run)
     run = provisioning.execute(run.id, cancel_poll_s=0)
@@ -107,7 +107,7 @@ def test_a_cancelled_run_ends_as_cancelled(admin, node):
 
 
 def test_a_run_that_hangs_ends_at_its_timeout(admin, node):
-    run_id, run = _run(admin, node, "decommission_node", timeout_s=3)
+    run_id, run = _run(admin, node, "upgrade_agents", timeout_s=3)
     assert run.status == "timeout" and "timeout" in run.message
     assert _run_dirs(run_id) == []
 
