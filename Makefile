@@ -8,7 +8,7 @@ VENDOR := app/static/vendor
 ISLANDS := app/static/build
 TEST_DB_URL ?= postgresql://nullops_test:nullops_test@127.0.0.1:5432/nullops_test
 
-.PHONY: check-admin-password run demo demo-setup test chaos chaos-run venv assets host-run host-test images lint pytest clean
+.PHONY: check-admin-password run demo demo-setup test chaos chaos-run molecule venv assets host-run host-test images lint pytest clean
 
 ## run: NullOps on http://127.0.0.1:8080 (embedded SQLite under var/, first admin created)
 run: check-admin-password host-run venv assets
@@ -51,6 +51,10 @@ chaos-run:
 	NULLOPS_TEST_DATABASE_URL=$(TEST_DB_URL) \
 	NULLOPS_TEST_DOCKER=1 $(BIN)/pytest -p no:cacheprovider -s -rsx tests/chaos $(PYTEST_ARGS); rc=$$?; \
 	$(BIN)/python scripts/chaos_report.py $(CHAOS_RESULTS) docs/reliability.md || rc=1; exit $$rc
+
+## molecule: every Molecule scenario of the Ansible roles in roles/ (make test runs only the fast one)
+molecule: host-test venv images
+	NULLOPS_MOLECULE_FULL=1 NULLOPS_TEST_DOCKER=1 $(BIN)/pytest -p no:cacheprovider -rs tests/roles $(PYTEST_ARGS)
 
 host-run:
 	@bash scripts/run-host.sh

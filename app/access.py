@@ -48,6 +48,7 @@ from app.models import (
     Plugin,
     Project,
     ProjectSecret,
+    ProvisioningRun,
     Registry,
     Service,
     Team,
@@ -326,7 +327,7 @@ def visible(user, model):
     if model is DeploymentEvent:
         return stmt.where(DeploymentEvent.deployment_id.in_(
             visible(user, Deployment).with_only_columns(Deployment.id)))
-    if model in (AuditEntry, Grant, NodeCommand, ProjectSecret):
+    if model in (AuditEntry, Grant, NodeCommand, ProjectSecret, ProvisioningRun):
         return stmt.where(False)
     raise ValueError(f"no visibility rule for {model.__name__}")
 

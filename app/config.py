@@ -148,6 +148,17 @@ class Config:
             "NULLOPS_INGRESS_PAGES_UPSTREAM", f"{self.NULLOPS_HOST}:{self.NULLOPS_PORT}", env)
         # How often the controller looks for deployments whose inactivity period ran out.
         self.NULLOPS_CLEANUP_INTERVAL_S = env_int("NULLOPS_CLEANUP_INTERVAL_S", 30, env, minimum=1)
+        # How long an Ansible run (onboarding, upgrade, decommission) may take before it is ended.
+        self.NULLOPS_PROVISIONING_TIMEOUT_S = env_int("NULLOPS_PROVISIONING_TIMEOUT_S", 1800, env, minimum=10)
+        # Where the nodes the controller onboards get the agent image (roles/nullops_agent):
+        # registry (pulled), archive (a `docker save` file on the controller's host, copied), or
+        # host (already loaded there); the tag is always this control plane's version.
+        self.NULLOPS_AGENT_IMAGE = env_str("NULLOPS_AGENT_IMAGE", "nullops/agent", env)
+        self.NULLOPS_AGENT_IMAGE_SOURCE = env_str("NULLOPS_AGENT_IMAGE_SOURCE", "registry", env)
+        if self.NULLOPS_AGENT_IMAGE_SOURCE not in ("registry", "archive", "host"):
+            raise ConfigError(f"NULLOPS_AGENT_IMAGE_SOURCE={self.NULLOPS_AGENT_IMAGE_SOURCE!r}: use "
+                              "registry, archive or host")
+        self.NULLOPS_AGENT_IMAGE_ARCHIVE = env_str("NULLOPS_AGENT_IMAGE_ARCHIVE", "", env)
         # History kept (app/services/retention.py): deleted deployments and deployment events,
         # and audit entries, in days.
         self.NULLOPS_RETENTION_DAYS = env_int("NULLOPS_RETENTION_DAYS", 90, env, minimum=1)

@@ -10,6 +10,10 @@ Node statuses (issue: controller and nodes):
                 are left, a disabled node (enabled false) keeps its link status and its link,
                 so they keep running and can be deleted (app/services/nodes.py)
   revoked       its token was revoked; reconnects are refused until a new token is issued
+  provisioning  added with "provision over SSH": the controller runs the onboarding playbook;
+                no link until it succeeds (then pending)
+  provision_failed  the onboarding run failed; the reason names the failing task and Ansible's
+                message; a retry starts a new run
 
 Deployment statuses (issue: catalog and deployment lifecycle):
   pending         admitted and placed; the controller has not yet handed it to the agent
@@ -30,7 +34,8 @@ class TransitionError(Exception):
     pass
 
 
-NODE_STATUSES = ("pending", "online", "offline", "untrusted", "incompatible", "disabled", "revoked")
+NODE_STATUSES = ("pending", "online", "offline", "untrusted", "incompatible", "disabled", "revoked",
+                 "provisioning", "provision_failed")
 _LINK_OUTCOMES = {"online", "offline", "untrusted", "incompatible"}
 NODE_TRANSITIONS = {
     "pending": _LINK_OUTCOMES | {"disabled", "revoked"},
@@ -40,6 +45,16 @@ NODE_TRANSITIONS = {
     "incompatible": _LINK_OUTCOMES | {"disabled", "revoked"},
     "disabled": {"pending", "revoked"},                          # enabling starts over
     "revoked": {"pending", "disabled"},                           # a new token starts over
+    "provisioning": {"pending", "provision_failed", "revoked"},  # pending: the agent runs now
+    "provision_failed": {"provisioning", "revoked"},              # a retry is a new run
+}
+
+# Provisioning runs (app/services/provisioning.py): pending until the controller takes one,
+# running while Ansible runs, then one of the ends.
+RUN_STATUSES = ("pending", "running", "successful", "failed", "canceled", "timeout")
+RUN_TRANSITIONS = {
+    "pending": {"running", "failed", "canceled"},
+    "running": {"successful", "failed", "canceled", "timeout"},
 }
 
 

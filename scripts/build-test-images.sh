@@ -196,6 +196,7 @@ DOCKER_IMAGES=(  # "tag folder"; sql-script after postgres-database: it reuses t
     "nullops-test/postgres-database:latest plugins/postgres-database"
     "nullops-test/sql-script:latest plugins/sql-script"
     "nullops-test/http-wait:latest plugins/http-wait"
+    "nullops-test/ansible-host:bookworm images/ansible-host"
 )
 
 docker_inputs_hash() {  # folder -> hash

@@ -1,5 +1,7 @@
 """The nodes service: tokens shown once and never stored, rotation, revocation, certificate
 approval, enable/disable, overrides, and refusals with clear errors."""
+import subprocess
+
 import pytest
 from sqlalchemy import select
 
@@ -64,13 +66,50 @@ def test_adding_a_node_stores_only_the_encrypted_verifier(added):
     assert verifier_for(token) not in dump
 
 
-def test_the_command_is_the_spec_docker_run_with_this_version(env, admin):
+def test_the_command_is_the_spec_docker_run_with_this_version_and_the_token_in_an_env_file(env, admin):
     _node, token, command = nodes.add(admin, env, "node-2", "node-2.internal", port=5443)
-    assert command == (
-        "docker run -d --name nullops-agent --restart unless-stopped -p 5443:5000 "
-        f"-e AGENT_TOKEN={token} -v /var/run/docker.sock:/var/run/docker.sock "
+    assert token not in command
+    store, run = command.splitlines()[1], command.splitlines()[3]
+    assert store == ("sudo sh -c 'umask 077 && mkdir -p /etc/nullops-agent && IFS= read -r t && "
+                     "printf \"AGENT_TOKEN=%s\\n\" \"$t\" > /etc/nullops-agent/nullops-agent.env'")
+    assert run == (
+        "docker run -d --name nullops-agent --restart unless-stopped -p 0.0.0.0:5443:5000 "
+        "--env-file /etc/nullops-agent/nullops-agent.env -v /var/run/docker.sock:/var/run/docker.sock "
         f"-v /var/lib/nullops-agent:/data nullops/agent:{__version__}"
     )
+
+
+def test_the_command_takes_the_container_name_data_directory_and_bind_address(env, admin):
+    node, _token, command = nodes.add(admin, env, "node-2", "10.0.0.7", agent_container_name="agent-b",
+                                      agent_data_dir="/srv/agent-b")
+    assert node.agent_bind_address == "10.0.0.7"  # the address the node was added with
+    assert "--name agent-b " in command and "-p 10.0.0.7:5000:5000 " in command
+    assert "--env-file /etc/nullops-agent/agent-b.env " in command and "-v /srv/agent-b:/data " in command
+    v6, _token, command = nodes.add(admin, env, "node-3", "node-3.internal", agent_bind_address="::1")
+    assert v6.agent_bind_address == "::1" and "-p [::1]:5000:5000 " in command
+
+
+def test_the_command_stores_the_token_from_its_prompt_in_a_file_only_root_reads(tmp_path):
+    """The first line, run by sh with the token on stdin: the file holds it, mode 0600."""
+    node = Node(port=5000)  # the defaults: no NodeAgentSettings row
+    store = nodes.agent_command(node).splitlines()[1].removeprefix("sudo ")
+    store = store.replace("/etc/nullops-agent", str(tmp_path / "etc"))
+    subprocess.run(store, shell=True, input="tok-en_123\n", text=True, check=True)
+    env_file = tmp_path / "etc" / "nullops-agent.env"
+    assert env_file.read_text() == "AGENT_TOKEN=tok-en_123\n"
+    assert env_file.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("field,value", [
+    ("agent_container_name", "-agent"), ("agent_container_name", "a b"), ("agent_container_name", "a;rm"),
+    ("agent_data_dir", "relative"), ("agent_data_dir", "/"), ("agent_data_dir", "/a/../etc"),
+    ("agent_data_dir", "/a b"), ("agent_data_dir", "/a'b"), ("agent_bind_address", "node.internal"),
+    ("agent_bind_address", "1.2.3.4; rm"),
+])
+def test_bad_agent_parameters_are_refused(env, admin, field, value):
+    with pytest.raises(ValidationFailed) as caught:
+        nodes.add(admin, env, "node-1", "10.0.0.5", **{field: value})
+    assert field in caught.value.fields
 
 
 def test_every_token_is_new(env, admin):
@@ -124,7 +163,7 @@ def test_rotation_replaces_the_verifier_and_queues_it_encrypted(added, admin):
     node.status = "online"
     db.session.commit()
     node, token, command = nodes.rotate_token(admin, node)
-    assert token != old_token and f"AGENT_TOKEN={token}" in command
+    assert token != old_token and token not in command and "--env-file" in command
     assert node.verifier_ciphertext != old_ciphertext
     assert nodes.reveal_verifier(node) == verifier_for(token)
     assert node.status == "online"  # the controller pushes it over the live link

@@ -15,9 +15,10 @@ from tests.access.deployments import add_deployment, pipeline_version, service_s
 NODE_FIELDS = {
     "id", "environment_id", "name", "host", "port", "enabled", "status", "status_reason",
     "status_changed_at", "last_seen_at", "thumbprint", "pending_thumbprint", "agent_version",
-    "capacity", "resources", "resources_at",
+    "capacity", "resources", "resources_at", "agent_container_name", "agent_data_dir", "agent_bind_address",
 }
-MANAGER_FIELDS = {"host", "port", "thumbprint", "pending_thumbprint"}
+MANAGER_FIELDS = {"host", "port", "thumbprint", "pending_thumbprint", "agent_container_name",
+                  "agent_data_dir", "agent_bind_address"}
 
 
 @pytest.fixture
@@ -90,8 +91,9 @@ def test_environment_settings_are_checked_by_the_service_too(admin):
 def test_adding_a_node_shows_token_and_command_once(client, headers, env_id, added):
     assert added["status"] == "pending" and added["enabled"] is True
     token, command = added["token"], added["command"]
-    assert command.startswith("docker run -d --name nullops-agent --restart unless-stopped -p 5443:5000 ")
-    assert f"-e AGENT_TOKEN={token} " in command and "shown only once" in added["message"]
+    assert "docker run -d --name nullops-agent --restart unless-stopped -p 10.0.0.5:5443:5000 " in command
+    assert token not in command and "--env-file /etc/nullops-agent/nullops-agent.env " in command
+    assert "shown only once" in added["message"]
     assert set(added) == NODE_FIELDS | {"token", "command", "message"}
     assert added["capacity"] == {"cpus": None, "memory_mb": None, "reported_cpus": None,
                                  "reported_memory_mb": None, "cpus_override": None,
@@ -114,7 +116,7 @@ def test_rotation_answers_the_new_token_once_and_says_what_offline_nodes_need(cl
     rotated = client.post(f"/api/v1/nodes/{added['id']}/rotate-token", headers=headers)
     assert rotated.status_code == 200, rotated.text
     assert rotated.json["token"] != added["token"]
-    assert f"AGENT_TOKEN={rotated.json['token']}" in rotated.json["command"]
+    assert rotated.json["token"] not in rotated.json["command"] and "--env-file" in rotated.json["command"]
     assert "receives the new token over its link" in rotated.json["message"]
     assert "needs the new token by hand" in rotated.json["message"]
     node = db.session.get(Node, added["id"])

@@ -1,5 +1,6 @@
 """Nodes of an environment: add (token shown once), tokens, certificate trust, enable/disable."""
 from flask_login import current_user
+from sqlalchemy import select
 
 from app import access
 from app.api.core import operation, paginate
@@ -8,14 +9,22 @@ from app.api.schemas import (
     NodeCreate,
     NodeDeleteQuery,
     NodeOut,
+    NodeProvision,
+    NodeProvisioned,
     NodeUpdate,
     NodeWithToken,
     Page,
     Pagination,
+    ProvisioningEventOut,
+    ProvisioningEventsQuery,
+    ProvisioningRunEvents,
+    ProvisioningRunOut,
     ThumbprintApproval,
+    UpgradeAgentsOut,
 )
-from app.models import Environment, Node
-from app.services import nodes
+from app.extensions import db
+from app.models import Environment, Node, ProvisioningEvent, ProvisioningRun
+from app.services import nodes, onboarding, provisioning
 from app.services.nodes import UNCHANGED
 
 TAG = "nodes"
@@ -65,7 +74,10 @@ def list_nodes(environment_id, params):
 def create_node(environment_id, data):
     environment = access.get_visible(current_user, Environment, environment_id, "environment")
     access.require(current_user, "create", Node)
-    node, token, command = nodes.add(_actor(), environment, data.name, data.host, data.port)
+    node, token, command = nodes.add(_actor(), environment, data.name, data.host, data.port,
+                                     agent_container_name=data.agent_container_name,
+                                     agent_data_dir=data.agent_data_dir,
+                                     agent_bind_address=data.agent_bind_address)
     return _with_token(node, token, command, nodes.TOKEN_SHOWN_ONCE)
 
 
@@ -126,3 +138,76 @@ def enable_node(node_id):
            tag=TAG, response=NodeOut)
 def disable_node(node_id):
     return node_out(nodes.set_enabled(_actor(), _node(node_id), False), current_user)
+
+
+# --- provisioning over SSH (issue 16) -----------------------------------------------------------
+def _run_out(run):
+    return ProvisioningRunOut.model_validate(run).model_dump(mode="json")
+
+
+def _run(run_id):
+    # Runs are admin business (no rule grants them to anyone else): others get a 404.
+    return access.get_visible(current_user, ProvisioningRun, run_id, "provisioning run")
+
+
+@operation("POST", "/environments/<int:environment_id>/nodes/provision",
+           summary="Add a node and have the controller onboard it over SSH (Docker Engine, the agent)",
+           tag=TAG, body=NodeProvision, response=NodeProvisioned, status=201)
+def provision_node(environment_id, data):
+    environment = access.get_visible(current_user, Environment, environment_id, "environment")
+    access.require(current_user, "create", Node)
+    node, run = onboarding.add_over_ssh(
+        _actor(), environment, data.name, data.host, data.port, data.ssh.model_dump(),
+        agent_container_name=data.agent_container_name, agent_data_dir=data.agent_data_dir,
+        agent_bind_address=data.agent_bind_address)
+    return {**node_out(node, current_user), "run": _run_out(run)}
+
+
+@operation("POST", "/nodes/<int:node_id>/provision/retry",
+           summary="Onboard a node whose onboarding failed again (a new token, a new run)",
+           tag=TAG, response=ProvisioningRunOut, status=201)
+def retry_provisioning(node_id):
+    return _run_out(onboarding.retry(_actor(), _node(node_id)))
+
+
+@operation("POST", "/nodes/<int:node_id>/decommission",
+           summary="Remove the agent and everything it made from the node's host, then the node",
+           tag=TAG, response=ProvisioningRunOut, status=201)
+def decommission_node(node_id):
+    return _run_out(onboarding.decommission(_actor(), _node(node_id)))
+
+
+@operation("POST", "/environments/<int:environment_id>/upgrade-agents",
+           summary="Upgrade the agent of every node reached over SSH to the control plane's version",
+           tag=TAG, response=UpgradeAgentsOut, status=201)
+def upgrade_agents(environment_id):
+    environment = access.get_visible(current_user, Environment, environment_id, "environment")
+    access.require_admin(current_user, "upgrade agents")
+    runs, skipped = onboarding.upgrade_agents(_actor(), environment)
+    return {"runs": [_run_out(run) for run in runs], "skipped": skipped}
+
+
+@operation("GET", "/nodes/<int:node_id>/provisioning-runs",
+           summary="A node's provisioning runs, newest first", tag=TAG, query=Pagination,
+           response=Page[ProvisioningRunOut])
+def list_provisioning_runs(node_id, params):
+    node = _node(node_id)
+    stmt = access.visible(current_user, ProvisioningRun).where(ProvisioningRun.node_id == node.id)
+    return paginate(stmt.order_by(ProvisioningRun.id.desc()), params, shape=_run_out)
+
+
+@operation("GET", "/provisioning-runs/<int:run_id>", summary="A run with its events (secrets redacted)",
+           tag=TAG, query=ProvisioningEventsQuery, response=ProvisioningRunEvents)
+def get_provisioning_run(run_id, params):
+    run = _run(run_id)
+    events = db.session.scalars(select(ProvisioningEvent).where(
+        ProvisioningEvent.run_id == run.id, ProvisioningEvent.counter > params.after)
+        .order_by(ProvisioningEvent.counter).limit(1000)).all()
+    return {"run": _run_out(run),
+            "events": [ProvisioningEventOut.model_validate(e).model_dump(mode="json") for e in events]}
+
+
+@operation("POST", "/provisioning-runs/<int:run_id>/cancel", summary="Cancel a run that has not ended",
+           tag=TAG, response=ProvisioningRunOut)
+def cancel_provisioning_run(run_id):
+    return _run_out(provisioning.cancel(_actor(), _run(run_id)))

@@ -35,6 +35,23 @@ def prune_history(app):
         log.info("history past its retention removed: %s", removed)
 
 
+def run_provisioning(app):
+    """Carry out pending Ansible runs (issue 16), one after another, until none is left. A run
+    takes minutes: the job has its own thread (max_instances=1), the links are not held up."""
+    from app.services import onboarding
+
+    with app.app_context():
+        while onboarding.work_once(timeout_s=app.config.get("NULLOPS_PROVISIONING_TIMEOUT_S", 1800)):
+            pass
+
+
+def recover_provisioning(app):
+    from app.services import onboarding
+
+    with app.app_context():
+        onboarding.recover_interrupted()
+
+
 def expire_deployments(app, wake=None):
     """Auto-cleanup: deletion requested for deployments whose inactivity period ran out; the
     link manager's next round deletes them (woken at once)."""
@@ -101,6 +118,10 @@ class Controller:
                           args=[self.app, self._wake_manager], id="auto-cleanup",
                           replace_existing=True, misfire_grace_time=max(cleanup_s, 30),
                           coalesce=True, max_instances=1)
+        # Runs the last active controller left running cannot resume: end them first.
+        recover_provisioning(self.app)
+        scheduler.add_job(run_provisioning, "interval", seconds=2, args=[self.app], id="provisioning",
+                          replace_existing=True, misfire_grace_time=30, coalesce=True, max_instances=1)
         scheduler.start()
         self.scheduler = scheduler
         self.active.set()

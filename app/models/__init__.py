@@ -4,8 +4,9 @@ from app.models.catalog import Environment, Plugin, Project, ProjectSecret, Serv
 from app.models.controller import ControllerEndpoint
 from app.models.deployments import Deployment, DeploymentEvent, DeploymentSpec
 from app.models.identity import SCOPES, ApiToken, LoginFailure, User
-from app.models.nodes import Node, NodeCommand, NodeOutbox
+from app.models.nodes import Node, NodeAgentSettings, NodeCommand, NodeOutbox
 from app.models.pipelines import PipelineVersion
+from app.models.provisioning import NodeSshAccess, ProvisioningEvent, ProvisioningRun
 from app.models.registries import Registry
 from app.models.teams import AccessLevel, Grant, Team, TeamMember
 
@@ -22,11 +23,15 @@ __all__ = [
     "Grant",
     "LoginFailure",
     "Node",
+    "NodeAgentSettings",
     "NodeCommand",
     "NodeOutbox",
+    "NodeSshAccess",
     "PipelineVersion",
     "Plugin",
     "Project",
+    "ProvisioningEvent",
+    "ProvisioningRun",
     "ProjectSecret",
     "Registry",
     "Service",

@@ -54,6 +54,24 @@ class Node(db.Model):
     environment = relationship("Environment", back_populates="nodes")
     commands = relationship("NodeCommand", back_populates="node", cascade="all, delete-orphan",
                             passive_deletes=True)
+    agent_settings = relationship("NodeAgentSettings", uselist=False, cascade="all, delete-orphan",
+                                  passive_deletes=True)
+    ssh_access = relationship("NodeSshAccess", uselist=False, cascade="all, delete-orphan",
+                              passive_deletes=True)
+
+    # How the agent runs on the host (NodeAgentSettings), with the defaults of the fixed command
+    # that came before it for a node without a row.
+    @property
+    def agent_container_name(self):
+        return self.agent_settings.container_name if self.agent_settings else AGENT_DEFAULTS["container_name"]
+
+    @property
+    def agent_data_dir(self):
+        return self.agent_settings.data_dir if self.agent_settings else AGENT_DEFAULTS["data_dir"]
+
+    @property
+    def agent_bind_address(self):
+        return self.agent_settings.bind_address if self.agent_settings else AGENT_DEFAULTS["bind_address"]
 
     @validates("resources")
     def _derive_free(self, _key, figures):
@@ -120,6 +138,23 @@ def reported_free(figures):
     if host["memory_available"] is not None:
         memory_mb = int(host["memory_available"]) // MIB
     return cpus, memory_mb
+
+
+AGENT_DEFAULTS = {"container_name": "nullops-agent", "data_dir": "/var/lib/nullops-agent",
+                  "bind_address": "0.0.0.0"}
+
+
+class NodeAgentSettings(db.Model):
+    """How a node's agent runs on its host: the parameters of the command on the node's page and
+    of the nullops_agent role (issue 16.4). A table of its own: the node row is what the
+    controller reads and writes all the time; these change only when an admin says so."""
+
+    __tablename__ = "node_agent_settings"
+
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True)
+    container_name: Mapped[str] = mapped_column(String(128))
+    data_dir: Mapped[str] = mapped_column(String(255))
+    bind_address: Mapped[str] = mapped_column(String(64))
 
 
 class NodeCommand(db.Model):

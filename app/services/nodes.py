@@ -8,6 +8,7 @@ A node token is shown once and never stored. The control plane keeps only the to
 (agent.protocol.verifier_for), encrypted under the master key: the handshake needs no more, and a
 database dump alone cannot command an agent.
 """
+import ipaddress
 import json
 import re
 import secrets
@@ -17,7 +18,8 @@ from sqlalchemy import select
 from agent.protocol import verifier_for
 from app import __version__
 from app.extensions import db
-from app.models import Deployment, Node, NodeCommand
+from app.models import Deployment, Node, NodeAgentSettings, NodeCommand
+from app.models.nodes import AGENT_DEFAULTS
 from app.models.types import utcnow
 from app.services import audit
 from app.services.catalog import keyring
@@ -32,6 +34,12 @@ PAYLOAD_CONTEXT = NodeCommand.__encrypted__["payload_ciphertext"]
 CPUS_RANGE = (0.1, 1024)
 MEMORY_MB_RANGE = (64, 16 * 1024 * 1024)
 THUMBPRINT = re.compile(r"^[0-9a-f]{64}$")
+AGENT_ENV_DIR = "/etc/nullops-agent"
+DEFAULT_CONTAINER_NAME = AGENT_DEFAULTS["container_name"]
+DEFAULT_DATA_DIR = AGENT_DEFAULTS["data_dir"]
+# Shell-safe by construction: these go into the command shown on the node's page.
+CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
+DATA_DIR = re.compile(r"/[a-zA-Z0-9_./-]{0,254}")
 
 # NodeCommand kinds the controller carries out.
 ROTATE_TOKEN = "rotate_token"  # push the new verifier over the live link (payload: rotation_payload)
@@ -56,13 +64,57 @@ ROTATED_MESSAGE = (
 UNCHANGED = object()
 
 
-def agent_command(port, token):
-    """The exact command that starts the agent on a node (spec: Agent Installation Process)."""
+def agent_command(node):
+    """The commands that start the agent on a node (spec: Agent Installation Process; issue 16.4).
+
+    The token stays off every command line (process lists, shell history): the first command
+    reads it from the terminal into an env file only root may read (0600), and `docker run`
+    takes it from there. The container name, data directory and the address the port is bound
+    to are the node's own, the same parameters the nullops_agent role takes."""
+    name, env_file = node.agent_container_name, agent_env_file(node)
+    bind = f"[{node.agent_bind_address}]" if ":" in node.agent_bind_address else node.agent_bind_address
     return (
-        f"docker run -d --name nullops-agent --restart unless-stopped -p {port}:{AGENT_CONTAINER_PORT} "
-        f"-e AGENT_TOKEN={token} -v /var/run/docker.sock:/var/run/docker.sock "
-        f"-v /var/lib/nullops-agent:/data {AGENT_IMAGE}:{__version__}"
+        f"# 1. Store the token (paste it, then press Enter): it goes to {env_file} (mode 0600)\n"
+        f"sudo sh -c 'umask 077 && mkdir -p {AGENT_ENV_DIR} && IFS= read -r t && "
+        f"printf \"AGENT_TOKEN=%s\\n\" \"$t\" > {env_file}'\n"
+        f"# 2. Start the agent\n"
+        f"docker run -d --name {name} --restart unless-stopped -p {bind}:{node.port}:{AGENT_CONTAINER_PORT} "
+        f"--env-file {env_file} -v /var/run/docker.sock:/var/run/docker.sock "
+        f"-v {node.agent_data_dir}:/data {AGENT_IMAGE}:{__version__}"
     )
+
+
+def agent_env_file(node):
+    return f"{AGENT_ENV_DIR}/{node.agent_container_name}.env"
+
+
+def default_bind_address(host):
+    """The address the agent's port is bound to unless an admin says otherwise: the address the
+    node was added with when that is an IP address (issue 16.1), else every address."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return "0.0.0.0"
+    return host
+
+
+def _check_agent_parameters(container_name, data_dir, bind_address):
+    fields = {}
+    if not isinstance(container_name, str) or not CONTAINER_NAME.fullmatch(container_name):
+        fields["agent_container_name"] = ("a Docker container name: letters, digits, '_', '.', '-', "
+                                          "starting with a letter or digit, at most 128")
+    if (not isinstance(data_dir, str) or not DATA_DIR.fullmatch(data_dir)
+            or any(part in ("", ".", "..") for part in data_dir[1:].split("/")) or data_dir == "/"):
+        fields["agent_data_dir"] = ("an absolute path of letters, digits, '_', '.', '-' and '/', "
+                                    "without '.' or '..' parts, at most 255")
+    try:
+        bind_address = str(ipaddress.ip_address(bind_address))
+    except ValueError:
+        fields["agent_bind_address"] = "an IP address of the node (0.0.0.0 for every address)"
+    if fields:
+        field, hint = next(iter(fields.items()))
+        raise ValidationFailed(f"{field} is invalid: use {hint}", fields)
+    return container_name, data_dir, bind_address
 
 
 def reveal_verifier(node):
@@ -147,23 +199,37 @@ def _check_override(field, value, low, high, integer):
     return value if integer else float(value)
 
 
-def add(actor, environment, name, host, port=5000):
-    """Returns (node, token, command); the token and the command are shown once."""
+def add(actor, environment, name, host, port=5000, agent_container_name=DEFAULT_CONTAINER_NAME,
+        agent_data_dir=DEFAULT_DATA_DIR, agent_bind_address=None, ssh_access=None, commit=True):
+    """Returns (node, token, command); the token and the command are shown once. The bind
+    address defaults to default_bind_address(host). With `ssh_access` (app/services/onboarding.py)
+    the node starts "provisioning": the controller sets its host up before it dials it."""
     name = _check_name(environment, name)
     host = check_host("host", host)
     port = _check_port(port)
+    agent_container_name, agent_data_dir, agent_bind_address = _check_agent_parameters(
+        agent_container_name, agent_data_dir,
+        default_bind_address(host) if agent_bind_address is None else agent_bind_address)
     token, verifier = _new_token()
     node = Node(
         environment_id=environment.id, name=name, host=host, port=port, enabled=True,
+        agent_settings=NodeAgentSettings(container_name=agent_container_name, data_dir=agent_data_dir,
+                                         bind_address=agent_bind_address),
         verifier_ciphertext=keyring().encrypt(verifier, VERIFIER_CONTEXT),
         status="pending", status_reason="waiting for the first connection to the agent",
     )
+    if ssh_access is not None:
+        node.ssh_access = ssh_access
+        node.status, node.status_reason = "provisioning", "onboarding over SSH: waiting for the controller"
     db.session.add(node)
     db.session.flush()
     audit.record(actor, "node.create", "node", node,
-                 {"environment": environment.name, "host": host, "port": port})
-    db.session.commit()
-    return node, token, agent_command(port, token)
+                 {"environment": environment.name, "host": host, "port": port,
+                  "agent_container_name": agent_container_name, "agent_data_dir": agent_data_dir,
+                  "agent_bind_address": agent_bind_address, "over_ssh": ssh_access is not None})
+    if commit:
+        db.session.commit()
+    return node, token, agent_command(node)
 
 
 def rotate_token(actor, node):
@@ -191,7 +257,7 @@ def rotate_token(actor, node):
         details["status"] = ["revoked", node.status]
     audit.record(actor, "node.rotate_token", "node", node, details or None)
     db.session.commit()
-    return node, token, agent_command(node.port, token)
+    return node, token, agent_command(node)
 
 
 def _waiting_rotations(node):

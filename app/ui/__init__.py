@@ -31,4 +31,13 @@ def node_reason(node):
     return status_reason_for(current_user, node)
 
 
-from app.ui import audit, catalog, deployments, environments, pages, projects, teams  # noqa: E402,F401
+from app.ui import (  # noqa: E402,F401
+    audit,
+    catalog,
+    deployments,
+    environments,
+    pages,
+    projects,
+    provisioning,
+    teams,
+)

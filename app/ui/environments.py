@@ -17,6 +17,7 @@ from app.ui.forms import (
     EnvironmentSettingsForm,
     NodeForm,
     NodeSettingsForm,
+    SshNodeForm,
     ThumbprintForm,
 )
 from app.ui.pages import _actor, service_call
@@ -125,6 +126,7 @@ def _environment_page(environment_id, exc=None, which=None):
         counts=counts, total=total, page=page, pages=max(1, -(-total // NODES_PER_PAGE)),
         settings_form=EnvironmentSettingsForm(obj=environment, **bound("settings")) if can_manage else None,
         node_form=NodeForm(**bound("node")) if access.can(current_user, "create", Node) else None,
+        ssh_node_form=SshNodeForm() if access.can(current_user, "create", Node) else None,
         which=which, **_problem(exc),
     ), exc.status if exc else 200
 
@@ -174,6 +176,7 @@ def _node_page(node_id, exc=None, which=None):
         holds_deployments=can_manage and nodes.holds_deployments(node.id),
         settings_form=NodeSettingsForm(obj=node, **bound("settings")) if can_manage else None,
         thumbprint_form=ThumbprintForm(**bound("thumbprint")), empty=EmptyForm(),
+        provisioning=_provisioning(node) if can_manage else None,
         which=which, **_problem(exc),
     )
     # The token is on this page once: no cache may keep a copy.
@@ -187,6 +190,14 @@ def node_detail(node_id):
 
 def _reshow_node(which):
     return lambda exc, node_id: _node_page(node_id, exc, which)
+
+
+def _provisioning(node):
+    from app.ui.provisioning import node_runs  # the module imports this one
+
+    runs, tasks = node_runs(node)
+    return {"over_ssh": node.ssh_access is not None, "runs": runs, "tasks": tasks,
+            "active": bool(runs) and runs[0].status in ("pending", "running")}
 
 
 @bp.post("/nodes/<int:node_id>/settings")

@@ -1,6 +1,14 @@
 """Flask-WTF forms: every form carries a CSRF token."""
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, FloatField, IntegerField, PasswordField, SelectField, StringField
+from wtforms import (
+    BooleanField,
+    FloatField,
+    IntegerField,
+    PasswordField,
+    SelectField,
+    StringField,
+    TextAreaField,
+)
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional
 
@@ -68,6 +76,20 @@ class NodeForm(FlaskForm):
     name = StringField("Node name", validators=[DataRequired(), Length(max=63)])
     host = StringField("Host name or IP address", validators=[DataRequired(), Length(max=255)])
     port = IntegerField("Agent port", default=5000, validators=[InputRequired()])
+
+
+class SshNodeForm(FlaskForm):
+    """Add a node the controller sets up over SSH (issue 16)."""
+
+    name = StringField("Node name", validators=[DataRequired(), Length(max=63)])
+    host = StringField("Host name or IP address", validators=[DataRequired(), Length(max=255)])
+    port = IntegerField("Agent port", default=5000, validators=[InputRequired()])
+    ssh_host = StringField("SSH host (empty: the same)", validators=[Optional(), Length(max=255)])
+    ssh_port = IntegerField("SSH port", default=22, validators=[InputRequired()])
+    ssh_user = StringField("SSH user", validators=[DataRequired(), Length(max=64)])
+    private_key = TextAreaField("Private key", validators=[Optional(), Length(max=16384)])
+    password = PasswordField("Password", validators=[Optional(), Length(max=16384)])
+    become = BooleanField("Use sudo", default=True)
 
 
 class NodeSettingsForm(FlaskForm):

@@ -4,6 +4,6 @@ Each module defines `ROWS` ({(method, rule): (path template, JSON body, statuses
 and `make_ids(ex, ids)`, which creates the objects its rows need (ex: the spec_example
 fixture, ids: what the matrix made so far) and returns {name: id} for the path templates.
 """
-from tests.access import deployments, pipelines, services
+from tests.access import deployments, pipelines, provisioning, services
 
-AREAS = (services, pipelines, deployments)
+AREAS = (services, pipelines, deployments, provisioning)

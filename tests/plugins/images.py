@@ -22,6 +22,11 @@ IMAGES = {
     "postgres-database": ("plugins/postgres-database", "nullops-test/postgres-database:latest"),
     "sql-script": ("plugins/sql-script", "nullops-test/sql-script:latest"),
     "http-wait": ("plugins/http-wait", "nullops-test/http-wait:latest"),
+    # A managed Debian host for the Ansible roles' Molecule scenarios and provisioning tests.
+    "ansible-host": ("images/ansible-host", "nullops-test/ansible-host:bookworm"),
+    # FROM ansible-host (build it first; scripts/build-test-images.sh leaves it to the test that
+    # uses it): a node host reached over SSH only (tests/provisioning/test_ssh_host.py).
+    "ssh-node": ("images/ssh-node", "nullops-test/ssh-node:bookworm"),
 }
 # sql-script after postgres-database: it then reuses the psycopg2 layer they share.
 WAVES = (("postgres", "postgres-database", "http-wait"), ("sql-script",))

@@ -362,6 +362,13 @@ class NodeCreate(Request):
     host: str = Field(min_length=1, max_length=HOST_MAX,
                       description="Host name or IP address the controller dials (no scheme, no path)")
     port: int = Field(5000, **_PORT)
+    agent_container_name: str = Field("nullops-agent", max_length=128,
+                                      description="The agent container's name on the host")
+    agent_data_dir: str = Field("/var/lib/nullops-agent", max_length=255,
+                                description="The host directory mounted as the agent's /data")
+    agent_bind_address: str | None = Field(
+        None, max_length=64, description="The host address the agent's port is published on; "
+        "default: host when it is an IP address, else 0.0.0.0")
 
 
 class NodeUpdate(Request):
@@ -420,17 +427,22 @@ class NodeOut(Response):
     pending_thumbprint: str | None = Field(
         None, description="Managers only: a changed certificate waiting for an admin's approval")
     agent_version: str | None
+    agent_container_name: str | None = Field(None, description="Managers only")
+    agent_data_dir: str | None = Field(None, description="Managers only")
+    agent_bind_address: str | None = Field(None, description="Managers only")
     capacity: NodeCapacity
     resources: dict | None = Field(description="The agent's latest live figures, or null")
     resources_at: datetime | None
 
 
-NODE_MANAGER_FIELDS = frozenset({"host", "port", "thumbprint", "pending_thumbprint"})
+NODE_MANAGER_FIELDS = frozenset({"host", "port", "thumbprint", "pending_thumbprint", "agent_container_name",
+                                 "agent_data_dir", "agent_bind_address"})
 
 
 class NodeWithToken(NodeOut):
     token: str = Field(description="The node token. Shown only in this response; it is never stored.")
-    command: str = Field(description="The docker run command that starts the agent with the token")
+    command: str = Field(description="The commands that start the agent: the first stores the token "
+                         "(pasted at its prompt) in an env file, the second is the docker run command")
     message: str
 
 
@@ -520,3 +532,61 @@ class AuditOut(Response):
     target_name: str
     address: str
     details: dict
+
+
+# --- provisioning over SSH (issue 16) -----------------------------------------------------------
+class SshAccess(Request):
+    host: str = Field(min_length=1, max_length=HOST_MAX, description="Where the controller reaches sshd")
+    port: int = Field(22, **_PORT)
+    user: str = Field(min_length=1, max_length=64)
+    private_key: str | None = Field(None, max_length=16384, description="Stored encrypted; never returned")
+    password: str | None = Field(None, max_length=16384, description="Stored encrypted; never returned")
+    become: bool = Field(True, description="Use sudo on the host")
+
+
+class NodeProvision(NodeCreate):
+    ssh: SshAccess
+
+
+class ProvisioningRunOut(Response):
+    id: int
+    node_id: int | None
+    node_name: str
+    playbook: str
+    agent_version: str | None
+    status: Literal["pending", "running", "successful", "failed", "canceled", "timeout"]
+    failed_task: str | None = Field(description="The task that failed, as Ansible names it")
+    message: str = Field(description="Ansible's own message of the failure (secrets redacted)")
+    rc: int | None
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class NodeProvisioned(NodeOut):
+    run: ProvisioningRunOut
+
+
+class ProvisioningEventOut(Response):
+    counter: int
+    event: str
+    task: str | None
+    host: str | None
+    stdout: str
+    data: dict | None
+    created_at: datetime
+
+
+class ProvisioningRunEvents(Response):
+    run: ProvisioningRunOut
+    events: list[ProvisioningEventOut]
+
+
+class ProvisioningEventsQuery(Query):
+    after: int = Field(0, ge=0, description="Only events with a greater counter (follow a run)")
+
+
+class UpgradeAgentsOut(Response):
+    runs: list[ProvisioningRunOut]
+    skipped: list[dict]
