@@ -303,6 +303,7 @@ def test_users_see_names_only(client, headers, make_user, bearer):
     ({"name": "x", "url": "r.example.com"}, "url", 422),
     ({"name": "x", "url": "https://r.example.com/v2/"}, "url", 422),
     ({"name": "x", "url": "https://user:pw@r.example.com"}, "url", 422),
+    ({"name": "x", "url": "http://["}, "url", 422),  # urlsplit raises on an unclosed bracket
     ({"name": "x" * 65, "url": "https://r.example.com"}, "name", 422),
     ({"name": "", "url": "https://r.example.com"}, "name", 422),
     ({"name": "a;rm -rf", "url": "https://r.example.com"}, "name", 422),

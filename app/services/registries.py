@@ -93,7 +93,10 @@ def normalize_url(url):
     """The registry's base URL, without a trailing slash; refused with a hint if it is more."""
     if not isinstance(url, str) or not url or len(url) > URL_MAX:
         _refuse("url", f"give 1-{URL_MAX} characters: {URL_HINT}")
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:  # e.g. "http://[": an unclosed IPv6 bracket
+        _refuse("url", f"the host or port is not valid; {URL_HINT}")
     if parts.scheme not in ("http", "https"):
         given = f"{parts.scheme}://" if parts.scheme else "no scheme"
         _refuse("url", f"use http:// or https://, not {given}; {URL_HINT}")

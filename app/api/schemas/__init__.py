@@ -584,7 +584,7 @@ class ProvisioningRunEvents(Response):
 
 
 class ProvisioningEventsQuery(Query):
-    after: int = Field(0, ge=0, description="Only events with a greater counter (follow a run)")
+    after: int = Field(0, ge=0, le=ID_MAX, description="Only events with a greater counter (follow a run)")
 
 
 class UpgradeAgentsOut(Response):
