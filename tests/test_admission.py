@@ -1,4 +1,7 @@
 """Admission: which node takes a new deployment, and what a refusal says."""
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -7,9 +10,9 @@ from sqlalchemy.exc import IntegrityError
 
 from app.controller import state
 from app.extensions import db
-from app.models import Environment, Project
+from app.models import Deployment, Environment, Project, User
 from app.models.types import utcnow
-from app.services import admission
+from app.services import admission, deployments
 from app.services.errors import InsufficientResources
 from tests.access.deployments import add_deployment, add_node, pipeline_version, service_step
 
@@ -260,3 +263,51 @@ def test_placing_is_one_query_whatever_the_fleet_and_a_refusal_two(staging, vers
         event.remove(db.engine, "before_cursor_execute", count)
     assert chosen.name == "node-19"
     assert (placed, len(statements) - placed) == (1, 2)
+
+
+@pytest.mark.postgres
+def test_concurrent_creates_at_exact_capacity_never_over_commit_a_node(app, spec_example, monkeypatch):
+    """Issue 18 item 3: 20 creates at once on a node with room for exactly 10; each one's check
+    and insert used to interleave with the others' (all saw 10 free), so all 20 were placed."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serializes writers by itself; the race needs PostgreSQL")
+    ex = spec_example
+    ex["project"].cpus, ex["project"].memory_mb = 0.2, 200
+    db.session.commit()
+    pipeline_version(ex["project"], [service_step("web")])
+    node = add_node(ex["environment"], "node-1", cpus=2, memory_mb=2000)
+    ids = (ex["writer"].id, ex["project"].id, ex["environment"].id)
+    place = admission.place
+
+    def slow_place(*args, **kwargs):
+        chosen = place(*args, **kwargs)
+        time.sleep(0.05)  # widen the window between the check and the commit
+        return chosen
+
+    monkeypatch.setattr(admission, "place", slow_place)
+    start = threading.Barrier(20)
+
+    def create(number):
+        with app.app_context():
+            # Released before any connection is taken: the pool holds 15 (5 + 10 overflow).
+            start.wait(timeout=30)
+            try:
+                writer, project, environment = (db.session.get(model, id_) for model, id_ in
+                                                zip((User, Project, Environment), ids, strict=True))
+                try:
+                    deployments.create(writer, project, environment, f"d-{number}", {})
+                    return "created"
+                except InsufficientResources as exc:
+                    return exc.message
+            finally:
+                db.session.remove()
+
+    with ThreadPoolExecutor(20) as pool:
+        outcomes = list(pool.map(create, range(20)))
+    assert outcomes.count("created") == 10, outcomes
+    refused = [o for o in outcomes if o != "created"]
+    assert set(refused) == {"no online node in staging has 0.2 CPUs and 200 MB free: "
+                            "node-1 has 0 CPUs and 0 MB free"}
+    held = db.session.execute(db.select(db.func.sum(Deployment.cpus), db.func.sum(Deployment.memory_mb))
+                              .where(Deployment.node_id == node.id)).one()
+    assert (round(held[0], 6), held[1]) == (2.0, 2000)

@@ -7,6 +7,9 @@ what its live deployments hold, and under what the agent last reported as actual
 report counts only while it is fresh, a stale one is ignored (the allocation check still
 applies). Of the nodes that fit, the one with the most free memory wins.
 
+Placements in one environment are serialized (serialize(), issue 18 item 3): the check and the
+insert of one create happen while no other create of the environment runs between them.
+
 Hot path: every create and clone runs this (measured with 500 nodes and 10,000 deployments in
 benchmarks/api_latency.py), so the database does it: one query computes each candidate's room
 (the allocation a GROUP BY over an index) and returns the node that fits best. Only a refusal
@@ -70,6 +73,20 @@ def _room(environment, now):
             .where(Node.environment_id == environment.id, Node.status == "online",
                    Node.enabled.is_(True))
             .subquery())
+
+
+# The two-key form of PostgreSQL's advisory locks (pg_locks shows objsubid 2, apart from the
+# controller's one-key leader lock): this namespace, then the environment's id.
+PLACEMENT_LOCK = 0x706C6163  # "plac"
+
+
+def serialize(environment):
+    """Wait for the environment's other placements to commit, and keep them waiting until this
+    transaction ends (issue 18 item 3): place() then sees every deployment they added, so
+    concurrent creates cannot over-commit a node. Call it before place(), in the transaction
+    that inserts the deployment. SQLite has one writer at a time already."""
+    if db.session.get_bind().dialect.name == "postgresql":
+        db.session.execute(select(func.pg_advisory_xact_lock(PLACEMENT_LOCK, environment.id)))
 
 
 def place(environment, cpus, memory_mb, now=None):
