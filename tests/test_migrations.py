@@ -140,8 +140,8 @@ def test_after_the_upgrade_sqlite_gives_no_id_ever_used_again(tmp_path):
     # remembers deleted ones).
     from app.models import Deployment, DeploymentEvent, Environment, Node, Project
     from app.models.types import utcnow
-    from app.services import catalog, deployments, nodes, users
-    from tests.access.deployments import add_node, pipeline_version, service_step
+    from app.services import audit, catalog, deployments, nodes, users
+    from tests.access.deployments import add_deployment, add_node, pipeline_version, service_step
     from tests.conftest import STRONG_PASSWORD
 
     app = create_app(TestConfig(database_url=f"sqlite:///{tmp_path / 'old.db'}"))
@@ -149,15 +149,19 @@ def test_after_the_upgrade_sqlite_gives_no_id_ever_used_again(tmp_path):
         upgrade(revision="0008")
         admin = users.create(None, "admin", STRONG_PASSWORD, role="admin")
         environment = catalog.create(admin, Environment, "staging")
-        kept_node = add_node(environment, "node-1")
+        # Without the columns of later revisions (0011's ratio and reserve).
+        kept_node = add_node(environment, "node-1", cpu_overcommit=None, memory_reserve_mb=None)
         gone_node, _token, _command = nodes.add(admin, environment, "node-2", "10.0.0.6")
         seen = {"node": gone_node.id}
         nodes.delete(admin, gone_node)
         billing, shop = catalog.create(admin, Project, "billing"), catalog.create(admin, Project, "shop")
-        pipeline_version(billing, [service_step("web")])
-        pipeline_version(shop, [service_step("web")])
-        kept = deployments.create(admin, billing, environment, "pr-1", {})
-        gone = deployments.create(admin, shop, environment, "pr-2", {})
+        billing_version = pipeline_version(billing, [service_step("web")])
+        shop_version = pipeline_version(shop, [service_step("web")])
+        # Rows as deployments.create left them at 0008 (today's admission reads 0011's columns).
+        kept = add_deployment(billing_version, environment, kept_node, "pr-1")
+        db.session.add(DeploymentEvent(deployment_id=kept.id, kind="created", message="created"))
+        gone = add_deployment(shop_version, environment, kept_node, "pr-2")
+        audit.record(admin, "deployment.create", "deployment", gone, {})
         gone.status, gone.deleted_at = "deleted", utcnow()
         db.session.commit()
         seen["deployment"] = gone.id

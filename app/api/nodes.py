@@ -35,6 +35,7 @@ def node_out(node, user):
         "cpus": node.capacity_cpus, "memory_mb": node.capacity_memory_mb,
         "reported_cpus": node.reported_cpus, "reported_memory_mb": node.reported_memory_mb,
         "cpus_override": node.cpus_override, "memory_mb_override": node.memory_mb_override,
+        "cpu_overcommit": node.cpu_overcommit, "memory_reserve_mb": node.memory_reserve_mb,
     }
     hidden = set() if access.can(user, "manage", node) else NODE_MANAGER_FIELDS
     return NodeOut.model_validate(data).model_dump(mode="json", exclude=hidden)
@@ -74,7 +75,8 @@ def get_node(node_id):
 
 
 @operation("PATCH", "/nodes/<int:node_id>",
-           summary="Change a node's address or capacity overrides (null clears an override)",
+           summary="Change a node's address, capacity overrides, CPU overcommit ratio or memory "
+                   "reserve (null clears an override)",
            tag=TAG, body=NodeUpdate, response=NodeOut)
 def update_node(node_id, data):
     node = _node(node_id)
@@ -83,6 +85,8 @@ def update_node(node_id, data):
         _actor(), node, host=data.host, port=data.port,
         cpus_override=data.cpus_override if "cpus_override" in given else UNCHANGED,
         memory_mb_override=data.memory_mb_override if "memory_mb_override" in given else UNCHANGED,
+        cpu_overcommit=data.cpu_overcommit if "cpu_overcommit" in given else UNCHANGED,
+        memory_reserve_mb=data.memory_reserve_mb,
     )
     return node_out(node, current_user)
 

@@ -87,6 +87,7 @@ def environment_create():
     environment = catalog.create(
         _actor(), Environment, form.name.data.strip(), form.description.data or "",
         base_domain=form.base_domain.data.strip(), cleanup_minutes=form.cleanup_minutes.data,
+        **({"cpu_overcommit": form.cpu_overcommit.data} if form.cpu_overcommit.data is not None else {}),
     )
     flash(f"Environment {environment.name} created.", "ok")
     return redirect(_to_environment(environment.id))
@@ -118,7 +119,7 @@ def environment_settings(environment_id):
     form = _valid(EnvironmentSettingsForm())
     catalog.update(_actor(), environment, description=form.description.data or "",
                    base_domain=form.base_domain.data.strip(),
-                   cleanup_minutes=form.cleanup_minutes.data)
+                   cleanup_minutes=form.cleanup_minutes.data, cpu_overcommit=form.cpu_overcommit.data)
     flash("Settings saved.", "ok")
 
 
@@ -156,7 +157,8 @@ def node_settings(node_id):
     form = _valid(NodeSettingsForm())
     nodes.update(_actor(), node, host=form.host.data.strip(), port=form.port.data,
                  cpus_override=form.cpus_override.data,
-                 memory_mb_override=form.memory_mb_override.data)
+                 memory_mb_override=form.memory_mb_override.data,
+                 cpu_overcommit=form.cpu_overcommit.data, memory_reserve_mb=form.memory_reserve_mb.data)
     flash("Node settings saved.", "ok")
 
 
