@@ -54,8 +54,13 @@ class MinuteFigures:
     def __init__(self, clock=time.monotonic):
         self._clock = clock
         self._samples = []  # (at, busy seconds, total seconds, memory available)
+        self._lock = threading.Lock()  # frames and stats.get answers sample from their own threads
 
     def sample(self, cpu_times, memory_available):
+        with self._lock:
+            return self._sample(cpu_times, memory_available)
+
+    def _sample(self, cpu_times, memory_available):
         now = self._clock()
         total = sum(cpu_times)
         busy = total - cpu_times.idle - getattr(cpu_times, "iowait", 0.0)

@@ -369,3 +369,48 @@ def test_of_nodes_that_fit_the_one_with_most_memory_left_to_allocate_wins_counti
     add_node(staging, "node-1", cpus=2, memory_mb=8192, memory_reserve_mb=2048)
     roomy = add_node(staging, "node-2", cpus=2, memory_mb=7168, memory_reserve_mb=512)
     assert admission.place(staging, 1, 1024).id == roomy.id   # 6656 MB left against 6144
+
+
+# --- issue 18 item 4: what a node holds, shown per node ------------------------------------------
+def test_a_node_shows_allocated_against_allocatable_real_use_and_each_deployments_reservation(
+        client, spec_example, bearer):
+    ex = spec_example
+    version = pipeline_version(ex["project"], [service_step("web")])
+    other = pipeline_version(ex["other_project"], [service_step("web")])
+    host = {"cpus": 2, "cpu_percent": 99.0, "cpu_percent_1m": 40.0, "memory_total": 8 * GB,
+            "memory_available": 5 * GB}
+    node = add_node(ex["environment"], "node-1", cpus=2, memory_mb=8192, host=host,
+                    cpu_overcommit=None, memory_reserve_mb=None)
+    add_deployment(version, ex["environment"], node, "big", cpus=0.5, memory_mb=1024)
+    add_deployment(version, ex["environment"], node, "small", cpus=0.25, memory_mb=256, status="deploying")
+    # Another project's: who sees the environment sees its deployments (app/access.py).
+    add_deployment(other, ex["environment"], node, "theirs", cpus=1, memory_mb=512)
+    add_deployment(version, ex["environment"], node, "gone", status="deleted", cpus=4, memory_mb=4096)
+    response = client.get(f"/api/v1/nodes/{node.id}/allocation", headers=bearer(ex["writer"]))
+    assert response.status_code == 200, response.text
+    shown = response.json
+    assert shown["cpus"] == {"capacity": 2.0, "overcommit": 16.0, "allocatable": 32.0, "allocated": 1.75}
+    assert shown["memory_mb"] == {"capacity": 8192, "reserve": 512, "allocatable": 7680, "allocated": 1792}
+    assert {k: shown["real"][k] for k in ("cpu_percent_1m", "memory_available_mb", "saturated")} == {
+        "cpu_percent_1m": 40.0, "memory_available_mb": 5120, "saturated": False}
+    # Most memory first; the deleted one holds nothing.
+    assert [(d["name"], d["status"], d["cpus"], d["memory_mb"]) for d in shown["deployments"]] == [
+        ("big", "ready", 0.5, 1024), ("theirs", "ready", 1.0, 512), ("small", "deploying", 0.25, 256)]
+    assert shown["others"] == {"count": 0, "cpus": 0, "memory_mb": 0}
+    assert client.get(f"/api/v1/nodes/{node.id}/allocation",
+                      headers=bearer(ex["outsider"])).status_code == 404
+
+
+def test_the_node_page_shows_the_allocation(client, spec_example, login):
+    ex = spec_example
+    version = pipeline_version(ex["project"], [service_step("web")])
+    node = add_node(ex["environment"], "node-1", cpus=2, memory_mb=8192, cpu_overcommit=None,
+                    memory_reserve_mb=None)
+    add_deployment(version, ex["environment"], node, "big", cpus=0.5, memory_mb=1024)
+    login(ex["writer"].username)
+    page = client.get(f"/nodes/{node.id}").text
+    section = page[page.index('data-testid="node-allocation"'):]
+    section = section[:section.index("</section>")]
+    assert "2 CPUs × 16 overcommit" in section and "8192 MB less 512 MB reserved for the host" in section
+    assert "<td>0.5</td>" in section and "<td>1024 MB</td>" in section and ">big</a>" in section
+    assert "no recent figures" in section

@@ -5,6 +5,7 @@ from app import access
 from app.api.core import operation, paginate
 from app.api.schemas import (
     NODE_MANAGER_FIELDS,
+    NodeAllocation,
     NodeCreate,
     NodeDeleteQuery,
     NodeOut,
@@ -15,7 +16,7 @@ from app.api.schemas import (
     ThumbprintApproval,
 )
 from app.models import Environment, Node
-from app.services import nodes
+from app.services import admission, nodes
 from app.services.nodes import UNCHANGED
 
 TAG = "nodes"
@@ -72,6 +73,13 @@ def create_node(environment_id, data):
 @operation("GET", "/nodes/<int:node_id>", summary="One node", tag=TAG, response=NodeOut)
 def get_node(node_id):
     return node_out(_node(node_id, "view"), current_user)
+
+
+@operation("GET", "/nodes/<int:node_id>/allocation",
+           summary="What a node holds against what it may hold, its real use, and each deployment's "
+                   "reservation", tag=TAG, response=NodeAllocation)
+def get_node_allocation(node_id):
+    return admission.allocation(_node(node_id, "view"), current_user)
 
 
 @operation("PATCH", "/nodes/<int:node_id>",

@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 from sqlalchemy import case, func, literal, select
 
+from app import access
 from app.extensions import db
 from app.models import Deployment, Environment, Node
 from app.models.types import utcnow
@@ -172,3 +173,40 @@ def _no_online_node(environment):
     if len(states) > SHOWN_NODES:
         listed += f" and {len(states) - SHOWN_NODES} more"
     return f"no online node in {environment.name} takes new deployments ({listed}); try again later"
+
+
+def allocation(node, viewer, now=None):
+    """What a node holds against what it may hold, as its page and GET /nodes/{id}/allocation
+    show it (issue 18 item 4): CPUs with the ratio, memory with the reserve, the agent's real
+    figures over the last minute (None when stale or missing), and what each live deployment
+    reserves. Deployments the viewer may not see are summed, not named."""
+    now = now or utcnow()
+    ratio = node.cpu_overcommit if node.cpu_overcommit is not None else node.environment.cpu_overcommit
+    rows = db.session.execute(
+        select(Deployment.id, Deployment.name, Deployment.status, Deployment.cpus, Deployment.memory_mb)
+        .where(Deployment.node_id == node.id, Deployment.deleted_at.is_(None))
+        .order_by(Deployment.memory_mb.desc(), Deployment.name)).all()
+    visible = set(db.session.scalars(
+        access.visible(viewer, Deployment).with_only_columns(Deployment.id)
+        .where(Deployment.node_id == node.id, Deployment.deleted_at.is_(None))))
+    fresh = node.resources_at is not None and node.resources_at >= now - FRESH_FOR
+    capacity_cpus, capacity_memory = node.capacity_cpus, node.capacity_memory_mb
+    hidden = [row for row in rows if row.id not in visible]
+    return {
+        "cpus": {"capacity": capacity_cpus, "overcommit": ratio,
+                 "allocatable": None if capacity_cpus is None else round(capacity_cpus * ratio, 3),
+                 "allocated": round(sum(row.cpus for row in rows), 3)},
+        "memory_mb": {"capacity": capacity_memory, "reserve": node.memory_reserve_mb,
+                      "allocatable": None if capacity_memory is None
+                      else max(0, capacity_memory - node.memory_reserve_mb),
+                      "allocated": sum(row.memory_mb for row in rows)},
+        "real": {"cpu_percent_1m": node.reported_cpu_percent if fresh else None,
+                 "memory_available_mb": node.reported_free_memory_mb if fresh else None,
+                 "saturated": bool(fresh and node.reported_cpu_percent is not None
+                                   and node.reported_cpu_percent >= SATURATED_PERCENT),
+                 "at": node.resources_at},
+        "deployments": [{"id": row.id, "name": row.name, "status": row.status, "cpus": row.cpus,
+                         "memory_mb": row.memory_mb} for row in rows if row.id in visible],
+        "others": {"count": len(hidden), "cpus": round(sum(row.cpus for row in hidden), 3),
+                   "memory_mb": sum(row.memory_mb for row in hidden)},
+    }

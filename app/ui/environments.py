@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 from app import access
 from app.extensions import db
 from app.models import Environment, Node
-from app.services import catalog, nodes
+from app.services import admission, catalog, nodes
 from app.services.errors import NotFound, ValidationFailed
 from app.services.specs import url_pattern
 from app.ui import bp, shown_once
@@ -142,6 +142,7 @@ def node_detail(node_id):
     shown_once = _pop_shown_once(node) if can_manage else None
     page = render_template(
         "ui/node.html", node=node, can_manage=can_manage, shown_once=shown_once,
+        allocation=admission.allocation(node, current_user),
         holds_deployments=can_manage and nodes.holds_deployments(node.id),
         settings_form=NodeSettingsForm(obj=node) if can_manage else None,
         thumbprint_form=ThumbprintForm(), empty=EmptyForm(),

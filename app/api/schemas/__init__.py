@@ -395,6 +395,52 @@ class NodeOut(Response):
     resources_at: datetime | None
 
 
+class AllocatedCpus(BaseModel):
+    capacity: float | None = Field(description="The node's CPUs (override, else report)")
+    overcommit: float = Field(description="The ratio in force: the node's, else the environment's")
+    allocatable: float | None = Field(description="capacity x overcommit")
+    allocated: float = Field(description="The CPU limits of its live deployments, summed")
+
+
+class AllocatedMemory(BaseModel):
+    capacity: int | None = Field(description="The node's memory in MB (override, else report)")
+    reserve: int = Field(description="Kept for the host; no deployment gets it")
+    allocatable: int | None = Field(description="capacity - reserve")
+    allocated: int = Field(description="The memory limits of its live deployments, summed")
+
+
+class RealUse(BaseModel):
+    cpu_percent_1m: float | None = Field(description="CPU busy over the last minute; null when stale")
+    memory_available_mb: int | None = Field(description="Available memory over the last minute")
+    saturated: bool = Field(description="Busy enough that it takes no new deployment now")
+    at: datetime | None
+
+
+class Reservation(BaseModel):
+    id: int
+    name: str
+    status: str
+    cpus: float
+    memory_mb: int
+
+
+class OtherReservations(BaseModel):
+    count: int
+    cpus: float
+    memory_mb: int
+
+
+class NodeAllocation(Response):
+    """Allocated against allocatable on one node, its real use, and what each live deployment
+    reserves (those the caller may not see are summed under `others`)."""
+
+    cpus: AllocatedCpus
+    memory_mb: AllocatedMemory
+    real: RealUse
+    deployments: list[Reservation]
+    others: OtherReservations
+
+
 NODE_MANAGER_FIELDS = frozenset({"host", "port", "thumbprint", "pending_thumbprint"})
 
 
