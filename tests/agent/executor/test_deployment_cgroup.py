@@ -1,0 +1,75 @@
+"""A deployment's limits hold all its containers together (issue 18 item 1): with deployment
+cgroups every container of it, services and plugins, runs under one cgroup carrying the
+deployment's CPU and memory limits, whatever each container's own limits are."""
+import os
+import time
+import uuid
+
+import pytest
+
+from agent.cgroups import MIB, DeploymentCgroups
+from agent.docker_exec import check_confined
+
+from .helpers import dep_id, service, spec_for
+
+pytestmark = pytest.mark.docker
+
+CGROUP_V1 = os.path.isdir("/sys/fs/cgroup/cpu") and os.path.isdir("/sys/fs/cgroup/memory")
+# Every container spins one core and grows a "line" of zeros in memory (busybox tail keeps the
+# last line whole) until the kernel stops it.
+HOG = ["sh", "-c", 'trap "exit 0" TERM; (head -c 200m /dev/zero | tail > /dev/null) & '
+                   'while :; do :; done']
+
+
+def _read(path):
+    with open(path) as handle:
+        return int(handle.read())
+
+
+def _cpu_ns(docker_client, container_ids):
+    """The engine's CPU figure for each container, summed (ns)."""
+    return sum(docker_client.api.stats(cid, stream=False)["cpu_stats"]["cpu_usage"]["total_usage"]
+               for cid in container_ids)
+
+
+@pytest.mark.skipif(not CGROUP_V1, reason="deployment cgroups are made for cgroup v1")
+def test_every_container_of_a_deployment_together_stays_within_its_limits(
+        docker_client, make_executor, busybox_image):
+    node_id = f"test-{uuid.uuid4().hex[:8]}"
+    cgroups = DeploymentCgroups(node_id, root="nullops-test")
+    executor = make_executor(node_id=node_id, publish_host="127.0.0.1", cgroups=cgroups)
+    deployment = dep_id()
+    # Three services with no limits of their own: each may take the deployment's 0.5 CPU and
+    # 96 MB alone (the old rule gave 1.5 CPUs and 288 MB to the three).
+    steps = [service(name, busybox_image) for name in ("a", "b", "c")]
+    spec = spec_for(deployment, *steps, cpus=0.5, memory_mb=96)
+    parent = cgroups.parent(deployment)
+    try:
+        ids = [executor.start_service(spec, step, {}, HOG, "run-1").id for step in steps]
+        for cid in ids:
+            assert docker_client.api.inspect_container(cid)["HostConfig"]["CgroupParent"] == parent
+        assert _read(f"/sys/fs/cgroup/cpu{parent}/cpu.cfs_quota_us") == 50_000
+        assert _read(f"/sys/fs/cgroup/memory{parent}/memory.limit_in_bytes") == 96 * MIB
+        time.sleep(2)  # past the start
+        before, started = _cpu_ns(docker_client, ids), time.monotonic()
+        time.sleep(4)
+        used, elapsed = _cpu_ns(docker_client, ids) - before, time.monotonic() - started
+        # Three spinning containers on 2 cores would take 2 CPUs; the engine's figures sum to
+        # the deployment's 0.5 (stats calls take their time: measured over their span).
+        assert used / 1e9 / elapsed <= 0.5 * 1.15, used / 1e9 / elapsed
+        assert used / 1e9 / elapsed >= 0.5 * 0.6
+        peak = _read(f"/sys/fs/cgroup/memory{parent}/memory.max_usage_in_bytes")
+        assert peak <= 96 * MIB
+        assert _read(f"/sys/fs/cgroup/memory{parent}/memory.failcnt") > 0  # they did try for more
+    finally:
+        executor.teardown(deployment, graceful=False)
+    assert not os.path.exists(f"/sys/fs/cgroup/cpu{parent}")
+    assert not os.path.exists(f"/sys/fs/cgroup/memory{parent}")
+
+
+def test_the_only_cgroup_parent_a_container_may_get_is_its_deployments():
+    host = {"NetworkMode": "net", "CgroupParent": "/nullops/n/dep-1"}
+    check_confined(host, "net", "/nullops/n/dep-1")
+    for expected in (None, "/nullops/n/dep-2"):
+        with pytest.raises(RuntimeError):
+            check_confined(host, "net", expected)
