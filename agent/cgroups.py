@@ -47,11 +47,12 @@ class DeploymentCgroups:
         return self.parent(deployment_id)
 
     def remove(self, deployment_id):
-        """Remove the parent once its containers are gone; a missing one is removed already.
-        Returns what could not be removed (still busy)."""
+        """Remove the deployment's cgroup from every hierarchy (the engine makes it in all of
+        them, blkio to pids, for the containers' own), then the node's when empty; one missing
+        is removed already. Returns what could not be removed (still busy)."""
         left = []
-        for controller in ("cpu", "memory"):
-            path = self._dir(controller, deployment_id)
+        for hierarchy in self._hierarchies():
+            path = os.path.join(hierarchy, self.parent(deployment_id).lstrip("/"))
             # The engine removes its containers' own cgroups just after the containers: busy
             # for a moment at most.
             for attempt in range(20):
@@ -65,7 +66,26 @@ class DeploymentCgroups:
                         left.append(f"cgroup {path}: {exc.strerror}")
                         break
                     time.sleep(0.1)
+            for upper in (os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
+                try:
+                    os.rmdir(upper)   # the node's, then the root's, once nothing is left in them
+                except OSError:
+                    break
         return left
+
+    def _hierarchies(self):
+        """Each mounted hierarchy once (cpu and cpuacct may be links to cpu,cpuacct)."""
+        seen, found = set(), []
+        try:
+            names = sorted(os.listdir(self.mount))
+        except OSError:
+            return found
+        for name in names:
+            real = os.path.realpath(os.path.join(self.mount, name))
+            if real not in seen and os.path.isdir(real):
+                seen.add(real)
+                found.append(real)
+        return found
 
 
 def _write(directory, name, value):
