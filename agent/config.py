@@ -40,6 +40,9 @@ class Settings:
     stop_grace: int = 2
     reconcile_interval: float = 10.0
     log_level: str = "info"
+    # One cgroup per deployment holding all its containers to its limits (agent/cgroups.py);
+    # needs the host's /sys/fs/cgroup (v1) writable. Off: each container gets the limits.
+    deployment_cgroups: bool = False
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,6 +66,8 @@ def _parser():
     add("--stop-grace", help="seconds between SIGTERM and SIGKILL for a service (env AGENT_STOP_GRACE; 2)")
     add("--reconcile-interval", help="seconds between reconcile rounds (env AGENT_RECONCILE_INTERVAL; 10)")
     add("--log-level", help=f"{', '.join(LOG_LEVELS)} (env AGENT_LOG_LEVEL; info)")
+    add("--deployment-cgroups", help="on: a deployment's containers together stay within its limits "
+                                     "(needs /sys/fs/cgroup writable; env AGENT_DEPLOYMENT_CGROUPS; off)")
     return parser
 
 
@@ -132,6 +137,9 @@ def load_settings(argv=None, environ=None):
     level_name, level = pick(args.log_level, "AGENT_LOG_LEVEL", "info")
     if level.lower() not in LOG_LEVELS:
         raise ConfigError(f"{level_name} must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
+    cgroups_name, cgroups = pick(args.deployment_cgroups, "AGENT_DEPLOYMENT_CGROUPS", "off")
+    if cgroups.lower() not in ("on", "off"):
+        raise ConfigError(f"{cgroups_name} must be on or off, not {cgroups!r}")
     token = env.get("AGENT_TOKEN") or None
     if token is not None and token != token.strip():
         raise ConfigError("AGENT_TOKEN has leading or trailing whitespace; paste the token exactly")
@@ -139,6 +147,7 @@ def load_settings(argv=None, environ=None):
         data_dir=Path(data_dir).expanduser().absolute(), host=host, port=port, token=token,
         node_id=node_id, subnet_pool=pool, publish_host=publish_host, stop_grace=grace,
         reconcile_interval=interval, log_level=level.lower(),
+        deployment_cgroups=cgroups.lower() == "on",
     )
 
 

@@ -51,9 +51,11 @@ def refuse_forbidden(step):
         raise SpecError(f"step {step.get('id')}: {FORBIDDEN[bad[0]]}", refused=True)
 
 
-def check_confined(host_config, network_mode):
-    """Refuse to send a HostConfig that escapes the container's confinement."""
-    loose = [key for key in _EMPTY_HOST_KEYS if host_config.get(key)]
+def check_confined(host_config, network_mode, cgroup_parent=None):
+    """Refuse to send a HostConfig that escapes the container's confinement; the one cgroup
+    parent allowed is the deployment's own (agent/cgroups.py)."""
+    loose = [key for key in _EMPTY_HOST_KEYS if host_config.get(key)
+             and not (key == "CgroupParent" and cgroup_parent and host_config[key] == cgroup_parent)]
     if host_config.get("NetworkMode") != network_mode:
         loose.append("NetworkMode")
     if host_config.get("SecurityOpt") != SECURITY_OPT:
@@ -117,7 +119,7 @@ class Executor:
     """The Docker side of one node agent. Thread-safe; one instance per agent."""
 
     def __init__(self, client, node_id, *, subnet_pool="10.240.0.0/12", subnet_prefix=24,
-                 publish_host="0.0.0.0", stop_grace_s=2, labels=None):
+                 publish_host="0.0.0.0", stop_grace_s=2, labels=None, cgroups=None):
         if not isinstance(node_id, str) or not NODE_ID.match(node_id):
             raise ValueError("node_id must be letters, digits, '.', '_' or '-' (at most 63)")
         self.client = client
@@ -131,6 +133,9 @@ class Executor:
         self.extra_labels = dict(labels or {})  # e.g. test ownership labels; never overrides ours
         self._network_lock = threading.Lock()
         self._cpu_samples = {}  # container id -> (container cpu ns, system cpu ns)
+        # agent.cgroups.DeploymentCgroups: the deployment's limits hold all its containers
+        # together (issue 18 item 1); None: each container gets them (the old rule).
+        self.cgroups = cgroups
 
     # --- names and labels ------------------------------------------------------------------
     def network_name(self, deployment_id):
@@ -266,6 +271,13 @@ class Executor:
         return {"cpus": step.get("cpus", defaults.get("cpus")),
                 "memory_mb": step.get("memory_mb", defaults.get("memory_mb"))}
 
+    def cgroup_parent(self, spec):
+        """The deployment's cgroup, made with its limits, or None without deployment cgroups."""
+        if self.cgroups is None:
+            return None
+        limits = spec.get("limits") or {}
+        return self.cgroups.ensure(spec["deployment_id"], limits["cpus"], limits["memory_mb"])
+
     def start_service(self, spec, step, env, command, run_id):
         """Create and start a service container, or keep the running one whose config hash
         matches (compose's ConvergencePlan: noop versus recreate)."""
@@ -277,11 +289,14 @@ class Executor:
             image_id = self.client.images.get(image).id
         network = self.ensure_network(deployment_id)
         limits = self._limits(spec, step)
+        cgroup_parent = self.cgroup_parent(spec)
         ports, expose = list(step.get("ports", [])), list(step.get("expose", []))
         # The confinement is part of the hash: containers made before it are recreated with it.
-        digest = config_hash(image_id, env, command, ports, expose, limits,
-                             {"stop_grace_s": self.stop_grace_s, "publish_host": self.publish_host,
-                              "pids_limit": SERVICE_PIDS_LIMIT, "security_opt": SECURITY_OPT})
+        extra = {"stop_grace_s": self.stop_grace_s, "publish_host": self.publish_host,
+                 "pids_limit": SERVICE_PIDS_LIMIT, "security_opt": SECURITY_OPT}
+        if cgroup_parent is not None:  # only then: turning deployment cgroups on recreates
+            extra["cgroup_parent"] = cgroup_parent
+        digest = config_hash(image_id, env, command, ports, expose, limits, extra)
         name = self.container_name(deployment_id, step_id)
 
         existing = self._get_container(name)
@@ -300,13 +315,14 @@ class Executor:
             port_bindings={port: (self.publish_host, None) for port in expose},
             mem_limit=f"{limits['memory_mb']}m" if limits["memory_mb"] else None,
             nano_cpus=int(limits["cpus"] * 1e9) if limits["cpus"] else None,
+            cgroup_parent=cgroup_parent,
             log_config=LogConfig(**SERVICE_LOG_CONFIG),
             init=False,
             privileged=False,
             pids_limit=SERVICE_PIDS_LIMIT,
             security_opt=list(SECURITY_OPT),
         )
-        check_confined(host_config, network_mode)
+        check_confined(host_config, network_mode, cgroup_parent)
         labels = self.labels_for(deployment_id, L.ROLE_SERVICE, step=step_id, run=run_id)
         labels[L.CONFIG_HASH] = digest
         networking = api.create_networking_config(
@@ -459,6 +475,8 @@ class Executor:
                 pass
             except (APIError, *UNAVAILABLE) as exc:
                 failures.append(f"volume {volume.name}: {exc}")
+        if self.cgroups is not None and not failures:
+            failures += self.cgroups.remove(deployment_id)
         if failures:
             raise EngineError("engine_error", f"teardown of {deployment_id} left objects behind: "
                               + "; ".join(failures[:5]))

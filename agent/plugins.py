@@ -212,11 +212,13 @@ def run_plugin(executor, spec, step, input_obj, *, run_id, cancel, action="run",
         networking = api.create_networking_config({network_mode: api.create_endpoint_config()})
     else:
         network_mode = "none"
+    cgroup_parent = executor.cgroup_parent(spec)   # a plugin counts against the deployment's limits
     host_config = api.create_host_config(
         network_mode=network_mode, mem_limit=f"{memory_mb}m", nano_cpus=int(cpus * 1e9),
+        cgroup_parent=cgroup_parent,
         log_config=LogConfig(type="none"), pids_limit=PIDS_LIMIT, init=False, privileged=False,
         security_opt=list(SECURITY_OPT))
-    check_confined(host_config, network_mode)
+    check_confined(host_config, network_mode, cgroup_parent)
     labels = executor.labels_for(deployment_id, L.ROLE_PLUGIN, step=step_id, run=run_id)
     name = f"{executor.container_name(deployment_id, step_id)}-{uuid.uuid4().hex[:8]}"
 

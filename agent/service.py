@@ -15,6 +15,7 @@ import uuid
 import psutil
 
 from agent import protocol
+from agent.cgroups import DeploymentCgroups
 from agent.docker_exec import Executor
 from agent.errors import AgentError
 from agent.pipeline import (
@@ -43,6 +44,41 @@ def spec_hash(spec):
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
+class MinuteFigures:
+    """The host's CPU use and available memory over the last minute, from the samples taken for
+    resources frames (every 15 s): the control plane judges "actually free" on these, so that a
+    spike (an image pull, a test run) does not turn deployments away (issue 18 item 2). Until a
+    minute has passed it averages over what it has; with one sample it says nothing."""
+
+    WINDOW_S = 60.0
+
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        self._samples = []  # (at, busy seconds, total seconds, memory available)
+        self._lock = threading.Lock()  # frames and stats.get answers sample from their own threads
+
+    def sample(self, cpu_times, memory_available):
+        with self._lock:
+            return self._sample(cpu_times, memory_available)
+
+    def _sample(self, cpu_times, memory_available):
+        now = self._clock()
+        total = sum(cpu_times)
+        busy = total - cpu_times.idle - getattr(cpu_times, "iowait", 0.0)
+        self._samples.append((now, busy, total, memory_available))
+        # Keep the newest sample at least a minute old: the base the minute is measured from.
+        while len(self._samples) > 2 and self._samples[1][0] <= now - self.WINDOW_S:
+            self._samples.pop(0)
+        if len(self._samples) < 2:
+            return {}
+        first, last = self._samples[0], self._samples[-1]
+        elapsed = last[2] - first[2]
+        recent = self._samples[1:]   # the base sample ends the minute before
+        figures = {"memory_available_1m": int(sum(s[3] for s in recent) / len(recent))}
+        if elapsed > 0:
+            figures["cpu_percent_1m"] = round(min(100.0, max(0.0, 100 * (last[1] - first[1]) / elapsed)), 1)
+        return figures
+
 class ActiveRun:
     def __init__(self, run_id, kind, thread, cancel, spec_digest):
         self.run_id = run_id
@@ -56,11 +92,13 @@ class AgentService:
     def __init__(self, settings, store, hub, docker_client, executor=None):
         self.settings = settings
         self.store = store
+        self._minute = MinuteFigures()
         self.hub = hub
         self.docker = docker_client
         self.executor = executor or Executor(
             docker_client, settings.node_id, subnet_pool=settings.subnet_pool,
             publish_host=settings.publish_host, stop_grace_s=settings.stop_grace,
+            cgroups=DeploymentCgroups(settings.node_id) if settings.deployment_cgroups else None,
         )
         self.memory = {}   # deployment id -> RunMemory (secrets, credentials, outputs)
         self.active = {}   # deployment id -> ActiveRun
@@ -350,6 +388,7 @@ class AgentService:
         """Host figures (psutil) and what this node's deployments hold by their limits: the
         control plane admits a deployment only where both leave room (ARCHITECTURE.md)."""
         vm = psutil.virtual_memory()
+        minute = self._minute.sample(psutil.cpu_times(), vm.available)
         cpus = memory_mb = 0.0
         for deployment in self.store.list_deployments():
             if deployment["status"] in (DELETED, DEPLOY_FAILED):  # nothing of it runs
@@ -361,7 +400,7 @@ class AgentService:
                     memory_mb += step.get("memory_mb", spec["limits"]["memory_mb"])
         return {
             "host": {"cpus": psutil.cpu_count() or 1, "cpu_percent": psutil.cpu_percent(interval=None),
-                     "memory_total": vm.total, "memory_available": vm.available},
+                     "memory_total": vm.total, "memory_available": vm.available, **minute},
             "allocated": {"cpus": round(cpus, 3), "memory_mb": int(memory_mb)},
         }
 

@@ -118,6 +118,7 @@ MATRIX.update({
         "/api/v1/environments/{environment}/nodes", {"name": "node-2", "host": "10.0.0.2"},
         TARGET_ADD),
     ("GET", "/api/v1/nodes/<int:node_id>"): (NODE, None, TARGET_VIEW),
+    ("GET", "/api/v1/nodes/<int:node_id>/allocation"): (NODE + "/allocation", None, TARGET_VIEW),
     ("PATCH", "/api/v1/nodes/<int:node_id>"): (NODE, {"cpus_override": 2.5}, TARGET_CHANGE),
     ("DELETE", "/api/v1/nodes/<int:node_id>"): (NODE, None, TARGET_DELETE),
     ("POST", "/api/v1/nodes/<int:node_id>/rotate-token"): (NODE + "/rotate-token", None, TARGET_CHANGE),

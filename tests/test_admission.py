@@ -1,4 +1,7 @@
 """Admission: which node takes a new deployment, and what a refusal says."""
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -7,9 +10,9 @@ from sqlalchemy.exc import IntegrityError
 
 from app.controller import state
 from app.extensions import db
-from app.models import Environment, Project
+from app.models import Deployment, Environment, Project, User
 from app.models.types import utcnow
-from app.services import admission
+from app.services import admission, deployments
 from app.services.errors import InsufficientResources
 from tests.access.deployments import add_deployment, add_node, pipeline_version, service_step
 
@@ -138,13 +141,15 @@ def test_nodes_of_other_environments_neither_take_nor_count(staging, version):
     assert "node-1 has 1 CPU and 1024 MB free" in refusal(staging, 2, 2048)
 
 
-def test_fresh_agent_figures_limit_what_fits(staging):
+def test_fresh_memory_figures_limit_what_fits_and_cpu_use_short_of_saturation_does_not(staging):
     busy_host = {"cpus": 4, "cpu_percent": 75.0, "memory_total": 16 * GB, "memory_available": 3 * GB}
     add_node(staging, "node-1", cpus=4, memory_mb=16384, host=busy_host)
-    # Nothing is allocated, but the host is busy: 1 CPU and 3072 MB are actually free.
-    assert refusal(staging, 2, 1024) == ("no online node in staging has 2 CPUs and 1024 MB free: "
-                                         "node-1 has 1 CPU and 3072 MB free")
-    assert "node-1 has 1 CPU and 3072 MB free" in refusal(staging, 1, 4096)
+    # Nothing is allocated; the host is busy but not saturated (CPU is compressible), and only
+    # 3072 MB of memory are actually available.
+    assert admission.place(staging, 4, 1024).name == "node-1"
+    assert refusal(staging, 1, 4096) == ("no online node in staging has 1 CPU and 4096 MB free: "
+                                         "node-1 has 4 CPUs and 3072 MB free (its host has no more "
+                                         "memory available)")
     assert admission.place(staging, 1, 3072).name == "node-1"
 
 
@@ -158,7 +163,8 @@ def test_stale_agent_figures_are_ignored_but_the_allocation_still_applies(stagin
                                          "node-1 has 1 CPU and 3072 MB free")
     node.resources_at = utcnow()
     db.session.commit()
-    assert "node-1 has 0 CPUs and 0 MB free" in refusal(staging, 1, 1)
+    assert refusal(staging, 1, 1) == ("no online node in staging has 1 CPU and 1 MB free: node-1 is "
+                                      "saturated: its CPUs were 100% busy over the last minute")
 
 
 def test_the_lower_of_allocation_and_agent_figures_counts(staging, version):
@@ -177,7 +183,8 @@ def test_a_garbled_figure_is_ignored_and_the_other_still_counts(staging):
     add_node(staging, "node-1", cpus=4, memory_mb=8192,
              host={"cpus": 4, "cpu_percent": "busy", "memory_available": GB})
     assert refusal(staging, 1, 2048) == ("no online node in staging has 1 CPU and 2048 MB free: "
-                                         "node-1 has 4 CPUs and 1024 MB free")
+                                         "node-1 has 4 CPUs and 1024 MB free (its host has no more "
+                                         "memory available)")
 
 
 def test_a_stored_resources_frame_sets_what_admission_compares(staging):
@@ -188,9 +195,11 @@ def test_a_stored_resources_frame_sets_what_admission_compares(staging):
                       "memory_available": 2 * GB}, "allocated": {"cpus": 0, "memory_mb": 0}}
     state.store_resources({node.id: (frame, utcnow())})
     db.session.refresh(node)
-    assert (node.reported_free_cpus, node.reported_free_memory_mb) == (2.0, 2048)
+    assert (node.reported_free_cpus, node.reported_free_memory_mb, node.reported_cpu_percent) == (
+        2.0, 2048, 50.0)
     assert refusal(staging, 1, 4096) == ("no online node in staging has 1 CPU and 4096 MB free: "
-                                         "node-1 has 2 CPUs and 2048 MB free")
+                                         "node-1 has 4 CPUs and 2048 MB free (its host has no more "
+                                         "memory available)")
 
 
 IDLE_HOST = {"cpus": 4, "cpu_percent": 50.0, "memory_total": 16 * GB, "memory_available": 2 * GB}
@@ -260,3 +269,148 @@ def test_placing_is_one_query_whatever_the_fleet_and_a_refusal_two(staging, vers
         event.remove(db.engine, "before_cursor_execute", count)
     assert chosen.name == "node-19"
     assert (placed, len(statements) - placed) == (1, 2)
+
+
+@pytest.mark.postgres
+def test_concurrent_creates_at_exact_capacity_never_over_commit_a_node(app, spec_example, monkeypatch):
+    """Issue 18 item 3: 20 creates at once on a node with room for exactly 10; each one's check
+    and insert used to interleave with the others' (all saw 10 free), so all 20 were placed."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serializes writers by itself; the race needs PostgreSQL")
+    ex = spec_example
+    ex["project"].cpus, ex["project"].memory_mb = 0.2, 200
+    db.session.commit()
+    pipeline_version(ex["project"], [service_step("web")])
+    node = add_node(ex["environment"], "node-1", cpus=2, memory_mb=2000)
+    ids = (ex["writer"].id, ex["project"].id, ex["environment"].id)
+    place = admission.place
+
+    def slow_place(*args, **kwargs):
+        chosen = place(*args, **kwargs)
+        time.sleep(0.05)  # widen the window between the check and the commit
+        return chosen
+
+    monkeypatch.setattr(admission, "place", slow_place)
+    start = threading.Barrier(20)
+
+    def create(number):
+        with app.app_context():
+            # Released before any connection is taken: the pool holds 15 (5 + 10 overflow).
+            start.wait(timeout=30)
+            try:
+                writer, project, environment = (db.session.get(model, id_) for model, id_ in
+                                                zip((User, Project, Environment), ids, strict=True))
+                try:
+                    deployments.create(writer, project, environment, f"d-{number}", {})
+                    return "created"
+                except InsufficientResources as exc:
+                    return exc.message
+            finally:
+                db.session.remove()
+
+    with ThreadPoolExecutor(20) as pool:
+        outcomes = list(pool.map(create, range(20)))
+    assert outcomes.count("created") == 10, outcomes
+    refused = [o for o in outcomes if o != "created"]
+    assert set(refused) == {"no online node in staging has 0.2 CPUs and 200 MB free: "
+                            "node-1 has 0 CPUs and 0 MB free"}
+    held = db.session.execute(db.select(db.func.sum(Deployment.cpus), db.func.sum(Deployment.memory_mb))
+                              .where(Deployment.node_id == node.id)).one()
+    assert (round(held[0], 6), held[1]) == (2.0, 2000)
+
+
+# --- issue 18 item 2: memory strict, CPU compressible, real use judged over a minute ------------
+def test_memory_is_reserved_strictly_and_the_node_reserve_is_kept_out(staging, version):
+    node = add_node(staging, "node-1", cpus=2, memory_mb=4096, cpu_overcommit=None,
+                    memory_reserve_mb=None)
+    assert node.memory_reserve_mb == 512 and staging.cpu_overcommit == 16.0  # the shipped defaults
+    add_deployment(version, staging, node, "a", cpus=0.5, memory_mb=3072)
+    # 4096 - 512 reserved - 3072 held: 512 MB left, however idle the deployments are.
+    assert admission.place(staging, 0.5, 512).id == node.id
+    assert refusal(staging, 0.5, 513) == ("no online node in staging has 0.5 CPUs and 513 MB free: "
+                                          "node-1 has 31.5 CPUs and 512 MB free")
+
+
+def test_cpus_are_overcommitted_by_the_environment_ratio_unless_the_node_sets_its_own(staging, version):
+    node = add_node(staging, "node-1", cpus=2, memory_mb=65536, cpu_overcommit=None)
+    staging.cpu_overcommit = 4.0
+    db.session.commit()
+    add_deployment(version, staging, node, "a", cpus=7, memory_mb=1)
+    assert admission.place(staging, 1, 1).id == node.id     # 2 CPUs x 4 = 8 allocatable
+    assert "node-1 has 1 CPU and 65535 MB free" in refusal(staging, 1.5, 1)
+    node.cpu_overcommit = 1.5  # this node's own ratio: 3 allocatable, 7 held
+    db.session.commit()
+    assert "node-1 has 0 CPUs and 65535 MB free" in refusal(staging, 0.1, 1)
+
+
+def test_a_cpu_spike_does_not_turn_deployments_away_but_a_saturated_minute_does(staging):
+    spiking = {"cpus": 2, "cpu_percent": 100.0, "cpu_percent_1m": 30.0,
+               "memory_total": 8 * GB, "memory_available": 6 * GB}
+    node = add_node(staging, "node-1", cpus=2, memory_mb=8192, host=spiking)
+    assert node.reported_cpu_percent == 30.0
+    assert admission.place(staging, 1, 1024).id == node.id
+    node.resources = {**node.resources, "host": {**spiking, "cpu_percent_1m": 90.0}}
+    db.session.commit()
+    assert refusal(staging, 0.1, 16) == ("no online node in staging has 0.1 CPUs and 16 MB free: "
+                                         "node-1 is saturated: its CPUs were 90% busy over the last "
+                                         "minute")
+
+
+def test_available_memory_is_judged_over_the_minute_when_the_agent_sends_it(staging):
+    dip = {"cpus": 2, "cpu_percent": 5.0, "memory_total": 8 * GB, "memory_available": GB // 2,
+           "memory_available_1m": 4 * GB}
+    node = add_node(staging, "node-1", cpus=2, memory_mb=8192, host=dip)
+    assert node.reported_free_memory_mb == 4096
+    assert admission.place(staging, 1, 4096).id == node.id
+    assert "node-1 has 2 CPUs and 4096 MB free" in refusal(staging, 1, 4097)
+
+
+def test_of_nodes_that_fit_the_one_with_most_memory_left_to_allocate_wins_counting_the_reserve(staging):
+    add_node(staging, "node-1", cpus=2, memory_mb=8192, memory_reserve_mb=2048)
+    roomy = add_node(staging, "node-2", cpus=2, memory_mb=7168, memory_reserve_mb=512)
+    assert admission.place(staging, 1, 1024).id == roomy.id   # 6656 MB left against 6144
+
+
+# --- issue 18 item 4: what a node holds, shown per node ------------------------------------------
+def test_a_node_shows_allocated_against_allocatable_real_use_and_each_deployments_reservation(
+        client, spec_example, bearer):
+    ex = spec_example
+    version = pipeline_version(ex["project"], [service_step("web")])
+    other = pipeline_version(ex["other_project"], [service_step("web")])
+    host = {"cpus": 2, "cpu_percent": 99.0, "cpu_percent_1m": 40.0, "memory_total": 8 * GB,
+            "memory_available": 5 * GB}
+    node = add_node(ex["environment"], "node-1", cpus=2, memory_mb=8192, host=host,
+                    cpu_overcommit=None, memory_reserve_mb=None)
+    add_deployment(version, ex["environment"], node, "big", cpus=0.5, memory_mb=1024)
+    add_deployment(version, ex["environment"], node, "small", cpus=0.25, memory_mb=256, status="deploying")
+    # Another project's: who sees the environment sees its deployments (app/access.py).
+    add_deployment(other, ex["environment"], node, "theirs", cpus=1, memory_mb=512)
+    add_deployment(version, ex["environment"], node, "gone", status="deleted", cpus=4, memory_mb=4096)
+    response = client.get(f"/api/v1/nodes/{node.id}/allocation", headers=bearer(ex["writer"]))
+    assert response.status_code == 200, response.text
+    shown = response.json
+    assert shown["cpus"] == {"capacity": 2.0, "overcommit": 16.0, "allocatable": 32.0, "allocated": 1.75}
+    assert shown["memory_mb"] == {"capacity": 8192, "reserve": 512, "allocatable": 7680, "allocated": 1792}
+    assert {k: shown["real"][k] for k in ("cpu_percent_1m", "memory_available_mb", "saturated")} == {
+        "cpu_percent_1m": 40.0, "memory_available_mb": 5120, "saturated": False}
+    # Most memory first; the deleted one holds nothing.
+    assert [(d["name"], d["status"], d["cpus"], d["memory_mb"]) for d in shown["deployments"]] == [
+        ("big", "ready", 0.5, 1024), ("theirs", "ready", 1.0, 512), ("small", "deploying", 0.25, 256)]
+    assert shown["others"] == {"count": 0, "cpus": 0, "memory_mb": 0}
+    assert client.get(f"/api/v1/nodes/{node.id}/allocation",
+                      headers=bearer(ex["outsider"])).status_code == 404
+
+
+def test_the_node_page_shows_the_allocation(client, spec_example, login):
+    ex = spec_example
+    version = pipeline_version(ex["project"], [service_step("web")])
+    node = add_node(ex["environment"], "node-1", cpus=2, memory_mb=8192, cpu_overcommit=None,
+                    memory_reserve_mb=None)
+    add_deployment(version, ex["environment"], node, "big", cpus=0.5, memory_mb=1024)
+    login(ex["writer"].username)
+    page = client.get(f"/nodes/{node.id}").text
+    section = page[page.index('data-testid="node-allocation"'):]
+    section = section[:section.index("</section>")]
+    assert "2 CPUs × 16 overcommit" in section and "8192 MB less 512 MB reserved for the host" in section
+    assert "<td>0.5</td>" in section and "<td>1024 MB</td>" in section and ">big</a>" in section
+    assert "no recent figures" in section

@@ -154,23 +154,31 @@ def test_after_the_upgrade_sqlite_gives_no_id_ever_used_again(tmp_path):
     # remembers deleted ones).
     from app.models import Deployment, DeploymentEvent, Environment, Node, Project
     from app.models.types import utcnow
-    from app.services import catalog, deployments, nodes
-    from tests.access.deployments import add_node, pipeline_version, service_step
+    from app.services import audit, catalog, deployments, nodes
+    from tests.access.deployments import add_deployment, add_node, pipeline_version, service_step
 
     app = create_app(TestConfig(database_url=f"sqlite:///{tmp_path / 'old.db'}"))
     with app.app_context():
         upgrade(revision="0008")
         admin = _admin_without_the_orm()
-        environment = catalog.create(admin, Environment, "staging")
-        kept_node = add_node(environment, "node-1")
-        gone_node = add_node(environment, "node-2")  # (nodes.add writes tables of later revisions)
+        # A row, not catalog.create: its audit entry reads 0014's cpu_overcommit.
+        environment = Environment(name="staging")
+        db.session.add(environment)
+        db.session.commit()
+        # Rows without the columns of later revisions (0014's ratio and reserve; nodes.add
+        # writes tables of later revisions too).
+        kept_node = add_node(environment, "node-1", cpu_overcommit=None, memory_reserve_mb=None)
+        gone_node = add_node(environment, "node-2", cpu_overcommit=None, memory_reserve_mb=None)
         seen = {"node": gone_node.id}
         nodes.delete(admin, gone_node)
         billing, shop = catalog.create(admin, Project, "billing"), catalog.create(admin, Project, "shop")
-        pipeline_version(billing, [service_step("web")])
-        pipeline_version(shop, [service_step("web")])
-        kept = deployments.create(admin, billing, environment, "pr-1", {})
-        gone = deployments.create(admin, shop, environment, "pr-2", {})
+        billing_version = pipeline_version(billing, [service_step("web")])
+        shop_version = pipeline_version(shop, [service_step("web")])
+        # Rows as deployments.create left them at 0008 (today's admission reads 0014's columns).
+        kept = add_deployment(billing_version, environment, kept_node, "pr-1")
+        db.session.add(DeploymentEvent(deployment_id=kept.id, kind="created", message="created"))
+        gone = add_deployment(shop_version, environment, kept_node, "pr-2")
+        audit.record(admin, "deployment.create", "deployment", gone, {})
         gone.status, gone.deleted_at = "deleted", utcnow()
         db.session.commit()
         seen["deployment"] = gone.id

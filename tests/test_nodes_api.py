@@ -62,11 +62,44 @@ def test_environments_carry_base_domain_and_cleanup(client, headers):
     assert {e["name"]: e["base_domain"] for e in listed} == {"dev": "localhost", "staging": "localhost"}
     entries = db.session.scalars(select(AuditEntry).where(AuditEntry.target_type == "environment")
                                  .order_by(AuditEntry.id)).all()
-    assert entries[0].details == {"base_domain": "qa.example.com", "cleanup_minutes": 60}
-    assert entries[1].details == {"base_domain": "localhost", "cleanup_minutes": 10080}
+    assert entries[0].details == {"base_domain": "qa.example.com", "cleanup_minutes": 60,
+                                  "cpu_overcommit": 16.0}
+    assert entries[1].details == {"base_domain": "localhost", "cleanup_minutes": 10080,
+                                  "cpu_overcommit": 16.0}
     assert entries[-1].action == "environment.update"
     assert entries[-1].details == {"base_domain": ["qa.example.com", "localhost"],
                                    "cleanup_minutes": [60, 525600]}
+
+
+def test_an_environment_overcommits_cpus_16_times_unless_an_admin_changes_it(client, headers):
+    created = client.post("/api/v1/environments", json={"name": "staging"}, headers=headers).json
+    assert created["cpu_overcommit"] == 16.0
+    url = f"/api/v1/environments/{created['id']}"
+    changed = client.patch(url, json={"cpu_overcommit": 2.5}, headers=headers)
+    assert changed.status_code == 200 and changed.json["cpu_overcommit"] == 2.5
+    for bad in (0.5, 65, "2", None):
+        refused = client.patch(url, json={"cpu_overcommit": bad}, headers=headers)
+        if bad is None:  # null leaves it as it is
+            assert refused.json["cpu_overcommit"] == 2.5
+            continue
+        assert refused.status_code == 422 and "cpu_overcommit" in refused.json["error"]["fields"]
+    made = client.post("/api/v1/environments", json={"name": "dev", "cpu_overcommit": 1}, headers=headers)
+    assert made.status_code == 201 and made.json["cpu_overcommit"] == 1.0
+
+
+def test_a_node_sets_its_own_ratio_and_reserve_and_null_goes_back_to_the_environment(
+        client, headers, added):
+    url = f"/api/v1/nodes/{added['id']}"
+    patched = client.patch(url, json={"cpu_overcommit": 4, "memory_reserve_mb": 1024}, headers=headers)
+    assert patched.status_code == 200, patched.text
+    capacity = patched.json["capacity"]
+    assert (capacity["cpu_overcommit"], capacity["memory_reserve_mb"]) == (4.0, 1024)
+    cleared = client.patch(url, json={"cpu_overcommit": None}, headers=headers).json["capacity"]
+    assert (cleared["cpu_overcommit"], cleared["memory_reserve_mb"]) == (None, 1024)
+    entries = db.session.scalars(select(AuditEntry).where(AuditEntry.action == "node.update")
+                                 .order_by(AuditEntry.id)).all()
+    assert [e.details for e in entries] == [{"cpu_overcommit": [None, 4.0], "memory_reserve_mb": [512, 1024]},
+                                            {"cpu_overcommit": [4.0, None]}]
 
 
 def test_projects_answer_without_environment_settings(client, headers):
@@ -97,7 +130,8 @@ def test_adding_a_node_shows_token_and_command_once(client, headers, env_id, add
     assert set(added) == NODE_FIELDS | {"token", "command", "message"}
     assert added["capacity"] == {"cpus": None, "memory_mb": None, "reported_cpus": None,
                                  "reported_memory_mb": None, "cpus_override": None,
-                                 "memory_mb_override": None}
+                                 "memory_mb_override": None, "cpu_overcommit": None,
+                                 "memory_reserve_mb": 512}
     node = db.session.get(Node, added["id"])
     assert keyring().decrypt(node.verifier_ciphertext, "node.verifier") == verifier_for(token)
 
@@ -275,6 +309,9 @@ BAD_PATCHES = [
     ({"cpus_override": 1025}, "cpus_override"), ({"memory_mb_override": 63}, "memory_mb_override"),
     ({"memory_mb_override": 2.5}, "memory_mb_override"), ({"name": "renamed"}, "name"),
     ({"enabled": False}, "enabled"), ({"status": "online"}, "status"),
+    ({"cpu_overcommit": 0.9}, "cpu_overcommit"), ({"cpu_overcommit": 65}, "cpu_overcommit"),
+    ({"memory_reserve_mb": -1}, "memory_reserve_mb"), ({"memory_reserve_mb": None}, "memory_reserve_mb"),
+    ({"memory_reserve_mb": 1.5}, "memory_reserve_mb"),
 ]
 
 

@@ -83,9 +83,10 @@ def test_admin_creates_an_environment_and_bad_values_are_shown_with_the_form(as_
 
     page = f"/environments/{environment.id}"
     _post(client, page, f"{page}/settings", base_domain="localhost", cleanup_minutes="5",
-          description="QA")
+          description="QA", cpu_overcommit="4")
     db.session.refresh(environment)
-    assert (environment.base_domain, environment.cleanup_minutes) == ("localhost", 5)
+    assert (environment.base_domain, environment.cleanup_minutes, environment.cpu_overcommit) == (
+        "localhost", 5, 4.0)
 
 
 def test_adding_a_node_shows_token_and_command_once_and_never_in_clear_in_the_cookie(as_admin, admin):
@@ -180,11 +181,16 @@ def test_revoke_disable_enable_settings_and_delete_from_the_node_page(as_admin, 
     _post(client, url, f"{url}/enable")
     db.session.refresh(node)
     assert node.status == "pending"
+    assert "as the environment: 16.0" in client.get(url).text
     _post(client, url, f"{url}/settings", host="node-1.internal", port="5001", cpus_override="2.5",
-          memory_mb_override="")
+          memory_mb_override="", cpu_overcommit="3", memory_reserve_mb="1024")
     db.session.refresh(node)
-    assert (node.host, node.port, node.cpus_override, node.memory_mb_override) == (
-        "node-1.internal", 5001, 2.5, None)
+    assert (node.host, node.port, node.cpus_override, node.memory_mb_override, node.cpu_overcommit,
+            node.memory_reserve_mb) == ("node-1.internal", 5001, 2.5, None, 3.0, 1024)
+    _post(client, url, f"{url}/settings", host="node-1.internal", port="5001", cpus_override="2.5",
+          memory_mb_override="", cpu_overcommit="", memory_reserve_mb="1024")
+    db.session.refresh(node)
+    assert node.cpu_overcommit is None   # empty: the environment's ratio
     _post(client, url, f"{url}/revoke-token")
     db.session.refresh(node)
     assert node.status == "revoked" and node.verifier_ciphertext is None

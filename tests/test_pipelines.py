@@ -444,3 +444,45 @@ def test_an_imported_definition_is_checked_like_a_saved_one(shop, rows, admin):
     with pytest.raises(ValidationFailed, match="cycle"):
         pipeline_yaml.import_yaml(admin, shop, yaml.safe_dump(d).encode())
     assert _count(PipelineVersion) == 0
+
+
+# --- issue 18 item 1: a node's own limits within the project's ----------------------------------
+def test_nodes_may_declare_their_own_limits_and_the_spec_carries_them(shop, rows, admin):
+    shop.cpus, shop.memory_mb = 2.0, 2048
+    db.session.commit()
+
+    def own(d):
+        d["nodes"][0].update(cpus=1, memory_mb=1024)      # db
+        d["nodes"][1].update(memory_mb=128)               # mkdb, a plugin: its catalog's 256 no more
+    version = pipelines.save_version(admin, shop, _with(own))
+    db_step, mkdb, web = version.resolved["steps"]
+    assert (db_step["cpus"], db_step["memory_mb"]) == (1.0, 1024)
+    assert (mkdb["cpus"], mkdb["memory_mb"]) == (0.5, 128)
+    assert "cpus" not in web and "memory_mb" not in web     # shares what db leaves
+    assert version.definition["nodes"][0]["cpus"] == 1
+    environment = type("Env", (), {"name": "staging", "base_domain": "example.com"})()
+    deployment = type("Dep", (), {"pipeline_version": version, "tags": {"db": "15", "web": "v1.4"},
+                                  "agent_id": "dep-7", "name": "shop-1", "cpus": 2.0,
+                                  "memory_mb": 2048, "environment": environment})()
+    spec = validate(compile_spec(deployment))
+    assert [(s.get("cpus"), s.get("memory_mb")) for s in spec["steps"]] == [
+        (1.0, 1024), (0.5, 128), (None, None)]
+    assert "  cpus: 1\n  memory_mb: 1024\n" in pipeline_yaml.export_yaml(version)
+
+
+def test_own_limits_beyond_the_projects_are_refused_with_the_numbers(shop, rows, admin):
+    def too_much(d):
+        d["nodes"][0].update(cpus=1.5)                    # the project has 1 CPU, 1024 MB
+        d["nodes"][2].update(memory_mb=700)
+        d["nodes"][0].update(memory_mb=400)
+    error = _refused(admin, shop, _with(too_much))
+    assert error.fields["nodes.db.cpus"] == (
+        "1.5 CPUs is more than project shop's limit of 1 CPU per deployment: lower it or raise "
+        "the project's limit")
+    assert error.fields["nodes.memory_mb"] == (
+        "the services' own memory_mb add up to 1100 MB (db 400, web 700), more than project "
+        "shop's limit of 1024 MB per deployment")
+    for key, bad in (("cpus", 0), ("cpus", -1), ("cpus", True), ("cpus", "1"), ("cpus", 300),
+                     ("memory_mb", 1.5), ("memory_mb", 2)):
+        refused = _refused(admin, shop, _with(lambda d, k=key, b=bad: d["nodes"][0].update({k: b})))
+        assert f"nodes.db.{key}" in refused.fields

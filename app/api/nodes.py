@@ -6,6 +6,7 @@ from app import access
 from app.api.core import operation, paginate
 from app.api.schemas import (
     NODE_MANAGER_FIELDS,
+    NodeAllocation,
     NodeCreate,
     NodeDeleteQuery,
     NodeOut,
@@ -24,7 +25,7 @@ from app.api.schemas import (
 )
 from app.extensions import db
 from app.models import Environment, Node, ProvisioningEvent, ProvisioningRun
-from app.services import nodes, onboarding, provisioning
+from app.services import admission, nodes, onboarding, provisioning
 from app.services.nodes import UNCHANGED
 
 TAG = "nodes"
@@ -44,6 +45,7 @@ def node_out(node, user):
         "cpus": node.capacity_cpus, "memory_mb": node.capacity_memory_mb,
         "reported_cpus": node.reported_cpus, "reported_memory_mb": node.reported_memory_mb,
         "cpus_override": node.cpus_override, "memory_mb_override": node.memory_mb_override,
+        "cpu_overcommit": node.cpu_overcommit, "memory_reserve_mb": node.memory_reserve_mb,
     }
     hidden = set() if access.can(user, "manage", node) else NODE_MANAGER_FIELDS
     data["status_reason"] = nodes.status_reason_for(user, node)
@@ -86,8 +88,16 @@ def get_node(node_id):
     return node_out(_node(node_id, "view"), current_user)
 
 
+@operation("GET", "/nodes/<int:node_id>/allocation",
+           summary="What a node holds against what it may hold, its real use, and each deployment's "
+                   "reservation", tag=TAG, response=NodeAllocation)
+def get_node_allocation(node_id):
+    return admission.allocation(_node(node_id, "view"), current_user)
+
+
 @operation("PATCH", "/nodes/<int:node_id>",
-           summary="Change a node's address or capacity overrides (null clears an override)",
+           summary="Change a node's address, capacity overrides, CPU overcommit ratio or memory "
+                   "reserve (null clears an override)",
            tag=TAG, body=NodeUpdate, response=NodeOut)
 def update_node(node_id, data):
     node = _node(node_id)
@@ -96,6 +106,8 @@ def update_node(node_id, data):
         _actor(), node, host=data.host, port=data.port,
         cpus_override=data.cpus_override if "cpus_override" in given else UNCHANGED,
         memory_mb_override=data.memory_mb_override if "memory_mb_override" in given else UNCHANGED,
+        cpu_overcommit=data.cpu_overcommit if "cpu_overcommit" in given else UNCHANGED,
+        memory_reserve_mb=data.memory_reserve_mb,
     )
     return node_out(node, current_user)
 

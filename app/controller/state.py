@@ -165,12 +165,14 @@ def store_resources(batch):
             unusable[node_id] = refused
         free_cpus, free_memory_mb = node_model.reported_free(figures)
         rows.append({"node_id": node_id, "at": at, "figures": figures, "free_cpus": free_cpus,
-                     "free_memory_mb": free_memory_mb})
+                     "free_memory_mb": free_memory_mb,
+                     "cpu_percent": node_model.sustained_cpu_percent(figures)})
     db.session.execute(
         update(table).where(table.c.id == bindparam("node_id")).values(
             resources=bindparam("figures"), resources_at=bindparam("at"), last_seen_at=bindparam("at"),
             reported_free_cpus=bindparam("free_cpus"),
-            reported_free_memory_mb=bindparam("free_memory_mb")),
+            reported_free_memory_mb=bindparam("free_memory_mb"),
+            reported_cpu_percent=bindparam("cpu_percent")),
         rows)
     db.session.commit()
     return unusable

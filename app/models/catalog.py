@@ -32,10 +32,17 @@ class Project(db.Model):
 
 
 DEFAULT_CLEANUP_MINUTES = 7 * 24 * 60
+# CPUs are compressible: a node's CPUs times this are what its deployments' limits may add up to
+# (docs/deployments.md "Admission" says how it was chosen: an idle demo deployment used 0.03 % of
+# a CPU for a limit of 0.5).
+DEFAULT_CPU_OVERCOMMIT = 16.0
 
 
 class Environment(db.Model):
     __tablename__ = "environments"
+    # The database's defaults are read when first used, not RETURNed by every INSERT (see
+    # cpu_overcommit).
+    __mapper_args__ = {"eager_defaults": False}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True)
@@ -44,6 +51,10 @@ class Environment(db.Model):
     base_domain: Mapped[str] = mapped_column(String(200), default="localhost")
     # Inactivity after which deployments are deleted (projects may override it).
     cleanup_minutes: Mapped[int] = mapped_column(default=DEFAULT_CLEANUP_MINUTES)
+    # Nodes may override it (Node.cpu_overcommit). The database's default, and deferred: rows
+    # written and read through the models by tests of older revisions leave it out.
+    cpu_overcommit: Mapped[float] = mapped_column(server_default=str(int(DEFAULT_CPU_OVERCOMMIT)),
+                                                  deferred=True)
     created_at = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
 
     grants = relationship("Grant", back_populates="environment", passive_deletes=True)

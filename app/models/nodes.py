@@ -1,5 +1,5 @@
 """Nodes (Docker hosts with an agent) and the commands the web tier leaves for the controller."""
-from sqlalchemy import JSON, BigInteger, ForeignKey, String, Text, UniqueConstraint, func
+from sqlalchemy import JSON, BigInteger, ForeignKey, String, Text, UniqueConstraint, func, text
 from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
@@ -7,6 +7,9 @@ from app.extensions import db
 from app.models.types import NEVER_REUSED_IDS, UTCDateTime, utcnow
 
 MIB = 1024 * 1024
+# Memory of a node that no deployment gets: the OS, Docker, the agent (about 850 MB in use on a
+# whole test host with its PostgreSQL; dockerd and the agent well under 200 MB).
+DEFAULT_MEMORY_RESERVE_MB = 512
 
 
 class Node(db.Model):
@@ -18,6 +21,9 @@ class Node(db.Model):
     # The agent token never is stored: only the verifier derived from it (agent.protocol), and
     # that encrypted under the master key, so a database dump alone cannot command an agent.
     __encrypted__ = {"verifier_ciphertext": "node.verifier"}
+    # The database's defaults are read when first used, not RETURNed by every INSERT (see
+    # memory_reserve_mb).
+    __mapper_args__ = {"eager_defaults": False}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id", ondelete="CASCADE"),
@@ -43,12 +49,23 @@ class Node(db.Model):
     reported_memory_mb: Mapped[int | None] = mapped_column()
     cpus_override: Mapped[float | None] = mapped_column()
     memory_mb_override: Mapped[int | None] = mapped_column()
+    # The environment's CPU overcommit ratio unless set here; memory never is overcommitted and
+    # the reserve is kept out of what deployments may hold (app/services/admission.py).
+    # The database's defaults, and deferred: rows written and read through the models by tests
+    # of older revisions (tests/test_migrations.py) leave them out (a server default, NULL too, keeps a
+    # column out of an INSERT that does not set it).
+    cpu_overcommit: Mapped[float | None] = mapped_column(server_default=text("NULL"), deferred=True)
+    memory_reserve_mb: Mapped[int] = mapped_column(server_default=str(DEFAULT_MEMORY_RESERVE_MB),
+                                                   deferred=True)
     # Latest live figures from the agent (resources frames), and what they say is actually free
     # (set with them, see reported_free): admission compares against those two numbers in SQL.
     resources = mapped_column(JSON, nullable=True)
     resources_at = mapped_column(UTCDateTime(), nullable=True)
     reported_free_cpus: Mapped[float | None] = mapped_column()
     reported_free_memory_mb: Mapped[int | None] = mapped_column()
+    # The host's CPU use in percent over the last minute (the frame's cpu_percent_1m, else its
+    # cpu_percent): admission refuses a node only while this says it is saturated.
+    reported_cpu_percent: Mapped[float | None] = mapped_column(server_default=text("NULL"), deferred=True)
     created_at = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
 
     environment = relationship("Environment", back_populates="nodes")
@@ -76,6 +93,7 @@ class Node(db.Model):
     @validates("resources")
     def _derive_free(self, _key, figures):
         self.reported_free_cpus, self.reported_free_memory_mb = reported_free(figures)
+        self.reported_cpu_percent = sustained_cpu_percent(figures)
         return figures
 
     # The capacity admission counts with: an admin's override, else the agent's report (in
@@ -104,9 +122,14 @@ class Node(db.Model):
 # free memory in MB is a 32-bit column; PostgreSQL's JSON has no Infinity or NaN).
 FIGURE_RANGES = {
     "host": {"cpus": (0, 65536), "cpu_percent": (0, 100),
-             "memory_total": (0, 2 ** 50), "memory_available": (0, 2 ** 50)},   # bytes: 1 PiB
+             "memory_total": (0, 2 ** 50), "memory_available": (0, 2 ** 50),   # bytes: 1 PiB
+             # Over the last minute (agents from issue 18 on; older ones leave them out).
+             "cpu_percent_1m": (0, 100), "memory_available_1m": (0, 2 ** 50)},
     "allocated": {"cpus": (0, 65536), "memory_mb": (0, 2 ** 30)},
 }
+
+
+OPTIONAL_FIGURES = {"cpu_percent_1m", "memory_available_1m"}  # left out when the frame lacks them
 
 
 def usable_figures(frame):
@@ -124,19 +147,31 @@ def usable_figures(frame):
             usable = isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high
             if value is not None and not usable:
                 unusable.append(f"{part}.{name}")
+            if value is None and name in OPTIONAL_FIGURES:
+                continue
             figures[part][name] = value if usable else None
     return figures, unusable
 
 
+def _sustained(host, name):
+    """The minute's figure when the agent sends it, else the latest one: a short spike (an image
+    pull, one busy test) must not turn deployments away (issue 18 item 2)."""
+    minute = host.get(f"{name}_1m")
+    return minute if minute is not None else host[name]
+
+
 def reported_free(figures):
-    """(cpus, memory_mb) a resources frame ({"host": {...}, ...}) says are actually free; either
-    is None when the frame lacks what it takes or holds a figure usable_figures() refuses."""
+    """(cpus, memory_mb) a resources frame ({"host": {...}, ...}) says are actually free over the
+    last minute; either is None when the frame lacks what it takes or holds a figure
+    usable_figures() refuses."""
     host = usable_figures(figures)[0]["host"]
     cpus = memory_mb = None
-    if host["cpus"] is not None and host["cpu_percent"] is not None:
-        cpus = host["cpus"] * (1 - host["cpu_percent"] / 100)
-    if host["memory_available"] is not None:
-        memory_mb = int(host["memory_available"]) // MIB
+    percent = _sustained(host, "cpu_percent")
+    if host["cpus"] is not None and percent is not None:
+        cpus = host["cpus"] * (1 - percent / 100)
+    available = _sustained(host, "memory_available")
+    if available is not None:
+        memory_mb = int(available) // MIB
     return cpus, memory_mb
 
 
@@ -155,6 +190,10 @@ class NodeAgentSettings(db.Model):
     container_name: Mapped[str] = mapped_column(String(128))
     data_dir: Mapped[str] = mapped_column(String(255))
     bind_address: Mapped[str] = mapped_column(String(64))
+
+
+def sustained_cpu_percent(figures):
+    return _sustained(usable_figures(figures)[0]["host"], "cpu_percent")
 
 
 class NodeCommand(db.Model):

@@ -25,6 +25,8 @@ CLEANUP_MINUTES_MAX = 365 * 24 * 60
 # What each deployment of a project may use (and admission reserves on a node for it).
 PROJECT_CPUS_RANGE = (0.05, 256)
 PROJECT_MEMORY_MB_RANGE = (16, 4 * 1024 * 1024)
+# How far an environment's CPU limits may add up beyond its nodes' CPUs (admission).
+CPU_OVERCOMMIT_RANGE = (1, 64)
 
 
 def _check_base_domain(value):
@@ -59,6 +61,10 @@ def _check_project_memory_mb(value):
     return _check_limit("memory_mb", value, PROJECT_MEMORY_MB_RANGE, integer=True)
 
 
+def _check_cpu_overcommit(value):
+    return _check_limit("cpu_overcommit", value, CPU_OVERCOMMIT_RANGE, integer=False)
+
+
 def _check_project_cleanup_minutes(value):
     """None: the environment's cleanup_minutes applies."""
     return None if value is None else _check_cleanup_minutes(value)
@@ -68,7 +74,8 @@ def _check_project_cleanup_minutes(value):
 _SETTINGS = {
     Project: {"cpus": _check_project_cpus, "memory_mb": _check_project_memory_mb,
               "cleanup_minutes": _check_project_cleanup_minutes},
-    Environment: {"base_domain": _check_base_domain, "cleanup_minutes": _check_cleanup_minutes},
+    Environment: {"base_domain": _check_base_domain, "cleanup_minutes": _check_cleanup_minutes,
+                  "cpu_overcommit": _check_cpu_overcommit},
 }
 # Settings where None is a value (not "leave it as it is") when given to update().
 _NULLABLE = {(Project, "cleanup_minutes")}

@@ -208,6 +208,7 @@ def _create(actor, project, environment, name, tags, source=None):
         tags = {**{k: v for k, v in (source.tags or {}).items() if k in kept}, **(tags or {})}
     chosen = resolve_tags(version, tags if tags is not None else {})
     _check_tags_exist(version, chosen)
+    admission.serialize(environment)  # held until the commit that adds the row
     node = admission.place(environment, project.cpus, project.memory_mb)
     now = utcnow()
     deployment = Deployment(

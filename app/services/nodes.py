@@ -21,7 +21,7 @@ from app.extensions import db
 from app.models import Deployment, Node, NodeAgentSettings, NodeCommand
 from app.models.nodes import AGENT_DEFAULTS
 from app.models.types import utcnow
-from app.services import audit
+from app.services import audit, catalog
 from app.services.catalog import keyring
 from app.services.errors import Conflict, ValidationFailed
 from app.services.names import DNS_LABEL_HINT, DNS_LABEL_PATTERN, check, check_host
@@ -33,6 +33,8 @@ VERIFIER_CONTEXT = Node.__encrypted__["verifier_ciphertext"]
 PAYLOAD_CONTEXT = NodeCommand.__encrypted__["payload_ciphertext"]
 CPUS_RANGE = (0.1, 1024)
 MEMORY_MB_RANGE = (64, 16 * 1024 * 1024)
+CPU_OVERCOMMIT_RANGE = catalog.CPU_OVERCOMMIT_RANGE  # a node's own ratio: as environments'
+MEMORY_RESERVE_MB_RANGE = (0, 1024 * 1024)
 THUMBPRINT = re.compile(r"^[0-9a-f]{64}$")
 AGENT_ENV_DIR = "/etc/nullops-agent"
 DEFAULT_CONTAINER_NAME = AGENT_DEFAULTS["container_name"]
@@ -195,6 +197,15 @@ def _check_override(field, value, low, high, integer):
     if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
         what = "a whole number" if integer else "a number"
         hint = f"{what} from {low} to {high}, or null to use what the agent reports"
+        raise ValidationFailed(f"{field} is invalid: use {hint}", {field: f"use {hint}"})
+    return value if integer else float(value)
+
+
+def _check_number(field, value, low, high, integer, none=None):
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+        hint = f"{'a whole number' if integer else 'a number'} from {low} to {high}"
+        hint += f", or {none}" if none else ""
         raise ValidationFailed(f"{field} is invalid: use {hint}", {field: f"use {hint}"})
     return value if integer else float(value)
 
@@ -392,9 +403,11 @@ def settle_drained(node_id):
         _move(node, "disabled", DISABLED)
 
 
-def update(actor, node, host=None, port=None, cpus_override=UNCHANGED, memory_mb_override=UNCHANGED):
-    """None leaves host and port as they are; an override of None clears it (back to what the
-    agent reports), UNCHANGED leaves it."""
+def update(actor, node, host=None, port=None, cpus_override=UNCHANGED, memory_mb_override=UNCHANGED,
+           cpu_overcommit=UNCHANGED, memory_reserve_mb=None):
+    """None leaves host, port and memory_reserve_mb as they are; an override of None clears it
+    (back to what the agent reports; for cpu_overcommit, to the environment's ratio),
+    UNCHANGED leaves it."""
     _lock(node)
     changes = {}
     if host is not None:
@@ -414,6 +427,17 @@ def update(actor, node, host=None, port=None, cpus_override=UNCHANGED, memory_mb
                                              *MEMORY_MB_RANGE, integer=True)
         if memory_mb_override != node.memory_mb_override:
             changes["memory_mb_override"] = [node.memory_mb_override, memory_mb_override]
+    if cpu_overcommit is not UNCHANGED:
+        if cpu_overcommit is not None:
+            cpu_overcommit = _check_number("cpu_overcommit", cpu_overcommit, *CPU_OVERCOMMIT_RANGE,
+                                           integer=False, none="null to use the environment's ratio")
+        if cpu_overcommit != node.cpu_overcommit:
+            changes["cpu_overcommit"] = [node.cpu_overcommit, cpu_overcommit]
+    if memory_reserve_mb is not None:
+        memory_reserve_mb = _check_number("memory_reserve_mb", memory_reserve_mb,
+                                          *MEMORY_RESERVE_MB_RANGE, integer=True)
+        if memory_reserve_mb != node.memory_reserve_mb:
+            changes["memory_reserve_mb"] = [node.memory_reserve_mb, memory_reserve_mb]
     for key, (_old, new) in changes.items():
         setattr(node, key, new)
     if changes.keys() & {"host", "port"}:

@@ -18,7 +18,7 @@ def _service(row):
 
 def _plugin(row):
     return {"name": row.name, "description": row.description, "image": row.image, "tag": row.tag,
-            "params_schema": row.params_schema or {}}
+            "params_schema": row.params_schema or {}, "cpus": row.cpus, "memory_mb": row.memory_mb}
 
 
 def editor_data(project, services, plugins, can_manage):

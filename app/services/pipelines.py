@@ -45,8 +45,12 @@ MAX_DEPTH = 32
 MAX_VALUES = 50_000             # after YAML aliases are expanded
 COMMENT_MAX = 500
 TOP_KEYS = ("nodes", "edges")
-NODE_KEYS = ("id", "service", "plugin", "env", "params", "position")   # also the export order
-NODE_KEYS_HINT = "a node has id, service or plugin, env (services), params (plugins) and position"
+NODE_KEYS = ("id", "service", "plugin", "env", "params", "cpus", "memory_mb", "position")  # export order
+NODE_KEYS_HINT = ("a node has id, service or plugin, env (services), params (plugins), cpus and "
+                  "memory_mb (optional, its own limits) and position")
+# A node's own limits (issue 18 item 1), as the agent takes a step's (agent/spec.py).
+NODE_CPUS_RANGE = (0.01, 256)
+NODE_MEMORY_MB_RANGE = (6, 4 * 1024 * 1024)
 SERVICE_ATTRIBUTES = ("host", "port", "url")
 TRIAL_TAG = "trial"
 
@@ -147,6 +151,14 @@ def _check_node(node, where, problems):
             problems.add(f"{where}.params", "services take env, not params: move these into env")
         elif not isinstance(node["params"], dict):
             problems.add(f"{where}.params", "must be an object of the plugin's parameters")
+    for key, (low, high), integer in (("cpus", NODE_CPUS_RANGE, False),
+                                      ("memory_mb", NODE_MEMORY_MB_RANGE, True)):
+        value = node.get(key)
+        if key in node and (isinstance(value, bool) or not isinstance(value, int if integer else (int, float))
+                            or not low <= value <= high):
+            what = "a whole number of MB" if integer else "a number of CPUs"
+            problems.add(f"{where}.{key}", f"use {what} from {low} to {high}, or leave it out to "
+                                           "share the project's limits")
     if "position" in node:
         position = node["position"]
         if (not isinstance(position, dict) or set(position) != {"x", "y"}
@@ -260,9 +272,14 @@ def _lookup(definition):
     return services, plugins, {s["id"]: s["depends_on"] for s in steps}, upstream
 
 
+def _own_limits(node):
+    return {key: float(node[key]) if key == "cpus" else node[key]
+            for key in ("cpus", "memory_mb") if key in node}
+
+
 def _resolve_step(node, row, depends_on):
     if "service" in node:
-        return {"id": node["id"], "kind": "service", "service": row.name,
+        return {**_own_limits(node), "id": node["id"], "kind": "service", "service": row.name,
                 "registry_id": row.registry_id, "image": row.image, "tag_mode": row.tag_mode,
                 "tag": row.tag, "tag_pattern": row.tag_pattern,
                 "ports": list(row.ports or []), "exposed_ports": list(row.exposed_ports or []),
@@ -271,7 +288,7 @@ def _resolve_step(node, row, depends_on):
                 "depends_on": depends_on}
     return {"id": node["id"], "kind": "plugin", "plugin": row.name, "registry_id": row.registry_id,
             "image": row.image, "tag": row.tag, "params": copy.deepcopy(node.get("params", {})),
-            "cpus": row.cpus, "memory_mb": row.memory_mb, "timeout_s": row.timeout_s,
+            "cpus": row.cpus, "memory_mb": row.memory_mb, **_own_limits(node), "timeout_s": row.timeout_s,
             "network": bool(row.network), "rollback": bool(row.rollback), "depends_on": depends_on}
 
 
@@ -394,10 +411,35 @@ def validate_definition(project, definition, number=None):
                            depends_on[n["id"]]) for n in definition["nodes"]]
     problems = _check_references(definition, steps, upstream, project)
     _check_params(steps, plugins, problems)
+    _check_own_limits(definition, project, problems)
     problems.check()
     resolved = {"steps": steps}
     _trial(project, resolved, number or 1)
     return definition, resolved
+
+
+def _check_own_limits(definition, project, problems):
+    """A node's own limits stay within the project's (what its deployments get, all their
+    containers together: docs/deployments.md "Limits"), and the services' together too: a
+    service that declares none shares what the others leave."""
+    def amount(key, value):
+        return f"{value:g} {'MB' if key == 'memory_mb' else 'CPU' if value == 1 else 'CPUs'}"
+
+    for key, limit in (("cpus", project.cpus), ("memory_mb", project.memory_mb)):
+        declared = [(n["id"], n[key]) for n in definition["nodes"]
+                    if isinstance(n.get(key), int | float) and not isinstance(n.get(key), bool)]
+        for node_id, value in declared:
+            if value > limit + 1e-9:
+                problems.add(f"nodes.{node_id}.{key}",
+                             f"{amount(key, value)} is more than project {project.name}'s limit of "
+                             f"{amount(key, limit)} per deployment: lower it or raise the project's limit")
+        services = [(i, v) for i, v in declared
+                    if any(n["id"] == i and "service" in n for n in definition["nodes"])]
+        total = sum(v for _i, v in services)
+        if len(services) > 1 and total > limit + 1e-9:
+            problems.add(f"nodes.{key}", f"the services' own {key} add up to {amount(key, total)} "
+                         f"({', '.join(f'{i} {v:g}' for i, v in services)}), more than project "
+                         f"{project.name}'s limit of {amount(key, limit)} per deployment")
 
 
 def _next_number(project_id):

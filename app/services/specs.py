@@ -126,6 +126,9 @@ def compile_spec(deployment):
             out["expose"] = list(step.get("exposed_ports") or [])
             if step.get("health_check"):
                 out["readiness"] = dict(step["health_check"])
+            for key in ("cpus", "memory_mb"):   # its own limits; else it shares the deployment's
+                if key in step:
+                    out[key] = step[key]
         else:
             out["params"] = step.get("params") or {}
             out["cpus"] = step["cpus"]

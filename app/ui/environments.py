@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 from app import access
 from app.extensions import db
 from app.models import Environment, Node
-from app.services import catalog, nodes
+from app.services import admission, catalog, nodes
 from app.services.errors import NotFound, ValidationFailed
 from app.services.specs import url_pattern
 from app.ui import bp, shown_once
@@ -100,6 +100,7 @@ def environment_create():
     environment = catalog.create(
         _actor(), Environment, form.name.data.strip(), form.description.data or "",
         base_domain=form.base_domain.data.strip(), cleanup_minutes=form.cleanup_minutes.data,
+        **({"cpu_overcommit": form.cpu_overcommit.data} if form.cpu_overcommit.data is not None else {}),
     )
     flash(f"Environment {environment.name} created.", "ok")
     return redirect(_to_environment(environment.id))
@@ -147,7 +148,7 @@ def environment_settings(environment_id):
     form = _valid(EnvironmentSettingsForm())
     catalog.update(_actor(), environment, description=form.description.data or "",
                    base_domain=form.base_domain.data.strip(),
-                   cleanup_minutes=form.cleanup_minutes.data)
+                   cleanup_minutes=form.cleanup_minutes.data, cpu_overcommit=form.cpu_overcommit.data)
     flash("Settings saved.", "ok")
 
 
@@ -173,6 +174,7 @@ def _node_page(node_id, exc=None, which=None):
 
     page = render_template(
         "ui/node.html", node=node, can_manage=can_manage, shown_once=shown_once,
+        allocation=admission.allocation(node, current_user),
         holds_deployments=can_manage and nodes.holds_deployments(node.id),
         settings_form=NodeSettingsForm(obj=node, **bound("settings")) if can_manage else None,
         thumbprint_form=ThumbprintForm(**bound("thumbprint")), empty=EmptyForm(),
@@ -207,7 +209,8 @@ def node_settings(node_id):
     form = _valid(NodeSettingsForm())
     nodes.update(_actor(), node, host=form.host.data.strip(), port=form.port.data,
                  cpus_override=form.cpus_override.data,
-                 memory_mb_override=form.memory_mb_override.data)
+                 memory_mb_override=form.memory_mb_override.data,
+                 cpu_overcommit=form.cpu_overcommit.data, memory_reserve_mb=form.memory_reserve_mb.data)
     flash("Node settings saved.", "ok")
 
 

@@ -12,7 +12,7 @@ from wtforms import (
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional
 
-from app.models.catalog import DEFAULT_CLEANUP_MINUTES
+from app.models.catalog import DEFAULT_CLEANUP_MINUTES, DEFAULT_CPU_OVERCOMMIT
 from app.models.identity import SCOPE_ADMIN, SCOPE_DEPLOY, SCOPE_READ_ONLY
 
 
@@ -66,6 +66,8 @@ class EnvironmentSettingsForm(FlaskForm):
                               validators=[DataRequired(), Length(max=200)])
     cleanup_minutes = IntegerField("Auto-cleanup after (minutes of inactivity)",
                                    default=DEFAULT_CLEANUP_MINUTES, validators=[InputRequired()])
+    cpu_overcommit = FloatField("CPU overcommit ratio (CPU limits may add up to a node's CPUs times this)",
+                                default=DEFAULT_CPU_OVERCOMMIT, validators=[Optional()])  # empty: kept
 
 
 class EnvironmentForm(EnvironmentSettingsForm):
@@ -98,6 +100,9 @@ class NodeSettingsForm(FlaskForm):
     # Empty: use what the agent reports.
     cpus_override = FloatField("CPUs override", validators=[Optional()])
     memory_mb_override = IntegerField("Memory override (MB)", validators=[Optional()])
+    # Empty: the environment's ratio.
+    cpu_overcommit = FloatField("CPU overcommit ratio", validators=[Optional()])
+    memory_reserve_mb = IntegerField("Memory reserve for the host (MB)", validators=[InputRequired()])
 
 
 class ThumbprintForm(FlaskForm):

@@ -105,6 +105,33 @@ function EnvEditor({ node, catalogEnv, onChange, problems, listId, readOnly }) {
   );
 }
 
+// A node's own limits (issue 18 item 1): empty shares the project's; the server checks them
+// against the project's limits on save and names the numbers.
+function OwnLimits({ node, item, problems, readOnly, onChange }) {
+  const def = node.data.definition;
+  const fallback = node.data.kind === "service" ? "shares the project's" : "as the catalog's";
+  const field = (key, label, step, catalogValue) => (
+    <label key={key}>
+      {label}
+      <input type="number" min={step} step={step} data-field={key} disabled={readOnly}
+             aria-invalid={problems && problems[key] ? "true" : undefined}
+             placeholder={catalogValue !== undefined ? `catalog: ${catalogValue}` : fallback}
+             value={def[key] ?? ""}
+             onChange={(e) => onChange({ [key]: e.target.value === "" ? undefined : Number(e.target.value) }, key)} />
+      {problems && problems[key] && <Problem id={`pe-${key}-error`} text={problems[key]} />}
+    </label>
+  );
+  return (
+    <fieldset className="pe-limits" data-testid="own-limits">
+      <legend>Own limits</legend>
+      <div className="grid">
+        {field("cpus", "CPUs", 0.05, node.data.kind === "plugin" && item ? item.cpus : undefined)}
+        {field("memory_mb", "Memory (MB)", 1, node.data.kind === "plugin" && item ? item.memory_mb : undefined)}
+      </div>
+    </fieldset>
+  );
+}
+
 function ServiceFacts({ service }) {
   if (!service) return <p className="pe-error">This service is not in the catalog any more.</p>;
   return (
@@ -171,6 +198,8 @@ export default function NodePanel({ node, nodes, edges, catalog, problems, readO
             : <p className="pe-error">This plugin is not in the catalog any more.</p>}
         </fieldset>
       )}
+      <OwnLimits node={node} item={item} problems={problems} readOnly={readOnly}
+                 onChange={(patch, field) => onDefinition(node.id, patch, field)} />
       {!readOnly && <References id={listId} references={references} />}
       {!readOnly && (
         <button type="button" className="secondary pe-delete" onClick={onDelete}>Delete node {node.id}</button>

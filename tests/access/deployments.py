@@ -109,11 +109,17 @@ def pipeline_version(project, steps, number=None):
 
 
 def add_node(environment, name, cpus=4.0, memory_mb=8192, status="online", enabled=True,
-             host=None, resources_at=None):
+             host=None, resources_at=None, cpu_overcommit=1.0, memory_reserve_mb=0):
     """A node with reported capacity; `host` ({cpus, cpu_percent, memory_total,
-    memory_available in bytes}) is the agent's live report, fresh unless `resources_at` says."""
+    memory_available in bytes}) is the agent's live report, fresh unless `resources_at` says.
+    Its CPUs and memory are all allocatable unless asked (no overcommit, no reserve: the
+    shipped defaults have tests of their own in tests/test_admission.py)."""
     node = Node(environment_id=environment.id, name=name, host="10.0.0.9", status=status,
                 enabled=enabled, reported_cpus=cpus, reported_memory_mb=memory_mb)
+    if cpu_overcommit is not None:
+        node.cpu_overcommit = cpu_overcommit
+    if memory_reserve_mb is not None:   # None: the database's default
+        node.memory_reserve_mb = memory_reserve_mb
     if host is not None:
         node.resources = {"host": host, "allocated": {"cpus": 0, "memory_mb": 0}}
         node.resources_at = resources_at or utcnow()

@@ -301,3 +301,30 @@ def test_a_plugins_form_follows_its_json_schema(live_server, browser_login, shop
     [node] = pipelines.get_version(db.session.get(Project, shop.id), 1).definition["nodes"]
     assert node["params"] == {"name": "shop", "engine": "mysql", "create_user": True, "ratio": 0.25,
                               "labels": {"team": "qa"}}
+
+
+def test_a_nodes_own_limits_are_set_in_the_side_panel_and_checked_against_the_projects(
+        live_server, browser_login, shop, admin):
+    """Issue 18 item 1: the panel shows a node's own cpus and memory_mb (empty: shares the
+    project's; a plugin's placeholder is its catalog's), and the server's refusal lands on them."""
+    pipelines.save_version(admin, shop, definition(), "one")   # shop: 1 CPU, 1024 MB
+    db.session.commit()
+    page = browser_login("admin")
+    page.set_viewport_size(SMALL_SCREEN)
+    page.goto(f"/projects/{shop.id}/pipeline")
+    page.get_by_test_id("node-mkdb").click()
+    limits = page.get_by_test_id("own-limits")
+    expect(limits.locator("[data-field='cpus']")).to_have_attribute("placeholder", "catalog: 0.5")
+    page.get_by_test_id("node-db").click()
+    cpus = limits.locator("[data-field='cpus']")
+    expect(cpus).to_have_attribute("placeholder", "shares the project's")
+    cpus.fill("1.5")
+    limits.locator("[data-field='memory_mb']").fill("512")
+    page.get_by_role("button", name="Save as version 2").click()
+    expect(limits.get_by_test_id("field-error")).to_contain_text(
+        "1.5 CPUs is more than project shop's limit of 1 CPU per deployment")
+    cpus.fill("0.5")
+    page.get_by_role("button", name="Save as version 2").click()
+    expect(page.get_by_test_id("editor-status")).to_have_text("Version 2 saved.")
+    db_node = pipelines.get_version(db.session.get(Project, shop.id), 2).definition["nodes"][0]
+    assert (db_node["cpus"], db_node["memory_mb"]) == (0.5, 512)

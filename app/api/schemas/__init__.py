@@ -4,11 +4,17 @@ from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.models.catalog import DEFAULT_CLEANUP_MINUTES, DEFAULT_PROJECT_CPUS, DEFAULT_PROJECT_MEMORY_MB
+from app.models.catalog import (
+    DEFAULT_CLEANUP_MINUTES,
+    DEFAULT_CPU_OVERCOMMIT,
+    DEFAULT_PROJECT_CPUS,
+    DEFAULT_PROJECT_MEMORY_MB,
+)
 from app.routing import ID_MAX
 from app.services.catalog import (
     CLEANUP_MINUTES_MAX,
     CLEANUP_MINUTES_MIN,
+    CPU_OVERCOMMIT_RANGE,
     PROJECT_CPUS_RANGE,
     PROJECT_MEMORY_MB_RANGE,
     SECRET_MAX_BYTES,
@@ -277,6 +283,11 @@ _PROJECT_CPUS = {"ge": PROJECT_CPUS_RANGE[0], "le": PROJECT_CPUS_RANGE[1],
 _PROJECT_MEMORY_MB = {"ge": PROJECT_MEMORY_MB_RANGE[0], "le": PROJECT_MEMORY_MB_RANGE[1],
                       "description": "Memory (MB) each deployment of the project may use "
                                      "(and admission reserves)"}
+_CPU_OVERCOMMIT = {
+    "ge": CPU_OVERCOMMIT_RANGE[0], "le": CPU_OVERCOMMIT_RANGE[1],
+    "description": "How many times its CPUs the CPU limits of a node's deployments may add up to "
+                   "(CPU is compressible; memory never is overcommitted); nodes may set their own",
+}
 _PROJECT_CLEANUP_MINUTES = {
     "ge": CLEANUP_MINUTES_MIN, "le": CLEANUP_MINUTES_MAX,
     "description": "Inactivity (minutes) after which the project's deployments are deleted; "
@@ -314,16 +325,19 @@ class ProjectOut(TargetOut):
 class EnvironmentCreate(TargetCreate):
     base_domain: str = Field("localhost", **_BASE_DOMAIN)
     cleanup_minutes: int = Field(DEFAULT_CLEANUP_MINUTES, **_CLEANUP_MINUTES)
+    cpu_overcommit: float = Field(DEFAULT_CPU_OVERCOMMIT, **_CPU_OVERCOMMIT)
 
 
 class EnvironmentUpdate(TargetUpdate):
     base_domain: str | None = Field(None, **_BASE_DOMAIN)
     cleanup_minutes: int | None = Field(None, **_CLEANUP_MINUTES)
+    cpu_overcommit: float | None = Field(None, **_CPU_OVERCOMMIT)
 
 
 class EnvironmentOut(TargetOut):
     base_domain: str
     cleanup_minutes: int
+    cpu_overcommit: float
 
 
 class AccessOut(BaseModel):
@@ -355,6 +369,11 @@ _PORT = {"ge": 1, "le": 65535, "description": "The agent's TLS port on the host"
 _CPUS_OVERRIDE = {"ge": 0.1, "le": 1024, "description": "CPUs NullOps may allocate here; null: as reported"}
 _MEMORY_OVERRIDE = {"ge": 64, "le": 16 * 1024 * 1024,
                     "description": "Memory (MB) NullOps may allocate here; null: as reported"}
+MEMORY_RESERVE_MB_RANGE = (0, 1024 * 1024)
+_NODE_CPU_OVERCOMMIT = {"ge": CPU_OVERCOMMIT_RANGE[0], "le": CPU_OVERCOMMIT_RANGE[1],
+                        "description": "This node's CPU overcommit ratio; null: the environment's"}
+_MEMORY_RESERVE = {"ge": MEMORY_RESERVE_MB_RANGE[0], "le": MEMORY_RESERVE_MB_RANGE[1],
+                   "description": "Memory (MB) kept for the host (OS, Docker, agent): no deployment gets it"}
 
 
 class NodeCreate(Request):
@@ -378,8 +397,10 @@ class NodeUpdate(Request):
     port: int | None = Field(None, **_PORT)
     cpus_override: float | None = Field(None, **_CPUS_OVERRIDE)
     memory_mb_override: int | None = Field(None, **_MEMORY_OVERRIDE)
+    cpu_overcommit: float | None = Field(None, **_NODE_CPU_OVERCOMMIT)
+    memory_reserve_mb: int | None = Field(None, **_MEMORY_RESERVE)
 
-    @field_validator("host", "port")
+    @field_validator("host", "port", "memory_reserve_mb")
     @classmethod
     def not_null(cls, value):
         # Runs only for fields the caller sent: null is refused, leaving the field out keeps it.
@@ -407,6 +428,8 @@ class NodeCapacity(BaseModel):
     reported_memory_mb: int | None
     cpus_override: float | None
     memory_mb_override: int | None
+    cpu_overcommit: float | None = Field(description="The node's own ratio; null: the environment's")
+    memory_reserve_mb: int = Field(description="Memory (MB) no deployment gets")
 
 
 class NodeOut(Response):
@@ -433,6 +456,52 @@ class NodeOut(Response):
     capacity: NodeCapacity
     resources: dict | None = Field(description="The agent's latest live figures, or null")
     resources_at: datetime | None
+
+
+class AllocatedCpus(BaseModel):
+    capacity: float | None = Field(description="The node's CPUs (override, else report)")
+    overcommit: float = Field(description="The ratio in force: the node's, else the environment's")
+    allocatable: float | None = Field(description="capacity x overcommit")
+    allocated: float = Field(description="The CPU limits of its live deployments, summed")
+
+
+class AllocatedMemory(BaseModel):
+    capacity: int | None = Field(description="The node's memory in MB (override, else report)")
+    reserve: int = Field(description="Kept for the host; no deployment gets it")
+    allocatable: int | None = Field(description="capacity - reserve")
+    allocated: int = Field(description="The memory limits of its live deployments, summed")
+
+
+class RealUse(BaseModel):
+    cpu_percent_1m: float | None = Field(description="CPU busy over the last minute; null when stale")
+    memory_available_mb: int | None = Field(description="Available memory over the last minute")
+    saturated: bool = Field(description="Busy enough that it takes no new deployment now")
+    at: datetime | None
+
+
+class Reservation(BaseModel):
+    id: int
+    name: str
+    status: str
+    cpus: float
+    memory_mb: int
+
+
+class OtherReservations(BaseModel):
+    count: int
+    cpus: float
+    memory_mb: int
+
+
+class NodeAllocation(Response):
+    """Allocated against allocatable on one node, its real use, and what each live deployment
+    reserves (those the caller may not see are summed under `others`)."""
+
+    cpus: AllocatedCpus
+    memory_mb: AllocatedMemory
+    real: RealUse
+    deployments: list[Reservation]
+    others: OtherReservations
 
 
 NODE_MANAGER_FIELDS = frozenset({"host", "port", "thumbprint", "pending_thumbprint", "agent_container_name",
