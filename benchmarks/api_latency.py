@@ -45,6 +45,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 import psutil
 import psycopg2
@@ -400,11 +401,14 @@ class WebServer:
 
 
 class Client:
-    """One keep-alive HTTP connection with the benchmark user's token."""
+    """One keep-alive HTTP connection with the benchmark user's token (or, with none, the
+    session cookies the server sets)."""
 
-    def __init__(self, port, token):
-        self.port, self.conn, self.reconnects = port, None, 0
-        self.headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    def __init__(self, port, token=None):
+        self.port, self.conn, self.reconnects, self.cookies = port, None, 0, {}
+        self.headers = {"Accept": "application/json"}
+        if token is not None:
+            self.headers["Authorization"] = f"Bearer {token}"
 
     def connect(self):
         """A fresh connection (gunicorn closes idle ones after 2 s)."""
@@ -413,11 +417,17 @@ class Client:
         self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         self.conn.connect()
 
-    def call(self, method, path, body=None):
-        headers, payload = self.headers, None
+    def call(self, method, path, body=None, form=None):
+        """(status, body, seconds); `body` goes as JSON, `form` as a urlencoded form."""
+        headers, payload = dict(self.headers), None
         if body is not None:
             payload = json.dumps(body).encode()
-            headers = {**headers, "Content-Type": "application/json"}
+            headers["Content-Type"] = "application/json"
+        elif form is not None:
+            payload = urlencode(form).encode()
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        if self.cookies:
+            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
         for attempt in (1, 2):
             if self.conn is None:
                 self.connect()
@@ -434,6 +444,9 @@ class Client:
                     raise
                 continue
             elapsed = time.perf_counter() - start
+            for cookie in response.headers.get_all("Set-Cookie") or []:
+                name, _, rest = cookie.partition("=")
+                self.cookies[name.strip()] = rest.split(";", 1)[0]
             if response.will_close:
                 self.conn.close()
                 self.conn = None

@@ -21,7 +21,6 @@ older runs and 20 more step events each), which the deployment page's live state
 import argparse
 import base64
 import datetime
-import http.client
 import json
 import os
 import random
@@ -33,7 +32,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlencode
 
 from sqlalchemy import text
 
@@ -41,6 +39,7 @@ from benchmarks.api_latency import (
     DEFAULT_PG,
     NULLOPS,
     ROOT,
+    Client,
     Database,
     Seeder,
     WebServer,
@@ -60,63 +59,22 @@ PASSWORD = "bench-" + secrets.token_urlsafe(12)
 HISTORY_DEPLOYMENTS, EXTRA_EVENTS = 2000, 40
 
 
-class PageClient:
-    """One keep-alive connection with a logged-in browser session (cookie and CSRF token)."""
+class PageClient(Client):
+    """One keep-alive connection with a logged-in browser session (its cookie)."""
 
     def __init__(self, port):
-        self.port, self.conn, self.reconnects, self.cookies = port, None, 0, {}
-
-    def connect(self):
-        if self.conn is not None:
-            self.conn.close()
-        self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        self.conn.connect()
-
-    def _send(self, method, path, body=None, headers=None):
-        headers = dict(headers or {})
-        if self.cookies:
-            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-        if self.conn is None:
-            self.connect()
-        start = time.perf_counter()
-        try:
-            self.conn.request(method, path, body, headers)
-            response = self.conn.getresponse()
-            data = response.read()
-        except (http.client.HTTPException, ConnectionError):
-            self.conn.close()
-            self.conn = None
-            self.reconnects += 1
-            raise
-        elapsed = time.perf_counter() - start
-        for header in response.headers.get_all("Set-Cookie") or []:
-            name, _, rest = header.partition("=")
-            self.cookies[name.strip()] = rest.split(";", 1)[0]
-        if response.will_close:
-            self.conn.close()
-            self.conn = None
-        return response.status, data, elapsed
+        super().__init__(port)
+        self.headers = {"Accept": "text/html,application/json"}
 
     def login(self, username, password):
-        status, page, _ = self._send("GET", "/login")
+        status, page, _ = self.call("GET", "/login")
         token = re.search(rb'name="csrf_token"[^>]*value="([^"]+)"', page)
         if status != 200 or not token:
             raise RuntimeError(f"GET /login answered {status} without a CSRF token")
-        form = urlencode({"csrf_token": token.group(1).decode(), "username": username,
-                          "password": password}).encode()
-        status, data, _ = self._send("POST", "/login", form,
-                                     {"Content-Type": "application/x-www-form-urlencoded"})
+        status, data, _ = self.call("POST", "/login", form={
+            "csrf_token": token.group(1).decode(), "username": username, "password": password})
         if status != 302:
             raise RuntimeError(f"logging in as {username} answered {status}: {data[:300]!r}")
-
-    def call(self, method, path, body=None):
-        for attempt in (1, 2):
-            try:
-                return self._send(method, path, body, {"Accept": "text/html,application/json"})
-            except (http.client.HTTPException, ConnectionError):
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
 
 
 def seed_history(seeder, deployment_ids, rng):
