@@ -16,6 +16,7 @@ reader sees the same deployment without action buttons; a form posted by hand is
 Screenshots of each main page go to /tmp/nullops-shots/journey-*.png.
 """
 import re
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -71,22 +72,44 @@ def _web_image(docker_client, folder, tag):
     return name
 
 
+class Registry:
+    """The test's registry: `address` at once, its images pushed meanwhile (wait() for them)."""
+
+    def __init__(self, address, pushing):
+        self.address, self._pushing, self.errors = address, pushing, []
+
+    def wait(self, timeout=120):
+        self._pushing.join(timeout)
+        assert not self._pushing.is_alive(), "pushing the images took too long"
+        assert not self.errors, self.errors
+
+
 @pytest.fixture
 def registry(tmp_path, docker_client, busybox_image, base_image):
-    """A docker-registry of the test's own with journey/web:1.0, journey/web:1.1 and
-    nullops/http-wait:1.0 (untagged locally again: the agent pulls them): "127.0.0.1:<port>"."""
-    sources = {f"journey/web:{tag}": _web_image(docker_client, tmp_path / f"web-{tag}", tag)
-               for tag in WEB_TAGS}
-    sources["nullops/http-wait:1.0"] = build(docker_client, "http-wait", base_image)
+    """A docker-registry of the test's own to hold journey/web:1.0, journey/web:1.1 and
+    nullops/http-wait:1.0 (untagged locally again: the agent pulls them). The images are built
+    and pushed in a thread while the admin fills the forms, which need only the address."""
     folder = tmp_path / "registry"
     folder.mkdir()
+    targets = [f"journey/web:{tag}" for tag in WEB_TAGS] + ["nullops/http-wait:1.0"]
     with open_registry(folder) as address:
-        for target, source in sources.items():
-            push(docker_client, source, *f"{address}/{target}".rsplit(":", 1))
+        def push_all():
+            try:
+                sources = {f"journey/web:{tag}": _web_image(docker_client, tmp_path / f"web-{tag}", tag)
+                           for tag in WEB_TAGS}
+                sources["nullops/http-wait:1.0"] = build(docker_client, "http-wait", base_image)
+                for target in targets:
+                    push(docker_client, sources[target], *f"{address}/{target}".rsplit(":", 1))
+            except Exception as exc:  # noqa: BLE001 - reported by wait()
+                registry.errors.append(exc)
+
+        registry = Registry(address, threading.Thread(target=push_all, name="push", daemon=True))
+        registry._pushing.start()
         try:
-            yield address
+            yield registry
         finally:
-            for target in sources:  # what the agent pulled
+            registry._pushing.join(120)
+            for target in targets:  # what the agent pulled
                 try:
                     docker_client.images.remove(f"{address}/{target}", noprune=True)
                 except Exception:  # noqa: BLE001 - never pulled, or still in use
@@ -99,7 +122,7 @@ def _shot(page, name):
 
 
 def _status(page, text):
-    expect(page.get_by_role("status")).to_contain_text(text)
+    expect(page.get_by_role("status")).to_contain_text(text, timeout=15_000)  # a form posted and answered
 
 
 # --- the admin, through the UI ---------------------------------------------------------------
@@ -258,7 +281,7 @@ def test_the_pipeline_an_admin_draws_is_deployed_watched_and_managed_by_a_writer
 
     page = browser_login("admin")
     page.set_viewport_size(LAPTOP)
-    project_id = _admin_builds_the_catalog(page, registry, project_name)
+    project_id = _admin_builds_the_catalog(page, registry.address, project_name)
     _admin_grants(page, project_name, environment.name)
     _admin_draws_the_pipeline(page, project_id)
     db.session.expire_all()
@@ -268,6 +291,7 @@ def test_the_pipeline_an_admin_draws_is_deployed_watched_and_managed_by_a_writer
     assert steps["wait"]["params"]["url"] == WEB_INSIDE
     assert steps["smoke"]["depends_on"] == ["wait"] and steps["wait"]["depends_on"] == ["web"]
     wait_for_status(node_id, "online")
+    registry.wait()
     page.goto(f"/environments/{environment.id}")
     _shot(page, "environment")
     page.goto(f"/nodes/{node_id}")
@@ -304,12 +328,13 @@ def test_the_pipeline_an_admin_draws_is_deployed_watched_and_managed_by_a_writer
         row = deployment_row(deployment_id)
         raise AssertionError(f"deployment {row.status}: {row.status_message}") from None
     assert writer.evaluate("window.__sameDocument") is True  # no reload happened
+    ready_at = time.monotonic()
     row = deployment_row(deployment_id)
     assert (row.pipeline_version_id, row.tags) == (version.id, {"web": "1.1"})
     assert (row.cpus, row.memory_mb) == (1, 256)  # the project's limits
     ours = [f"org.nullops.deployment=dep-{deployment_id}", f"org.nullops.node={agent.node_id}"]
     [container] = docker_client.containers.list(filters={"label": [*ours, "org.nullops.step=web"]})
-    assert container.attrs["Config"]["Image"] == f"{registry}/journey/web:1.1"
+    assert container.attrs["Config"]["Image"] == f"{registry.address}/journey/web:1.1"
     assert "API_TOKEN=tok-journey-42" in container.attrs["Config"]["Env"]
 
     # The service URL through Caddy answers with the chosen tag's page.
@@ -340,6 +365,7 @@ def test_the_pipeline_an_admin_draws_is_deployed_watched_and_managed_by_a_writer
         expect(drawn.locator("canvas")).to_have_count(1)
     expect(writer.get_by_test_id("memory-now-web")).to_have_text(re.compile(r"^now \d+\.\d MiB of 256$"))
     _shot(writer, "deployment")
+    charts_at = time.monotonic()
     tab = writer.context.new_page()  # the writer's overview, in a second tab
     tab.set_viewport_size(LAPTOP)
     tab.goto("/")
@@ -400,5 +426,6 @@ def test_the_pipeline_an_admin_draws_is_deployed_watched_and_managed_by_a_writer
     _shot(page, "audit-log")
     page.goto("/settings")
     _shot(page, "settings")
-    print(f"journey: admin {admin_done - started:.1f} s, all {time.monotonic() - started:.1f} s")
+    print(f"journey: admin {admin_done - started:.1f} s, deployed {ready_at - admin_done:.1f} s, "
+          f"url+log+charts {charts_at - ready_at:.1f} s, the rest {time.monotonic() - charts_at:.1f} s")
     assert db.session.get(Project, project_id) is not None
