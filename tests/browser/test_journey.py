@@ -254,10 +254,15 @@ def _admin_draws_the_pipeline(page, project_id):
     panel.get_by_label("url").fill(f"{WEB_INSIDE}/index.html")
     panel.get_by_label("body_contains").fill("journey web")
     panel.get_by_label("timeout_s").fill("30")
-    page.get_by_role("button", name="Tidy layout").click()
+    page.get_by_role("button", name="Tidy layout").click()  # the added node off the others
     page.wait_for_timeout(300)  # the layout's move settles before a handle is pressed
     _connect(page, "wait", "smoke")
     expect(edges).to_have_count(2)
+    page.get_by_role("button", name="Tidy layout").click()  # elkjs: left to right, in running order
+    page.wait_for_function("""() => {
+      const x = (id) => document.querySelector(`[data-testid=node-${id}]`).getBoundingClientRect().x;
+      return x("web") < x("wait") && x("wait") < x("smoke");
+    }""")
     page.get_by_label("Comment").fill("a smoke check added")
     page.get_by_role("button", name="Save as version 2").click()
     expect(page.get_by_test_id("editor-status")).to_have_text("Version 2 saved.")
