@@ -162,7 +162,6 @@ def _admin_builds_the_catalog(page, registry_address, project_name):
     _status(page, "Plugin http-wait added; every enabled node pulls its image.")
 
     page.get_by_role("banner").get_by_role("link", name="Projects").click()
-    _shot(page, "projects")
     page.get_by_label("Name", exact=True).fill(project_name)
     page.get_by_label("CPUs per deployment").fill("1")
     page.get_by_label("Memory per deployment (MB)").fill("256")
@@ -426,6 +425,9 @@ def test_the_pipeline_an_admin_draws_is_deployed_watched_and_managed_by_a_writer
 
     # The rest of the main pages, after the story (the audit log tells it).
     writer.close()
+    page.goto("/projects")
+    expect(page.locator(f"tr[data-project={project_name}]")).to_contain_text("1 CPUs, 256 MB")
+    _shot(page, "projects")
     page.goto("/audit")
     expect(page.locator("main")).to_contain_text("pr-42")
     _shot(page, "audit-log")
