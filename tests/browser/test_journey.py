@@ -312,7 +312,7 @@ def test_the_pipeline_an_admin_draws_is_deployed_watched_and_managed_by_a_writer
     tag = writer.locator("select[name=tag-web]")
     expect(tag.locator("option[value='1.0']")).to_have_count(1, timeout=RUN_MS // 2)
     tag.select_option("1.1")
-    writer.get_by_label("Name").fill("pr-42")
+    writer.get_by_label("Deployment name").fill("pr-42")
     _shot(writer, "new-deployment")
     writer.get_by_role("button", name="Deploy").click()
     writer.wait_for_url(re.compile(r"/deployments/\d+$"))
