@@ -32,11 +32,13 @@ WAITS_TO_PRINT = ["sh", "-c", "mkdir -p /www && echo hello-from-web > /www/index
                   "exec httpd -f -p 8000 -h /www"]
 
 
-def make_it_print(docker_client, deployment_id, step_id="web"):
-    """Have the service print its line now; returns the line."""
+def make_it_print(docker_client, deployment_id, step_id="web", node_id=None):
+    """Have the service print its line now; returns the line. `node_id` (the agent's) tells it
+    apart from a deployment with the same id in another test run sharing the engine."""
     word = uuid.uuid4().hex[:8]
+    node = [f"org.nullops.node={node_id}"] if node_id else []
     [container] = docker_client.containers.list(filters={"label": [
-        f"org.nullops.deployment=dep-{deployment_id}", f"org.nullops.step={step_id}"]})
+        f"org.nullops.deployment=dep-{deployment_id}", f"org.nullops.step={step_id}", *node]})
     code, output = container.exec_run(["sh", "-c", f"echo {word} > /tmp/go"])
     assert code == 0, output
     return f"after-follow-{word}"

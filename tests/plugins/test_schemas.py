@@ -84,3 +84,15 @@ def test_the_pipeline_example_of_the_plugin_guide_passes_every_schema():
     assert sorted(node["plugin"] for node in nodes) == PLUGINS
     for node in nodes:
         assert [e.message for e in validator(node["plugin"]).iter_errors(node["params"])] == [], node
+
+
+@pytest.mark.parametrize("name", PLUGINS)
+def test_no_hint_suggests_the_ingress_url_to_a_plugin(name):
+    """A plugin runs inside the deployment's network, where ${services.ID.url} (the ingress
+    address, docs/plugins.md) may not resolve: the http-wait form's hint said to use it, and a
+    pipeline drawn from that hint failed (tests/browser/test_journey.py)."""
+    schema = (ROOT / "plugins" / name / "schema.json").read_text()
+    readme = (ROOT / "plugins" / name / "README.md").read_text()
+    for text in (schema, readme):
+        for example in re.findall(r"e\.g\. `?([^\s`]+)", text):
+            assert not re.search(r"\$\{services\.[\w-]+\.url\}", example), example
