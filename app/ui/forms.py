@@ -53,9 +53,8 @@ class TokenForm(FlaskForm):
     name = StringField("Token name", validators=[DataRequired(), Length(max=64)])
     # Checked by the service (a missing one is read-only), which names the field when it refuses.
     scope = SelectField("Scope", default=SCOPE_READ_ONLY, validate_choice=False, choices=[
-        SelectChoice(SCOPE_READ_ONLY, "Read-only: look, never change"),
-        SelectChoice(SCOPE_DEPLOY, "Deploy: create and manage deployments"),
-        SelectChoice(SCOPE_ADMIN, "Admin: everything you may do")])
+        SelectChoice(SCOPE_READ_ONLY, "Read-only"), SelectChoice(SCOPE_DEPLOY, "Deploy"),
+        SelectChoice(SCOPE_ADMIN, "Admin")])
     expires_in_days = IntegerField("Expires after (days; empty: never)",
                                    validators=[Optional(), NumberRange(min=1, max=3650)])
 
