@@ -15,6 +15,7 @@ from app.models import (
     Node,
     Project,
     ProjectSecret,
+    ProvisioningRun,
     Team,
     TeamMember,
     User,
@@ -30,9 +31,12 @@ from tests.conftest import csrf_from, rows_of
 def ids(spec_example):
     rows = make_catalog()
     node = add_node(spec_example["environment"], "node-1")
+    run = ProvisioningRun(node_id=node.id, node_name=node.name, playbook="onboard_node", status="running")
+    db.session.add(run)
+    db.session.commit()
     return {"registry": make_registry("team").id, "service": rows["db"].id,
             "plugin": rows["mkdb"].id, "project": spec_example["project"].id,
-            "environment": spec_example["environment"].id, "node": node.id}
+            "environment": spec_example["environment"].id, "node": node.id, "run": run.id}
 
 
 @pytest.mark.parametrize(("path", "message"), [
