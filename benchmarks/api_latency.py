@@ -741,13 +741,15 @@ Target on these 2 cores (issue 5): p95 under 50 ms for reads and under 150 ms fo
 """
 
 
-def write_docs(path, block_text):
+def write_docs(path, block_text, begin=BEGIN, end=END, section_text=SECTION_TEXT):
+    """`block_text` (from `begin` to `end`) replaces the block between those markers in `path`;
+    without them, the section is added at the end, its text first."""
     text_ = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text_ and END in text_:
-        head, rest = text_.split(BEGIN, 1)
-        text_ = head + block_text + rest.split(END, 1)[1]
+    if begin in text_ and end in text_:
+        head, rest = text_.split(begin, 1)
+        text_ = head + block_text + rest.split(end, 1)[1]
     else:
-        text_ = text_.rstrip("\n") + "\n\n" + SECTION_TEXT + block_text + "\n"
+        text_ = text_.rstrip("\n") + "\n\n" + section_text + block_text + "\n"
     path.write_text(text_)
 
 

@@ -50,6 +50,7 @@ from benchmarks.api_latency import (
     speed_check_ms,
     summarise,
     wait_for_quiet,
+    write_docs,
 )
 
 SECTION = "## Page latency"
@@ -212,16 +213,6 @@ from the request to the last byte: the server's time plus well under a milliseco
 """
 
 
-def write_docs(path, block_text):
-    text_ = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text_ and END in text_:
-        head, rest = text_.split(BEGIN, 1)
-        text_ = head + block_text + rest.split(END, 1)[1]
-    else:
-        text_ = text_.rstrip("\n") + "\n\n" + SECTION_TEXT + block_text + "\n"
-    path.write_text(text_)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pg", default=DEFAULT_PG)
@@ -288,7 +279,7 @@ def main(argv=None):
     if args.json:
         args.json.write_text(json.dumps(summaries, indent=2))
     if not args.no_docs and not args.only:
-        write_docs(args.docs, text_)
+        write_docs(args.docs, text_, BEGIN, END, SECTION_TEXT)
         log(f"written into {args.docs}")
     return 1 if any(missed(s) for s in summaries) else 0
 
