@@ -13,6 +13,7 @@ import secrets
 from pathlib import Path
 
 DEFAULT_DATA_DIR = "/data"
+DEFAULT_SECRETS_DIR = "/run/nullops-agent/secrets"
 NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -43,6 +44,9 @@ class Settings:
     # One cgroup per deployment holding all its containers to its limits (agent/cgroups.py);
     # needs the host's /sys/fs/cgroup (v1) writable. Off: each container gets the limits.
     deployment_cgroups: bool = False
+    # Services' secret files (agent/secret_files.py): a folder on a tmpfs, the same path for the
+    # agent and the engine. Not a tmpfs: services with secret files are refused, never written.
+    secrets_dir: Path = Path(DEFAULT_SECRETS_DIR)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,6 +70,8 @@ def _parser():
     add("--stop-grace", help="seconds between SIGTERM and SIGKILL for a service (env AGENT_STOP_GRACE; 2)")
     add("--reconcile-interval", help="seconds between reconcile rounds (env AGENT_RECONCILE_INTERVAL; 10)")
     add("--log-level", help=f"{', '.join(LOG_LEVELS)} (env AGENT_LOG_LEVEL; info)")
+    add("--secrets-dir", help="services' secret files, on a tmpfs, the same path on the host "
+                              f"(env AGENT_SECRETS_DIR; {DEFAULT_SECRETS_DIR})")
     add("--deployment-cgroups", help="on: a deployment's containers together stay within its limits "
                                      "(needs /sys/fs/cgroup writable; env AGENT_DEPLOYMENT_CGROUPS; off)")
     return parser
@@ -140,6 +146,7 @@ def load_settings(argv=None, environ=None):
     cgroups_name, cgroups = pick(args.deployment_cgroups, "AGENT_DEPLOYMENT_CGROUPS", "off")
     if cgroups.lower() not in ("on", "off"):
         raise ConfigError(f"{cgroups_name} must be on or off, not {cgroups!r}")
+    _, secrets_dir = pick(args.secrets_dir, "AGENT_SECRETS_DIR", DEFAULT_SECRETS_DIR)
     token = env.get("AGENT_TOKEN") or None
     if token is not None and token != token.strip():
         raise ConfigError("AGENT_TOKEN has leading or trailing whitespace; paste the token exactly")
@@ -148,6 +155,7 @@ def load_settings(argv=None, environ=None):
         node_id=node_id, subnet_pool=pool, publish_host=publish_host, stop_grace=grace,
         reconcile_interval=interval, log_level=level.lower(),
         deployment_cgroups=cgroups.lower() == "on",
+        secrets_dir=Path(secrets_dir).expanduser().absolute(),
     )
 
 

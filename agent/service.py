@@ -99,6 +99,7 @@ class AgentService:
             docker_client, settings.node_id, subnet_pool=settings.subnet_pool,
             publish_host=settings.publish_host, stop_grace_s=settings.stop_grace,
             cgroups=DeploymentCgroups(settings.node_id) if settings.deployment_cgroups else None,
+            secrets_dir=settings.secrets_dir,
         )
         self.memory = {}   # deployment id -> RunMemory (secrets, credentials, outputs)
         self.active = {}   # deployment id -> ActiveRun
