@@ -66,6 +66,11 @@ ROTATED_MESSAGE = (
 UNCHANGED = object()
 
 
+# Services' secret files (agent/secret_files.py): a tmpfs folder of the host (/run is one on
+# systemd hosts) at the same path inside the agent, because it is a bind mount's source.
+AGENT_SECRETS_MOUNT = "/run/nullops-agent"
+
+
 def agent_command(node):
     """The commands that start the agent on a node (spec: Agent Installation Process; issue 16.4).
 
@@ -82,7 +87,8 @@ def agent_command(node):
         f"# 2. Start the agent\n"
         f"docker run -d --name {name} --restart unless-stopped -p {bind}:{node.port}:{AGENT_CONTAINER_PORT} "
         f"--env-file {env_file} -v /var/run/docker.sock:/var/run/docker.sock "
-        f"-v {node.agent_data_dir}:/data {AGENT_IMAGE}:{__version__}"
+        f"-v {node.agent_data_dir}:/data -v {AGENT_SECRETS_MOUNT}:{AGENT_SECRETS_MOUNT} "
+        f"{AGENT_IMAGE}:{__version__}"
     )
 
 
