@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import os
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -422,6 +423,12 @@ class Executor:
         for step_id, container in sorted(self.service_containers(deployment_id).items()):
             if container.status not in ("exited", "created"):
                 continue
+            if self._lost_secret_files(container):
+                # A reboot emptied the tmpfs: the container cannot start again. Removed, it is
+                # missing, and the reconcile recreates it with its files (the run's memory or the
+                # control plane's next sync holds the secrets).
+                self._remove(container)
+                continue
             try:
                 with engine_call(f"starting container {container.name}"):
                     container.start()
@@ -429,6 +436,10 @@ class Executor:
             except EngineError as exc:
                 log.warning("restarting %s failed: %s", container.name, exc.message)
         return started
+
+    def _lost_secret_files(self, container):
+        return any(m.get("Destination") == secret_files.TARGET and not os.path.isdir(m.get("Source", ""))
+                   for m in container.attrs.get("Mounts") or [])
 
     # --- teardown --------------------------------------------------------------------------
     def _parallel(self, function, items):

@@ -152,3 +152,15 @@ def test_filesystem_type_reads_the_longest_mount_point(tmp_path):
     assert secret_files.filesystem_type("/run/nullops", str(mountinfo)) == "tmpfs"
     assert secret_files.filesystem_type("/run/disk x/y", str(mountinfo)) == "ext4"
     assert secret_files.filesystem_type("/runaway", str(mountinfo)) == "ext4"
+
+
+def test_a_container_whose_secret_files_a_reboot_emptied_is_removed_to_be_recreated(
+        make_executor, busybox_image, secrets_dir):
+    executor = make_executor(publish_host="127.0.0.1", secrets_dir=secrets_dir)
+    spec = spec_with_files(f"dep-{uuid.uuid4().hex[:6]}", busybox_image)
+    container = executor.start_service(spec, spec["steps"][0], {}, idle_service(), "run-1",
+                                       files={"db_password": CANARY})
+    container.stop(timeout=1)
+    shutil.rmtree(executor.secret_files.folder(spec["deployment_id"], "db"))  # as a reboot would
+    assert executor.restart_dead(spec["deployment_id"]) == []
+    assert executor.service_containers(spec["deployment_id"]) == {}  # missing: the reconcile recreates it
