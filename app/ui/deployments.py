@@ -1,6 +1,6 @@
 """Deployment pages: list, create, watch, extend, clone, retry, delete. Thin: parse the form,
 ask the access module, call one service function, flash or show the outcome."""
-from functools import wraps
+from functools import cache, wraps
 from types import SimpleNamespace
 
 from flask import abort, flash, redirect, render_template, request, url_for
@@ -28,8 +28,10 @@ HISTORY_SHOWN = 50
 
 # What every deployment page reads (access, URLs, steps, logs): one query instead of five lazy
 # loads, which cost the web tier more CPU than the page's own work.
-_PAGE_PARTS = tuple(joinedload(rel) for rel in (Deployment.project, Deployment.environment,
-                                                Deployment.node, Deployment.pipeline_version))
+@cache
+def _with_parts():
+    return access.by_id(Deployment).options(*(joinedload(rel) for rel in (
+        Deployment.project, Deployment.environment, Deployment.node, Deployment.pipeline_version)))
 
 
 def _load(deployment_id, action="view", doing=None, for_page=True):
@@ -37,10 +39,10 @@ def _load(deployment_id, action="view", doing=None, for_page=True):
     refused change is a 403 page, never a flash that looks like a validation problem.
     `for_page` loads its parts with it; an action does not, as the services lock the row
     (FOR UPDATE), which an outer join's nullable side cannot carry."""
-    stmt = select(Deployment).where(Deployment.id == deployment_id)
-    deployment = db.session.execute(stmt.options(*_PAGE_PARTS) if for_page else stmt) \
-        .unique().scalar_one_or_none()
-    if deployment is None or not access.can(current_user, "view", deployment):
+    try:
+        deployment = access.get_visible(current_user, Deployment, deployment_id, "deployment",
+                                        _with_parts() if for_page else None)
+    except NotFound:
         abort(404)
     access.require(current_user, action, deployment, doing)
     return deployment
@@ -84,8 +86,9 @@ def _deploy_targets(selected_project_id=None):
     """(projects the user may deploy somewhere, as (id, name) rows; the selected one, loaded;
     the environments it may go to, as rows)."""
     user, environments = _actor(), _names(Environment)
-    projects = [p for p in _names(Project)
-                if any(access.may_deploy_ids(user, p.id, e.id) for e in environments)]
+    named = _names(Project)
+    allowed = access.deployable_projects(user, [p.id for p in named], [e.id for e in environments])
+    projects = [p for p in named if p.id in allowed]
     chosen = next((p for p in projects if p.id == selected_project_id), projects[0] if projects else None)
     project = db.session.get(Project, chosen.id) if chosen else None
     targets = [e for e in environments if chosen and access.may_deploy_ids(user, chosen.id, e.id)]

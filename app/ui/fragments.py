@@ -2,6 +2,7 @@
 call costs about as much as a query, and the deployments list and the environment page call
 several per row (docs/benchmarks.md, "Page latency"). Each returns Markup; every value that
 comes from a user is escaped."""
+from flask import request, url_for
 from markupsafe import Markup, escape
 
 from app.ui import bp
@@ -96,3 +97,23 @@ def capacity(node):
     if node.cpus_override is not None or node.memory_mb_override is not None:
         return Markup(f"{text} <small>(override)</small>")
     return text
+
+
+_NAV = (("ui.project_list", "Projects", False), ("ui.deployment_list", "Deployments", False),
+        ("ui.environment_list", "Environments", False), ("ui.team_list", "Teams", False),
+        ("ui.admin_users", "Users", True), ("ui.registry_list", "Registries", True),
+        ("ui.service_list", "Services", True), ("ui.plugin_list", "Plugins", True),
+        ("ui.audit_log", "Audit log", True))
+_nav_built = {}
+
+
+@bp.app_template_global()
+def nav_links(is_admin):
+    """The nav's page links (admins see more), built once per role: every page has nine, and
+    url_for costs about as much as a small query."""
+    key = (request.script_root, bool(is_admin))
+    if key not in _nav_built:
+        _nav_built[key] = Markup("\n".join(
+            f'<li><a href="{url_for(endpoint)}">{label}</a></li>'
+            for endpoint, label, admin_only in _NAV if is_admin or not admin_only))
+    return _nav_built[key]
