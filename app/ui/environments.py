@@ -1,8 +1,11 @@
 """Environments and their nodes. Thin: parse the form, call one service, flash the outcome."""
 
+from functools import cache
+
 from flask import abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import func, select
+from sqlalchemy.orm import joinedload, undefer
 
 from app import access
 from app.extensions import db
@@ -25,11 +28,11 @@ from app.ui.pages import _actor, service_call
 NODES_PER_PAGE = 25
 
 
-def _load(model, obj_id, action="view", doing=None):
+def _load(model, obj_id, action="view", doing=None, stmt=None):
     """The object if the user may see it (404 otherwise); then the action, refused as a 403
-    that names `doing` ("delete") when given."""
+    that names `doing` ("delete") when given. `stmt`: see access.get_visible."""
     try:
-        obj = access.get_visible(current_user, model, obj_id, model.__tablename__.rstrip("s"))
+        obj = access.get_visible(current_user, model, obj_id, model.__tablename__.rstrip("s"), stmt)
     except NotFound:
         abort(404)
     access.require(current_user, action, obj, doing)
@@ -164,8 +167,17 @@ def node_create(environment_id):
     return redirect(_to_node(node.id))
 
 
+@cache
+def _node_with_parts():
+    """The node with what its page shows (admission's deferred columns, its environment): one
+    query instead of four."""
+    return access.by_id(Node).options(
+        undefer(Node.cpu_overcommit), undefer(Node.memory_reserve_mb),
+        undefer(Node.reported_cpu_percent), joinedload(Node.environment))
+
+
 def _node_page(node_id, exc=None, which=None):
-    node = _load(Node, node_id)
+    node = _load(Node, node_id, stmt=_node_with_parts())
     can_manage = access.can(current_user, "manage", node)
     shown_once = _pop_shown_once(node) if can_manage and exc is None else None
 
