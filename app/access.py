@@ -93,6 +93,13 @@ def _is_user(user):
     return bool(user is not None and getattr(user, "is_authenticated", False) and user.is_active)
 
 
+def _unproxied(user):
+    """The user behind Flask-Login's `current_user`: every attribute read through that proxy
+    resolves it again, and a rule reads several (a page asks `can` once per row)."""
+    resolve = getattr(user, "_get_current_object", None)
+    return resolve() if resolve is not None else user
+
+
 _MEMO = "access_grants"
 _LEVELS = {level.value: level for level in AccessLevel}
 
@@ -263,6 +270,7 @@ _USER_CREATABLE = {ApiToken}
 def can(user, action, obj):
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}")
+    user = _unproxied(user)
     if not _is_user(user) or not _scope_allows(action):
         return False
     if action == "create":
@@ -316,6 +324,7 @@ def _among(column, ids):
 
 def visible(user, model):
     """A select() of the `model` rows the user may view."""
+    user = _unproxied(user)
     stmt = select(model)
     if _is_admin(user) and user.is_active:
         return stmt
