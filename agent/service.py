@@ -89,8 +89,9 @@ class ActiveRun:
 
 
 class AgentService:
-    def __init__(self, settings, store, hub, docker_client, executor=None):
+    def __init__(self, settings, store, hub, docker_client, executor=None, guard=None):
         self.settings = settings
+        self.guard = guard  # agent.netguard.NetworkGuard, checked again every reconcile round
         self.store = store
         self._minute = MinuteFigures()
         self.hub = hub
@@ -127,6 +128,8 @@ class AgentService:
     def _reconcile_loop(self):
         while not self._stop.wait(self.settings.reconcile_interval):
             try:
+                if self.guard is not None:
+                    self.guard.ensure()  # a firewall reload or a flush removed them
                 self.reconcile()
             except Exception:  # noqa: BLE001 - the next round tries again
                 log.exception("reconcile failed")
