@@ -72,23 +72,29 @@ def connected_networks(route_file="/proc/net/route"):
     return found
 
 
-def name_servers(resolv_conf="/etc/resolv.conf"):
+RESOLV_CONFS = ("/etc/resolv.conf", "/run/systemd/resolve/resolv.conf")
+
+
+def name_servers(resolv_confs=RESOLV_CONFS):
     """The host's IPv4 DNS servers: Docker's embedded DNS forwards a container's queries to them
-    from inside the container, so they must stay reachable even on a private address."""
+    from inside the container, so they must stay reachable even on a private address. Docker
+    reads systemd-resolved's upstream file when /etc/resolv.conf names only 127.0.0.53; so do we."""
     found = []
-    try:
-        with open(resolv_conf) as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) >= 2 and fields[0] == "nameserver":
-                    try:
-                        address = ipaddress.ip_address(fields[1])
-                    except ValueError:
-                        continue
-                    if address.version == 4 and not address.is_loopback:
-                        found.append(address)
-    except OSError:
-        pass
+    for path in resolv_confs:
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) >= 2 and fields[0] == "nameserver":
+                try:
+                    address = ipaddress.ip_address(fields[1])
+                except ValueError:
+                    continue
+                if address.version == 4 and not address.is_loopback:
+                    found.append(address)
     return found
 
 
@@ -115,10 +121,11 @@ class NetworkGuard:
                  iptables=None, run=subprocess.run):
         self.pool = ipaddress.ip_network(pool)
         self.egress_allow = [ipaddress.ip_network(net) for net in egress_allow]
-        extra = connected_networks() if blocked is None else list(blocked)
+        extra = connected_networks() if blocked is None else [ipaddress.ip_network(n) for n in blocked]
         # Collapsed and sorted: the same host gives the same rules, so a reinstall is a no-op.
         self.blocked = sorted(ipaddress.collapse_addresses([*BLOCKED, *extra]))
-        self.dns_servers = sorted(set(name_servers() if dns_servers is None else dns_servers))
+        servers = name_servers() if dns_servers is None else dns_servers
+        self.dns_servers = sorted({ipaddress.ip_address(str(server)) for server in servers})
         tag = hashlib.sha256(str(self.pool).encode()).hexdigest()[:8]
         self.input_chain = f"NULLOPS-IN-{tag}"
         self.forward_chain = f"NULLOPS-FWD-{tag}"
@@ -198,8 +205,14 @@ class NetworkGuard:
         for chain, rule in self._jumps():
             if not self._call(["-w", "-C", chain, *rule], check=False):
                 self._call(["-w", "-I", chain, "1", *rule])
-        log.info("network isolation of %s in place (chains %s, %s)", self.pool, self.input_chain,
-                 self.forward_chain)
+        log.info("network isolation of %s in place (chains %s, %s); DNS servers allowed: %s; "
+                 "egress allowed: %s", self.pool, self.input_chain, self.forward_chain,
+                 ", ".join(map(str, self.dns_servers)) or "none",
+                 ", ".join(map(str, self.egress_allow)) or "none")
+        if not self.dns_servers:
+            log.warning("no DNS server outside loopback found in %s: if deployments cannot resolve "
+                        "names, add the host's upstream DNS servers to AGENT_EGRESS_ALLOW",
+                        " or ".join(RESOLV_CONFS))
 
     def ensure(self):
         """Put the rules back when something removed them (an iptables flush, a firewall

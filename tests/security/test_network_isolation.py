@@ -166,6 +166,12 @@ def test_a_deployment_reaches_nothing_of_another_nor_the_host_lan_or_metadata(
     reached = probe(docker_client, web_a, refused)
     assert not [target for target, is_open in reached.items() if is_open], reached
 
+    # An operator's --egress-allow opens that one address (a shared database server, say): the
+    # rules are replaced in place, and nothing else opens with it.
+    NetworkGuard(POOL, egress_allow=[f"{lan['host']}/32"]).install()
+    reached = probe(docker_client, web_a, [f"{lan['host']}:80", f"{METADATA}:80", f"{lan['node']}:{port_b}"])
+    assert reached == {f"{lan['host']}:80": True, f"{METADATA}:80": False, f"{lan['node']}:{port_b}": False}
+
     # Caddy on the host still reaches B through the port published on the node's address.
     CaddyAdmin(caddy.admin_url, caddy.listen, "127.0.0.1:9").full_sync(
         {"shop.b.local.test": f"{lan['node']}:{port_b}"})
