@@ -1,8 +1,9 @@
 """`python -m agent` and `nullops-agent`: start the node agent.
 
-Order: settings, logging, data directory, certificate, verifier, state, Docker engine, service,
-then the TLS endpoint; SIGTERM or SIGINT stops it in reverse. Bad settings or a first start
-without AGENT_TOKEN end with exit code 2 and one line on stderr; other start failures with 1.
+Order: settings, logging, data directory, certificate, verifier, state, Docker engine, network
+isolation rules, service, then the TLS endpoint; SIGTERM or SIGINT stops it in reverse. Bad
+settings or a first start without AGENT_TOKEN end with exit code 2 and one line on stderr; other
+start failures with 1.
 This is the only place that exits.
 """
 import logging
