@@ -11,6 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from agent import protocol
+from app import wakeup
 from app.controller import deployments, state
 from app.controller.links import (
     HANDSHAKES_AT_ONCE,
@@ -97,6 +98,7 @@ class LinkManager:
         self.handshakes = None
         self._wake = None
         self.loop = None
+        self.polls = 0  # rounds started by the poll rather than a wake-up (tests, issue 19)
         self._streams = {}  # (node id, stream id) -> callback(frame)
         self.on_change = None  # called after deployment or node writes (the ingress follows them)
         self._resources = {}  # node id -> (latest resources frame, received at), not yet written
@@ -120,7 +122,7 @@ class LinkManager:
 
     # --- database from the event loop ----------------------------------------------------------
     def _in_app(self, fn, *args):
-        with self.app.app_context():
+        with wakeup.quiet(), self.app.app_context():  # its own writes do not wake it
             try:
                 return fn(*args)
             finally:
@@ -188,10 +190,12 @@ class LinkManager:
                     log.exception("controller round failed")
                 self._wake.clear()
                 waiters = {asyncio.create_task(self._wake.wait()), asyncio.create_task(stopping.wait())}
-                _done, pending = await asyncio.wait(waiters, timeout=self.poll_s,
-                                                    return_when=asyncio.FIRST_COMPLETED)
-                for task in pending | _done:
+                done, pending = await asyncio.wait(waiters, timeout=self.poll_s,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                for task in pending | done:
                     task.cancel()
+                if not done:
+                    self.polls += 1  # nothing woke it: the safety net found whatever there is
         finally:
             # Calls in flight first, so none goes out on a link while the links close.
             working = [*self._working.values(), *self._commanding.values()]
