@@ -157,6 +157,7 @@ def ready_to_routable(app, caddy, ids, trials, upstream_port):
     finally:
         loop.call_soon_threadsafe(stopping.set)
         thread.join(10)
+    log(f"sync rounds during the trials: {sync.rounds}")
     return times
 
 
