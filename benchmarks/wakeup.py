@@ -85,7 +85,7 @@ def seed(app, agent_port):
 
 def create(app, ids, number, quiet):
     """A pending deployment of a new pipeline version, committed as the service layer does;
-    returns (its id, the wall time just before the commit)."""
+    returns (its id, the wall time just before the commit, the commit's duration)."""
     from app import wakeup
     from app.extensions import db
     from app.models import Deployment, PipelineVersion
@@ -107,7 +107,8 @@ def create(app, ids, number, quiet):
         db.session.flush()
         started = time.time()
         db.session.commit()
-    return deployment.id, started
+        took = time.time() - started
+    return deployment.id, started, took
 
 
 class _nothing:
@@ -129,13 +130,14 @@ def run_started(store_path, deployment_id):
 
 
 def trials(app, ids, store_path, count, quiet, first_number):
+    """[(from the commit's start, the commit's own duration)] per trial."""
     times = []
     for trial in range(count):
         time.sleep(random.uniform(0.2, 0.6))
-        deployment_id, committed = create(app, ids, first_number + trial, quiet)
+        deployment_id, committed, took = create(app, ids, first_number + trial, quiet)
         started = wait_until(f"the agent's run of deployment {deployment_id}",
                              lambda d=deployment_id: run_started(store_path, d))
-        times.append(max(0.0, started - committed))
+        times.append((max(0.0, started - committed), took))
     return times
 
 
@@ -211,16 +213,20 @@ def main():
         remove_labelled(client, f"org.nullops.node={node_label}")
         database.drop()
 
-    lines = ["| create -> the agent starts the run | p50 | p95 | max |", "|---|---|---|---|"]
+    lines = ["| create -> the agent starts the run | p50 | p95 | max | of which the commit (p50 / p95) |",
+             "|---|---|---|---|---|"]
 
-    def row(what, values):
+    def row(what, pairs):
+        values, commits = [p[0] for p in pairs], [p[1] for p in pairs]
         lines.append(f"| {what} | {pct(values, 50) * 1000:.0f} ms | {pct(values, 95) * 1000:.0f} ms | "
-                     f"{max(values) * 1000:.0f} ms |")
+                     f"{max(values) * 1000:.0f} ms | {pct(commits, 50) * 1000:.0f} / "
+                     f"{pct(commits, 95) * 1000:.0f} ms |")
 
     row(f"woken by the commit (NOTIFY), {len(woken)} trials", woken)
     row(f"the 1 s poll alone (as before issue 19), {len(polled)} trials", polled)
+    met = pct([p[0] for p in woken], 95) < TARGET_S
     lines += ["", f"Rounds the poll started during the whole run: {polls}. Target (issue 19): p95 "
-                  f"under {TARGET_S * 1000:.0f} ms: **{'met' if pct(woken, 95) < TARGET_S else 'NOT met'}**."]
+                  f"under {TARGET_S * 1000:.0f} ms: **{'met' if met else 'NOT met'}**."]
     text_ = "\n".join([BEGIN, f"`{command}` ({datetime.date.today().isoformat()}; other work used "
                                 f"{quiet:.0%} of the machine just before, the whole machine was "
                                 f"{busy_share:.0%} busy while it measured, load average at the end "
