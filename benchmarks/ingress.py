@@ -259,12 +259,13 @@ def main():
 
         app = create_app(Config(environ=env))
         upstream, upstream_port = start_upstream(client, label.split("=")[0])
+        # Before Caddy picks its free ports: someone may take them during a long wait.
+        quiet = wait_for_quiet(args.quiet, args.quiet_timeout)
         with tempfile.TemporaryDirectory(prefix="ingress-bench-") as tmp:
             caddy = CaddyProcess(Path(tmp))
             caddy.start()
             log(f"seeding {args.routes} ready deployments")
             ids = seed(app, args.routes, upstream_port)
-            quiet = wait_for_quiet(args.quiet, args.quiet_timeout)
             busy = BusyShare()
             count, table_s, sync_s = full_sync(app, caddy, 5)
             log(f"full sync of {count} routes: table {statistics.median(table_s):.3f} s, "
