@@ -24,6 +24,9 @@ class Deployment(db.Model):
               postgresql_where=text("deleted_at IS NULL"), sqlite_where=text("deleted_at IS NULL")),
         Index("ix_deployments_live_visibility", "environment_id", "project_id", "status",
               postgresql_where=text("deleted_at IS NULL"), sqlite_where=text("deleted_at IS NULL")),
+        # The ingress reads the newest change every half second and the deployments changed since
+        # its last look (app/ingress/routes.py): without it both read the whole table.
+        Index("ix_deployments_status_changed_at", "status_changed_at"),
         # Deleted is the one status that is not live, and deleted_at says so in the indexes above.
         CheckConstraint("(status = 'deleted') = (deleted_at IS NOT NULL)", name="deleted_at_with_status"),
         # An id is never given twice (SQLite would give a deleted row's to the next one): it is
