@@ -122,6 +122,13 @@ class Config:
         self.NULLOPS_CONTROLLER_INTERNAL = env_str("NULLOPS_CONTROLLER_INTERNAL", "127.0.0.1:8091", env)
         self.NULLOPS_CONTROLLER_INTERNAL_ADVERTISE = env_str(
             "NULLOPS_CONTROLLER_INTERNAL_ADVERTISE", None, env)
+        # The controller's event loop (app/controller/runtime.py): auto takes uvloop when it is
+        # installed (about a quarter of the memory per agent link), else asyncio's own.
+        loop = env_str("NULLOPS_CONTROLLER_EVENT_LOOP", "auto", env).strip().lower()
+        self.NULLOPS_CONTROLLER_EVENT_LOOP = loop
+        if self.NULLOPS_CONTROLLER_EVENT_LOOP not in ("auto", "uvloop", "asyncio"):
+            raise ConfigError(f"NULLOPS_CONTROLLER_EVENT_LOOP={self.NULLOPS_CONTROLLER_EVENT_LOOP!r}: "
+                              "use auto, uvloop or asyncio")
         # Followed logs (the deployment page's Follow) the active controller admits at once, per
         # user and in all (issue #14.4): each holds a log reader on a node and two sockets in a web
         # process. A viewer over either is told so in the socket and closed.
