@@ -20,7 +20,7 @@ from app.extensions import db
 from app.models import Deployment, DeploymentEvent, NodeOutbox
 from app.models.types import utcnow
 from app.services import nodes
-from app.services.specs import apply_params, delete_params
+from app.services.specs import Preloaded, apply_params, delete_params
 from app.states import TransitionError, move_deployment
 
 log = logging.getLogger("nullops.controller.deployments")
@@ -121,22 +121,23 @@ def desired_states(items):
         Deployment.node_id.in_(node_ids), Deployment.status.in_(DESIRED + KEPT_FOR_THE_ROUND))
         .order_by(Deployment.id)).all()
     by_node = {node_id: {"deployments": [], "keep": []} for node_id in node_ids}
+    preloaded = Preloaded([deployment for deployment in rows if deployment.status not in KEPT_FOR_THE_ROUND])
     for deployment in rows:
         desired = by_node[deployment.node_id]
         if deployment.status in KEPT_FOR_THE_ROUND:
             desired["keep"].append(deployment.agent_id)
-        elif (params := _params(deployment)) is not None:  # else failed: the agent removes it
+        elif (params := _params(deployment, preloaded)) is not None:  # else failed: the agent removes it
             desired["deployments"].append(params)
             desired["keep"].append(deployment.agent_id)
     db.session.commit()  # the failed ones, and specs kept for the first time
     return [by_node[node_id] for node_id in node_ids]
 
 
-def _params(deployment):
+def _params(deployment, preloaded=None):
     """apply_params, or None when they cannot be built (the deployment fails; the caller
     commits): one broken row must not stop a node's sync or the round."""
     try:
-        return apply_params(deployment)
+        return apply_params(deployment, preloaded)
     except Exception as exc:  # noqa: BLE001
         log.exception("deployment %s: building its spec failed", deployment.id)
         move(deployment, "failed", f"the control plane could not build its spec "
