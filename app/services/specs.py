@@ -125,6 +125,18 @@ class Preloaded:
                     db.select(ProjectSecret).where(ProjectSecret.project_id.in_(chunk))):
                 self.secrets.setdefault(row.project_id, {})[row.name] = row
         self.registries = {r.id: r for r in db.session.scalars(db.select(Registry))}  # a handful
+        self._values = {}   # (project id, name) -> decrypted value, for this batch only
+
+    def secret_values(self, project_id, names):
+        """secrets_for's answer, each secret decrypted once per batch (a project's deployments
+        share them)."""
+        values = {}
+        for name, row in self.secrets.get(project_id, {}).items():
+            if name in names:
+                if (project_id, name) not in self._values:
+                    self._values[(project_id, name)] = reveal_secret(row)
+                values[name] = self._values[(project_id, name)]
+        return values
 
 
 def _chunks(items, size):
@@ -186,11 +198,9 @@ def secrets_for(deployment, names, preloaded=None):
     if not names:
         return {}
     if preloaded is not None:
-        known = preloaded.secrets.get(deployment.project_id, {})
-        rows = [row for name, row in known.items() if name in names]
-    else:
-        rows = db.session.scalars(db.select(ProjectSecret).where(
-            ProjectSecret.project_id == deployment.project_id, ProjectSecret.name.in_(names)))
+        return preloaded.secret_values(deployment.project_id, names)
+    rows = db.session.scalars(db.select(ProjectSecret).where(
+        ProjectSecret.project_id == deployment.project_id, ProjectSecret.name.in_(names)))
     return {row.name: reveal_secret(row) for row in rows}
 
 
