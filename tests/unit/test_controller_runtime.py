@@ -4,6 +4,7 @@ import asyncio
 import importlib
 import logging
 import resource
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -28,11 +29,18 @@ async def _loop_module():
     return type(asyncio.get_running_loop()).__module__
 
 
+def loop_module(choice):
+    """The module of the loop runtime.run runs a coroutine on, in a thread of its own (a
+    browser test leaves a loop running in the main thread: tests/asynctools.py)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(runtime.run, _loop_module(), choice).result()
+
+
 def test_auto_falls_back_to_asyncio_without_uvloop(without_uvloop, caplog):
     with caplog.at_level(logging.INFO, logger="nullops.controller"):
         name, factory = runtime.loop_factory("auto")
         assert name == "asyncio" and factory is asyncio.new_event_loop
-        assert runtime.run(_loop_module(), "auto").startswith("asyncio")
+        assert loop_module("auto").startswith("asyncio")
     assert "uvloop is not installed" in caplog.text
 
 
@@ -44,13 +52,13 @@ def test_uvloop_asked_for_but_missing_says_how_to_fix(without_uvloop):
 def test_asyncio_chosen_never_imports_uvloop(monkeypatch):
     monkeypatch.setattr(runtime.importlib, "import_module", pytest.fail)
     assert runtime.loop_factory("asyncio")[0] == "asyncio"
-    assert runtime.run(_loop_module(), "asyncio").startswith("asyncio")
+    assert loop_module("asyncio").startswith("asyncio")
 
 
 def test_auto_runs_on_uvloop_when_installed():
     pytest.importorskip("uvloop")
     assert runtime.loop_factory("auto")[0] == "uvloop"
-    assert runtime.run(_loop_module(), "auto").startswith("uvloop")
+    assert loop_module("auto").startswith("uvloop")
 
 
 def test_unknown_event_loop_setting_is_refused():
