@@ -661,17 +661,23 @@ nothing pulled) and token.rotate. The nodes are new (their thumbprints get pinne
 contact). Each N runs with a fresh controller process.
 
 Columns:
+- **N**: fleet size; "× K deployments" when every node has K live (ready) deployments, so that
+  each `state.sync` carries K full specs with their secrets and the simulator answers that it
+  runs them all (`--counts 1000:10`); "(asyncio loop)" when the controller ran on asyncio's own
+  loop (`--event-loop asyncio`) rather than the default (uvloop where installed).
 - **links held**: links the simulator still holds, on their first authenticated connection,
-  after the fleet stayed up for 20 s (longer than the controller's 15 s dead-peer timeout); a
-  link lost or replaced in that time does not count.
+  after the fleet stayed up for the hold time (`--hold`, 20 s by default: longer than the
+  controller's 12 s dead-peer timeout); a link lost or replaced in that time does not count.
+  The hold is sampled every 10 s: the fewest links and the most memory seen are in the verdict.
 - **all linked**: from the UPDATE that enables the N nodes until the simulator holds N
   authenticated links (the controller notices the change at its next poll, at most 1 s).
 - **all online + synced**: the same start until all N nodes are `online` in the database and
   every endpoint got its `state.sync`.
 - **controller RSS**: the controller process's resident memory with 0 links (active, idle, 3 s
-  after it took the leader lock) and with N links; **per link** is the difference over N.
-- **controller CPU holding N**: the controller's CPU time over those 20 s (heartbeats every
-  5 s, resources frames every 15 s, the 1 s database poll), in percent of one core.
+  after it took the leader lock) and with N links at the end of the hold; **per link** is the
+  difference over N.
+- **controller CPU holding N**: the controller's CPU time over the hold (heartbeats every
+  4 s, resources frames every 15 s, the 1 s database poll), in percent of one core.
 - **broadcast prepull**: N `prepull` node commands committed in one transaction (what a plugin
   catalog change leaves for the controller) until every one has `done_at` and every endpoint
   answered a `plugins.prepull`.
@@ -680,7 +686,12 @@ Columns:
   and every node is online with a last-seen time after the signal; in brackets the same from
   the new process's start (Python start-up and imports included).
 
-Target on these 2 cores (issue 4): 1000 links held, all resynced within 30 s.
+Targets on these 2 cores: issue 4, 1000 links held, all resynced within 30 s; issue 19, 4000
+links held by one controller for 10 minutes at ≤ 100 KiB per link, and 1000 nodes with 10 live
+deployments each back online and synced < 10 s after a controller SIGKILL. Other processes
+share the machine: the line under the verdicts gives the load average before each round and the
+CPU the machine's other processes used while the links were held. Separate runs (say, one for
+each target) are put in one block with `--json FILE` on each and then `--merge-json FILE...`.
 
 """
 

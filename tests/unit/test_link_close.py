@@ -48,3 +48,13 @@ def test_a_close_that_finishes_is_not_aborted():
     ws = Closes()
     run(links.close_link(ws))
     assert ws.closed and not ws.transport.aborted
+
+
+def test_a_dead_link_check_that_ran_late_looks_once_more_before_ending_the_link():
+    # On time: dead at once.
+    assert links.silent_until(now=100.0, wake_at=99.9, recheck_at=None) is None
+    # Late by more than LATE_S (a starved loop): once more, RECHECK_S later.
+    again = links.silent_until(now=105.0, wake_at=100.0, recheck_at=None)
+    assert again == 105.0 + links.RECHECK_S
+    # Still silent at the second look, late or not: dead.
+    assert links.silent_until(now=again + 3.0, wake_at=again, recheck_at=again) is None
