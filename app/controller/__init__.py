@@ -142,6 +142,7 @@ class Controller:
             self.manager.wake()
 
     async def _links(self, lock):
+        runtime.tune_gc()
         self.manager = LinkManager(self.app, poll_s=self.poll_s, fence=lock.fence())
         self.manager.open_files = runtime.raise_open_files()
         config = self.app.config

@@ -1,6 +1,7 @@
 """The controller's event loop choice (uvloop where installed, asyncio's own otherwise) and its
 open-files limit: app/controller/runtime.py."""
 import asyncio
+import gc
 import importlib
 import logging
 import resource
@@ -78,3 +79,14 @@ def test_open_files_raised_to_the_hard_limit_and_short_ones_named(caplog):
         assert f"too low for {soft} agent links" in caplog.text
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, before)
+
+
+def test_gc_tuned_for_a_large_heap_freezes_the_start():
+    before = gc.get_threshold()
+    try:
+        assert runtime.tune_gc() == before
+        assert gc.get_threshold() == runtime.GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
