@@ -1,8 +1,9 @@
 """`python -m agent` and `nullops-agent`: start the node agent.
 
-Order: settings, logging, data directory, certificate, verifier, state, Docker engine, service,
-then the TLS endpoint; SIGTERM or SIGINT stops it in reverse. Bad settings or a first start
-without AGENT_TOKEN end with exit code 2 and one line on stderr; other start failures with 1.
+Order: settings, logging, data directory, certificate, verifier, state, Docker engine, network
+isolation rules, service, then the TLS endpoint; SIGTERM or SIGINT stops it in reverse. Bad
+settings or a first start without AGENT_TOKEN end with exit code 2 and one line on stderr; other
+start failures with 1.
 This is the only place that exits.
 """
 import logging
@@ -14,6 +15,7 @@ import threading
 from agent import __version__, protocol, tls
 from agent.config import ConfigError, HelpRequested, load_settings, prepare_data_dir, resolve_node_id
 from agent.credentials import Credentials, CredentialsError
+from agent.netguard import NetworkGuard, NetworkGuardError
 from agent.redaction import redact
 from agent.server import AgentServer, ServerError, create_agent_app
 from agent.store import EventHub, Store
@@ -64,7 +66,27 @@ def docker_service(settings, store, hub):
     except (DockerException, OSError) as exc:
         raise _StartError(f"cannot reach the Docker engine ({exc}); mount /var/run/docker.sock "
                           f"into the agent's container") from None
-    return AgentService(settings, store, hub, client)
+    return AgentService(settings, store, hub, client, guard=network_guard(settings))
+
+
+def network_guard(settings):
+    """The deployments' isolation rules, installed before any deployment runs; None when an
+    operator turned them off. A node that cannot hold them refuses to start (never a silent
+    fallback to an open network)."""
+    if settings.publish_host in ("0.0.0.0", "::"):
+        log.warning("published ports listen on every address of this host: set AGENT_PUBLISH_HOST "
+                    "(or AGENT_HOST) to the address Caddy reaches this node on, or anyone who can "
+                    "reach the host bypasses the ingress")
+    if not settings.network_isolation:
+        log.warning("network isolation is off: deployments can reach this host's ports, other "
+                    "deployments' published ports, the LAN and metadata addresses")
+        return None
+    guard = NetworkGuard(settings.subnet_pool, egress_allow=settings.egress_allow)
+    try:
+        guard.install()
+    except NetworkGuardError as exc:
+        raise _StartError(f"network isolation: {exc}") from None
+    return guard
 
 
 def main(argv=None, service_factory=None):
@@ -79,6 +101,13 @@ def main(argv=None, service_factory=None):
         _say(exc)
         return EXIT_CONFIG
     _setup_logging(settings)
+    if settings.remove_network_rules:
+        try:
+            NetworkGuard(settings.subnet_pool).remove()
+        except NetworkGuardError as exc:
+            _say(exc)
+            return EXIT_FAILED
+        return 0
     # From here on SIGTERM/SIGINT stop the agent cleanly, also during a slow service start.
     stopping = threading.Event()
 

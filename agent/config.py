@@ -13,6 +13,7 @@ import secrets
 from pathlib import Path
 
 DEFAULT_DATA_DIR = "/data"
+DEFAULT_SECRETS_DIR = "/run/nullops-agent/secrets"
 NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -43,6 +44,15 @@ class Settings:
     # One cgroup per deployment holding all its containers to its limits (agent/cgroups.py);
     # needs the host's /sys/fs/cgroup (v1) writable. Off: each container gets the limits.
     deployment_cgroups: bool = False
+    # Services' secret files (agent/secret_files.py): a folder on a tmpfs, the same path for the
+    # agent and the engine. Not a tmpfs: services with secret files are refused, never written.
+    secrets_dir: Path = Path(DEFAULT_SECRETS_DIR)
+    # Host firewall rules that keep deployments off the host's ports, each other's published
+    # ports, the LAN and metadata addresses (agent/netguard.py); needs NET_ADMIN in the host's
+    # network namespace. `egress_allow`: private ranges deployments may still reach.
+    network_isolation: bool = True
+    egress_allow: tuple = ()
+    remove_network_rules: bool = False   # a one-shot: remove the rules and exit
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,12 +72,22 @@ def _parser():
     add("--node-id", help="id in the labels of every Docker object (env AGENT_NODE_ID; generated once)")
     add("--subnet-pool", help="private IPv4 range for deployment networks (env AGENT_SUBNET_POOL; "
                               "10.240.0.0/12)")
-    add("--publish-host", help="address exposed ports are published on (env AGENT_PUBLISH_HOST; 0.0.0.0)")
+    add("--publish-host", help="address exposed ports are published on: the one Caddy reaches this node "
+                               "on (env AGENT_PUBLISH_HOST; --host when that is one address, else 0.0.0.0)")
     add("--stop-grace", help="seconds between SIGTERM and SIGKILL for a service (env AGENT_STOP_GRACE; 2)")
     add("--reconcile-interval", help="seconds between reconcile rounds (env AGENT_RECONCILE_INTERVAL; 10)")
     add("--log-level", help=f"{', '.join(LOG_LEVELS)} (env AGENT_LOG_LEVEL; info)")
+    add("--secrets-dir", help="services' secret files, on a tmpfs, the same path on the host "
+                              f"(env AGENT_SECRETS_DIR; {DEFAULT_SECRETS_DIR})")
     add("--deployment-cgroups", help="on: a deployment's containers together stay within its limits "
                                      "(needs /sys/fs/cgroup writable; env AGENT_DEPLOYMENT_CGROUPS; off)")
+    add("--network-isolation", help="on: firewall rules keep deployments off this host's ports, the LAN "
+                                    "and metadata addresses (needs NET_ADMIN and the host's network; "
+                                    "env AGENT_NETWORK_ISOLATION; on)")
+    add("--egress-allow", help="comma-separated private ranges deployments may still reach, e.g. a "
+                               "shared database server (env AGENT_EGRESS_ALLOW; none)")
+    add("--remove-network-rules", action="store_true",
+        help="remove this subnet pool's isolation rules from the host, then exit")
     return parser
 
 
@@ -96,6 +116,22 @@ def _pool(name, text):
     if pool.version != 4 or not pool.is_private or pool.prefixlen > 24:
         raise ConfigError(f"{name} must be a private IPv4 range of at least a /24, not {text!r}")
     return pool
+
+
+def _ranges(name, text):
+    nets = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            net = ipaddress.ip_network(part, strict=False)
+        except ValueError:
+            raise ConfigError(f"{name} must be IPv4 addresses or ranges like 10.1.2.0/24, "
+                              f"separated by commas, not {part!r}") from None
+        if net.version != 4:
+            raise ConfigError(f"{name} takes IPv4 ranges only (deployment networks are IPv4), not {part!r}")
+        nets.append(net)
+    return tuple(nets)
 
 
 def node_id_problem(value):
@@ -130,7 +166,7 @@ def load_settings(argv=None, environ=None):
     if node_id is not None and node_id_problem(node_id):
         raise ConfigError(f"{node_name} {node_id_problem(node_id)}, not {node_id!r}")
     pool = _pool(*pick(args.subnet_pool, "AGENT_SUBNET_POOL", "10.240.0.0/12"))
-    publish_host = _ip(*pick(args.publish_host, "AGENT_PUBLISH_HOST", "0.0.0.0"))
+    publish_host = _ip(*pick(args.publish_host, "AGENT_PUBLISH_HOST", _default_publish_host(host)))
     # Whole seconds: Docker's StopTimeout and `stop -t` take integers (a float is refused).
     grace = _number(*pick(args.stop_grace, "AGENT_STOP_GRACE", "2"), 0, 3600, integer=True)
     interval = _number(*pick(args.reconcile_interval, "AGENT_RECONCILE_INTERVAL", "10"), 1, 86400)
@@ -140,6 +176,11 @@ def load_settings(argv=None, environ=None):
     cgroups_name, cgroups = pick(args.deployment_cgroups, "AGENT_DEPLOYMENT_CGROUPS", "off")
     if cgroups.lower() not in ("on", "off"):
         raise ConfigError(f"{cgroups_name} must be on or off, not {cgroups!r}")
+    _, secrets_dir = pick(args.secrets_dir, "AGENT_SECRETS_DIR", DEFAULT_SECRETS_DIR)
+    isolation_name, isolation = pick(args.network_isolation, "AGENT_NETWORK_ISOLATION", "on")
+    if isolation.lower() not in ("on", "off"):
+        raise ConfigError(f"{isolation_name} must be on or off, not {isolation!r}")
+    egress_allow = _ranges(*pick(args.egress_allow, "AGENT_EGRESS_ALLOW", ""))
     token = env.get("AGENT_TOKEN") or None
     if token is not None and token != token.strip():
         raise ConfigError("AGENT_TOKEN has leading or trailing whitespace; paste the token exactly")
@@ -147,8 +188,21 @@ def load_settings(argv=None, environ=None):
         data_dir=Path(data_dir).expanduser().absolute(), host=host, port=port, token=token,
         node_id=node_id, subnet_pool=pool, publish_host=publish_host, stop_grace=grace,
         reconcile_interval=interval, log_level=level.lower(),
-        deployment_cgroups=cgroups.lower() == "on",
+        deployment_cgroups=cgroups.lower() == "on", network_isolation=isolation.lower() == "on",
+        egress_allow=egress_allow, remove_network_rules=args.remove_network_rules,
+        secrets_dir=Path(secrets_dir).expanduser().absolute(),
     )
+
+
+def _default_publish_host(listen_host):
+    """Published ports go where the agent listens when that is one address: the address the
+    control plane reaches the node on, which is the one Caddy uses (issue 17 item 1; before,
+    0.0.0.0 let anyone on the LAN bypass Caddy). Listening on every address, they do too."""
+    try:
+        address = ipaddress.ip_address(listen_host.strip("[]"))
+    except ValueError:
+        return "0.0.0.0"
+    return "0.0.0.0" if address.is_unspecified else str(address)
 
 
 def prepare_data_dir(path):

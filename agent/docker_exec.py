@@ -12,15 +12,17 @@ import hashlib
 import ipaddress
 import json
 import logging
+import os
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from docker.errors import APIError, NotFound
-from docker.types import IPAMConfig, IPAMPool, LogConfig
+from docker.types import IPAMConfig, IPAMPool, LogConfig, Mount
 from docker.utils import parse_repository_tag
 
 from agent import labels as L
+from agent import secret_files
 from agent.errors import UNAVAILABLE, AgentError, EngineError, ImageError, engine_call, engine_error
 from agent.spec import FORBIDDEN, SpecError
 
@@ -51,11 +53,19 @@ def refuse_forbidden(step):
         raise SpecError(f"step {step.get('id')}: {FORBIDDEN[bad[0]]}", refused=True)
 
 
-def check_confined(host_config, network_mode, cgroup_parent=None):
+def secrets_mount(folder):
+    """The one bind mount a service may get: its own secret files folder, read-only."""
+    return Mount(target=secret_files.TARGET, source=folder, type="bind", read_only=True)
+
+
+def check_confined(host_config, network_mode, cgroup_parent=None, secrets_folder=None):
     """Refuse to send a HostConfig that escapes the container's confinement; the one cgroup
-    parent allowed is the deployment's own (agent/cgroups.py)."""
+    parent allowed is the deployment's own (agent/cgroups.py), the one mount the container's
+    own secret files folder (agent/secret_files.py)."""
+    allowed = {"CgroupParent": cgroup_parent,
+               "Mounts": [secrets_mount(secrets_folder)] if secrets_folder else None}
     loose = [key for key in _EMPTY_HOST_KEYS if host_config.get(key)
-             and not (key == "CgroupParent" and cgroup_parent and host_config[key] == cgroup_parent)]
+             and not (allowed.get(key) and host_config[key] == allowed[key])]
     if host_config.get("NetworkMode") != network_mode:
         loose.append("NetworkMode")
     if host_config.get("SecurityOpt") != SECURITY_OPT:
@@ -119,7 +129,7 @@ class Executor:
     """The Docker side of one node agent. Thread-safe; one instance per agent."""
 
     def __init__(self, client, node_id, *, subnet_pool="10.240.0.0/12", subnet_prefix=24,
-                 publish_host="0.0.0.0", stop_grace_s=2, labels=None, cgroups=None):
+                 publish_host="0.0.0.0", stop_grace_s=2, labels=None, cgroups=None, secrets_dir=None):
         if not isinstance(node_id, str) or not NODE_ID.match(node_id):
             raise ValueError("node_id must be letters, digits, '.', '_' or '-' (at most 63)")
         self.client = client
@@ -136,6 +146,8 @@ class Executor:
         # agent.cgroups.DeploymentCgroups: the deployment's limits hold all its containers
         # together (issue 18 item 1); None: each container gets them (the old rule).
         self.cgroups = cgroups
+        # Folders on a tmpfs for services' secret files (issue 17 item 8); None: none offered.
+        self.secret_files = secret_files.SecretFiles(secrets_dir, node_id)
 
     # --- names and labels ------------------------------------------------------------------
     def network_name(self, deployment_id):
@@ -278,9 +290,10 @@ class Executor:
         limits = spec.get("limits") or {}
         return self.cgroups.ensure(spec["deployment_id"], limits["cpus"], limits["memory_mb"])
 
-    def start_service(self, spec, step, env, command, run_id):
+    def start_service(self, spec, step, env, command, run_id, files=None):
         """Create and start a service container, or keep the running one whose config hash
-        matches (compose's ConvergencePlan: noop versus recreate)."""
+        matches (compose's ConvergencePlan: noop versus recreate). `files`: {name: resolved
+        text}, the step's secret files, mounted at /run/secrets from a tmpfs."""
         refuse_forbidden(step)
         deployment_id, step_id, image = spec["deployment_id"], step["id"], step["image"]
         command = list(command) if command else None  # None: the image's own CMD
@@ -296,6 +309,8 @@ class Executor:
                  "pids_limit": SERVICE_PIDS_LIMIT, "security_opt": SECURITY_OPT}
         if cgroup_parent is not None:  # only then: turning deployment cgroups on recreates
             extra["cgroup_parent"] = cgroup_parent
+        if files:  # only then, likewise; a changed secret recreates the container
+            extra["secret_files"] = dict(files)
         digest = config_hash(image_id, env, command, ports, expose, limits, extra)
         name = self.container_name(deployment_id, step_id)
 
@@ -310,6 +325,7 @@ class Executor:
 
         api = self.client.api
         network_mode = network.name
+        folder = self.secret_files.prepare(deployment_id, step_id) if files else None
         host_config = api.create_host_config(
             network_mode=network_mode,
             port_bindings={port: (self.publish_host, None) for port in expose},
@@ -321,8 +337,9 @@ class Executor:
             privileged=False,
             pids_limit=SERVICE_PIDS_LIMIT,
             security_opt=list(SECURITY_OPT),
+            mounts=[secrets_mount(folder)] if folder else None,
         )
-        check_confined(host_config, network_mode, cgroup_parent)
+        check_confined(host_config, network_mode, cgroup_parent, folder)
         labels = self.labels_for(deployment_id, L.ROLE_SERVICE, step=step_id, run=run_id)
         labels[L.CONFIG_HASH] = digest
         networking = api.create_networking_config(
@@ -333,11 +350,20 @@ class Executor:
                 host_config=host_config, networking_config=networking, ports=ports or None,
                 stop_timeout=self.stop_grace_s, detach=True, use_config_proxy=False)["Id"]
         try:
+            if folder:
+                # Written after the create (the image's /etc/passwd names its user) and before
+                # the start (the service reads them as it starts).
+                with engine_call(f"inspecting image {image}"):
+                    user = (self.client.images.get(image).attrs.get("Config") or {}).get("User")
+                uid, gid = secret_files.owner(user, secret_files.container_file(api, container_id))
+                self.secret_files.write(folder, files, uid, gid)
             with engine_call(f"starting container {name}"):
                 api.start(container_id)
                 return self.client.containers.get(container_id)
         except AgentError:
             self._remove_quietly(container_id)
+            if folder:
+                self.secret_files.remove(deployment_id, step_id)
             raise
 
     def _get_container(self, name_or_id):
@@ -349,13 +375,17 @@ class Executor:
             raise engine_error(exc, f"inspecting container {name_or_id}") from exc
 
     def _remove(self, container):
-        """Force-remove with anonymous volumes (images with VOLUME make unlabelled ones)."""
+        """Force-remove with anonymous volumes (images with VOLUME make unlabelled ones), and
+        its secret files."""
         try:
             container.remove(force=True, v=True)
         except NotFound:
             pass
         except (APIError, *UNAVAILABLE) as exc:
             raise engine_error(exc, f"removing container {container.name}") from exc
+        deployment_id, step_id = container.labels.get(L.DEPLOYMENT), container.labels.get(L.STEP)
+        if deployment_id and step_id:
+            self.secret_files.remove(deployment_id, step_id)
 
     def _remove_quietly(self, container_id):
         try:
@@ -393,6 +423,12 @@ class Executor:
         for step_id, container in sorted(self.service_containers(deployment_id).items()):
             if container.status not in ("exited", "created"):
                 continue
+            if self._lost_secret_files(container):
+                # A reboot emptied the tmpfs: the container cannot start again. Removed, it is
+                # missing, and the reconcile recreates it with its files (the run's memory or the
+                # control plane's next sync holds the secrets).
+                self._remove(container)
+                continue
             try:
                 with engine_call(f"starting container {container.name}"):
                     container.start()
@@ -400,6 +436,10 @@ class Executor:
             except EngineError as exc:
                 log.warning("restarting %s failed: %s", container.name, exc.message)
         return started
+
+    def _lost_secret_files(self, container):
+        return any(m.get("Destination") == secret_files.TARGET and not os.path.isdir(m.get("Source", ""))
+                   for m in container.attrs.get("Mounts") or [])
 
     # --- teardown --------------------------------------------------------------------------
     def _parallel(self, function, items):
@@ -475,6 +515,8 @@ class Executor:
                 pass
             except (APIError, *UNAVAILABLE) as exc:
                 failures.append(f"volume {volume.name}: {exc}")
+        if not failures:  # the folders go once no container can still mount them
+            self.secret_files.remove(deployment_id)
         if self.cgroups is not None and not failures:
             failures += self.cgroups.remove(deployment_id)
         if failures:
@@ -527,6 +569,9 @@ class Executor:
         orphans = sorted(self.deployment_ids() - set(active_ids))
         for deployment_id in orphans:
             self.teardown(deployment_id, graceful=False)
+        # Secret files whose containers are gone (an agent killed between the two removals).
+        for deployment_id in self.secret_files.deployment_ids() - set(active_ids) - set(orphans):
+            self.secret_files.remove(deployment_id)
         return orphans
 
     # --- logs ------------------------------------------------------------------------------

@@ -245,7 +245,8 @@ class PipelineRun:
             raise Cancelled("cancelled")
         env = resolve(step.get("env", {}), self.spec, self.memory.secrets, self.memory.outputs)
         command = resolve(step.get("command"), self.spec, self.memory.secrets, self.memory.outputs)
-        container = self.executor.start_service(self.spec, step, env, command, self.run_id)
+        files = resolve(step.get("secret_files", {}), self.spec, self.memory.secrets, self.memory.outputs)
+        container = self.executor.start_service(self.spec, step, env, command, self.run_id, files=files)
         check = step.get("readiness") or {"type": "running"}
         readiness.wait_ready(self.executor, container, check, cancel=cancel,
                              deadline_s=check.get("timeout_s", self.readiness_timeout_s))

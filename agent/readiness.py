@@ -6,8 +6,9 @@ avoids: probes go straight to the container's address on the deployment network 
 exec probes run every 50 ms. A container that dies is noticed through the engine's event stream
 (a "die" event for the container), not by inspecting it between attempts.
 
-When the agent itself runs in a container, that container is connected to the deployment
-network for the probe and disconnected afterwards.
+When the agent itself runs in a container of its own network, that container is connected to
+the deployment network for the probe and disconnected afterwards; in the host's network (the way
+it is run, for its isolation rules) it reaches the bridges directly, like a process on the host.
 """
 import contextlib
 import http.client
@@ -99,11 +100,14 @@ def _agent_container_id(client):
     if not candidate:
         return None
     try:
-        return client.containers.get(candidate).id
+        container = client.containers.get(candidate)
     except NotFound:
         return None
     except (APIError, *UNAVAILABLE):
         return None
+    if (container.attrs.get("HostConfig") or {}).get("NetworkMode") == "host":
+        return None  # the host's routes reach every bridge; a host-network container cannot join one
+    return container.id
 
 
 # Connections of the agent's container to deployment networks, counted so that concurrent

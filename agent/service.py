@@ -18,6 +18,7 @@ from agent import protocol
 from agent.cgroups import DeploymentCgroups
 from agent.docker_exec import Executor
 from agent.errors import AgentError
+from agent.netguard import NetworkGuardError
 from agent.pipeline import (
     DEGRADED,
     DELETED,
@@ -89,8 +90,9 @@ class ActiveRun:
 
 
 class AgentService:
-    def __init__(self, settings, store, hub, docker_client, executor=None):
+    def __init__(self, settings, store, hub, docker_client, executor=None, guard=None):
         self.settings = settings
+        self.guard = guard  # agent.netguard.NetworkGuard, checked again every reconcile round
         self.store = store
         self._minute = MinuteFigures()
         self.hub = hub
@@ -99,6 +101,7 @@ class AgentService:
             docker_client, settings.node_id, subnet_pool=settings.subnet_pool,
             publish_host=settings.publish_host, stop_grace_s=settings.stop_grace,
             cgroups=DeploymentCgroups(settings.node_id) if settings.deployment_cgroups else None,
+            secrets_dir=settings.secrets_dir,
         )
         self.memory = {}   # deployment id -> RunMemory (secrets, credentials, outputs)
         self.active = {}   # deployment id -> ActiveRun
@@ -126,6 +129,11 @@ class AgentService:
 
     def _reconcile_loop(self):
         while not self._stop.wait(self.settings.reconcile_interval):
+            if self.guard is not None:
+                try:
+                    self.guard.ensure()  # a firewall reload or a flush removed them
+                except NetworkGuardError as exc:  # the next round tries again
+                    log.error("network isolation rules: %s", exc)
             try:
                 self.reconcile()
             except Exception:  # noqa: BLE001 - the next round tries again

@@ -6,8 +6,10 @@ A spec (sent in `deployment.apply`, stored on disk without secrets):
      "limits": {"cpus": 2.0, "memory_mb": 2048},
      "urls": {"web": "http://web.shop-1.staging.example.com"},
      "steps": [
-       {"id": "db", "kind": "service", "image": "postgres:15", "env": {"POSTGRES_PASSWORD":
-        "${secrets.DB_PASSWORD}"}, "ports": [5432], "readiness": {"type": "tcp", "port": 5432}},
+       {"id": "db", "kind": "service", "image": "postgres:15",
+        "env": {"POSTGRES_PASSWORD_FILE": "/run/secrets/db_password"},
+        "secret_files": {"db_password": "${secrets.DB_PASSWORD}"},   # agent/secret_files.py
+        "ports": [5432], "readiness": {"type": "tcp", "port": 5432}},
        {"id": "mkdb", "kind": "plugin", "image": "nullops/postgres-database:1.0",
         "depends_on": ["db"], "params": {"host": "${services.db.host}"}, "network": true,
         "rollback": true, "timeout_s": 300},
@@ -48,8 +50,11 @@ FORBIDDEN = {
 }
 
 TOP_KEYS = {"deployment_id", "name", "pipeline_version", "limits", "urls", "steps"}
-SERVICE_KEYS = {"id", "kind", "image", "env", "command", "ports", "expose", "readiness", "cpus",
-                "memory_mb", "depends_on", "registry"}
+SERVICE_KEYS = {"id", "kind", "image", "env", "secret_files", "command", "ports", "expose", "readiness",
+                "cpus", "memory_mb", "depends_on", "registry"}
+# secret_files: {file name: text}, files under /run/secrets on a tmpfs (agent/secret_files.py).
+SECRET_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+MAX_SECRET_FILES = 32
 PLUGIN_KEYS = {"id", "kind", "image", "params", "timeout_s", "cpus", "memory_mb", "network",
                "rollback", "depends_on", "registry", "max_output_bytes"}
 READINESS = {
@@ -141,6 +146,17 @@ def _readiness(obj, ports, where):
         _strings(obj["command"], f"{where}.command", 64)
 
 
+def check_secret_files(files, where):
+    """A service's secret_files: at most 32 file names (letters, digits, '_', '.', '-', not
+    starting with '.' or '-') mapped to text."""
+    if not isinstance(files, dict) or len(files) > MAX_SECRET_FILES or not all(
+            isinstance(k, str) and SECRET_FILE_NAME.match(k) and isinstance(v, str)
+            for k, v in files.items()):
+        _fail(where, f"must map at most {MAX_SECRET_FILES} file names (letters, digits, '_', '.', '-') "
+                     "to text")
+    return files
+
+
 def check_readiness(obj, where):
     """A service's readiness check (None: none), by the rules `validate` applies; the control
     plane uses it to refuse a health check before it could reach an agent. Raises SpecError."""
@@ -191,6 +207,7 @@ def validate(spec):
                 isinstance(k, str) and ENV_NAME.match(k) and isinstance(v, str) for k, v in env.items()
             ):
                 _fail(f"{where}.env", "must map NAME to string values")
+            check_secret_files(step.get("secret_files", {}), f"{where}.secret_files")
             if step.get("command") is not None:
                 _strings(step["command"], f"{where}.command")
             ports = _ports(step.get("ports", []), f"{where}.ports")
@@ -270,9 +287,10 @@ def _walk_strings(value):
 
 
 def references(step):
-    """Every `${...}` reference in a step's env, command and params, as tuples."""
+    """Every `${...}` reference in a step's env, secret files, command and params, as tuples."""
     found = []
-    for text in _walk_strings([step.get("env", {}), step.get("command") or [], step.get("params", {})]):
+    for text in _walk_strings([step.get("env", {}), step.get("secret_files", {}), step.get("command") or [],
+                               step.get("params", {})]):
         found.extend(m.groups() for m in REFERENCE.finditer(text))
     return found
 

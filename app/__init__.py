@@ -13,7 +13,7 @@ def create_app(config=None):
     app = Flask(__name__)
     app.config.from_object(config if config is not None else Config())
 
-    from app import auth_setup, crypto, errors, routing, security_headers
+    from app import auth_setup, crypto, errors, routing, security_headers, wakeup
     from app.api import bp as api_bp
     from app.extensions import csrf, db, login_manager, migrate
     from app.health import bp as health_bp
@@ -23,6 +23,7 @@ def create_app(config=None):
 
     routing.init_app(app)
     db.init_app(app)
+    wakeup.install()  # writes the controller acts on wake it (issue 19)
     migrate.init_app(app, db, directory=str(_migrations_dir()))
     csrf.init_app(app)
     auth_setup.init_app(app, login_manager)

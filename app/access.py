@@ -93,6 +93,13 @@ def _is_user(user):
     return bool(user is not None and getattr(user, "is_authenticated", False) and user.is_active)
 
 
+def _unproxied(user):
+    """The user behind Flask-Login's `current_user`: every attribute read through that proxy
+    resolves it again, and a rule reads several (a page asks `can` once per row)."""
+    resolve = getattr(user, "_get_current_object", None)
+    return resolve() if resolve is not None else user
+
+
 _MEMO = "access_grants"
 _LEVELS = {level.value: level for level in AccessLevel}
 
@@ -184,6 +191,23 @@ def may_deploy_ids(user, project_id, environment_id):
             and AccessLevel.FULL in (on_project, on_environment))
 
 
+def deployable_projects(user, project_ids, environment_ids):
+    """The ids among `project_ids` the user may deploy to one of `environment_ids` at least:
+    may_deploy_ids() over every pair, from the grants once (the new deployment page lists
+    hundreds of projects)."""
+    if not _is_user(user) or not _scope_allows("deploy"):
+        return set()
+    if user.is_admin:
+        return set(project_ids) if environment_ids else set()
+    grants = _grants(user)
+    on_environments = {grants[Environment].get(e) for e in environment_ids} - {None}
+    if not on_environments:
+        return set()
+    full_somewhere = AccessLevel.FULL in on_environments
+    return {p for p in project_ids if (level := grants[Project].get(p)) is not None
+            and (full_somewhere or level == AccessLevel.FULL)}
+
+
 def may_deploy_somewhere(user):
     """May the user create a deployment of some project in some environment? (can_deploy_to()
     over every pair, from the user's grants.)"""
@@ -246,6 +270,7 @@ _USER_CREATABLE = {ApiToken}
 def can(user, action, obj):
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}")
+    user = _unproxied(user)
     if not _is_user(user) or not _scope_allows(action):
         return False
     if action == "create":
@@ -299,6 +324,7 @@ def _among(column, ids):
 
 def visible(user, model):
     """A select() of the `model` rows the user may view."""
+    user = _unproxied(user)
     stmt = select(model)
     if _is_admin(user) and user.is_active:
         return stmt
@@ -332,10 +358,19 @@ def visible(user, model):
     raise ValueError(f"no visibility rule for {model.__name__}")
 
 
-def get_visible(user, model, obj_id, label=None):
-    """Load an object the user may view, or NotFound exactly as if it did not exist."""
+@functools.cache
+def by_id(model):
+    """SELECT model WHERE id = :obj_id, built once: a prepared statement costs the web tier half
+    of what Session.get does (which builds its statement on every call)."""
+    return select(model).where(model.id == bindparam("obj_id"))
+
+
+def get_visible(user, model, obj_id, label=None, stmt=None):
+    """Load an object the user may view, or NotFound exactly as if it did not exist. `stmt`:
+    by_id(model) with loader options, for a page that reads the object's relations."""
     label = label or model.__tablename__.rstrip("s").replace("_", " ")
-    obj = db.session.get(model, obj_id) if isinstance(obj_id, int) else None
+    obj = db.session.execute(stmt if stmt is not None else by_id(model), {"obj_id": obj_id}) \
+        .unique().scalar_one_or_none() if isinstance(obj_id, int) else None
     if obj is None or not can(user, "view", obj):
         raise NotFound(f"{label} {obj_id} does not exist")
     return obj

@@ -1,4 +1,5 @@
 """Flask-Login wiring: sessions resolve to users through id and session nonce."""
+from app.access import by_id
 from app.extensions import db
 from app.models import User
 
@@ -16,7 +17,7 @@ def user_for_session(session_id):
     user_id, _, nonce = session_id.partition(":")
     if not user_id.isdigit():
         return None
-    user = db.session.get(User, int(user_id))
+    user = db.session.execute(by_id(User), {"obj_id": int(user_id)}).scalar_one_or_none()
     # A changed nonce (password change, deactivation) ends every old session.
     if user is None or not user.is_active or user.session_nonce != nonce:
         return None

@@ -103,13 +103,27 @@ def start_agent(app):
     token = _token()
     register_local_node(app, token)
     env = {**os.environ, "AGENT_TOKEN": token}
+    isolation = local_isolation()
     log = open(AGENT_DIR / "agent.log", "ab")  # noqa: SIM115 - lives as long as the agent
     process = subprocess.Popen(
         [sys.executable, "-m", "agent", "--data-dir", str(AGENT_DIR / "data"), "--host", "127.0.0.1",
-         "--port", str(AGENT_PORT), "--node-id", "nullops-dev", "--publish-host", "127.0.0.1"],
+         "--port", str(AGENT_PORT), "--node-id", "nullops-dev", "--publish-host", "127.0.0.1",
+         "--network-isolation", isolation],
         env=env, stdout=log, stderr=subprocess.STDOUT)
     _say(f"local agent on https://127.0.0.1:{AGENT_PORT} (log: {AGENT_DIR / 'agent.log'})")
     return process
+
+
+def local_isolation():
+    """"on" when this process may write the host's firewall (root with iptables), as a node
+    does; else "off" with a word, so `make run` works for a developer without root."""
+    if os.environ.get("AGENT_NETWORK_ISOLATION") in ("on", "off"):
+        return os.environ["AGENT_NETWORK_ISOLATION"]
+    if os.geteuid() == 0 and (shutil.which("iptables") or shutil.which("iptables-nft")):
+        return "on"
+    _say("not root (or no iptables): the local agent runs without network isolation, so "
+         "deployments can reach this machine's ports and LAN (docs/security.md)")
+    return "off"
 
 
 def _admin_answers(admin_url):

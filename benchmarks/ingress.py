@@ -9,11 +9,16 @@ It creates its own database `nullops_bench_<random>` (dropped at the end), a rea
 loopback ports, and one busybox httpd container published on 127.0.0.1 that every route points
 at. Deployment rows are written directly (the agent's part is measured by
 benchmarks/pipeline_latency.py); "ready to routable" is from the commit that makes a deployment
-ready, with the controller's wake-up, until a request through Caddy gets the service's answer.
+ready, with the controller's wake-up, until a request through Caddy gets the service's answer,
+measured with the shipped sync (only the new deployment's hosts, issue 19) and, in the same run,
+with the whole table read and sent on every change as before. It waits until other work uses at
+most --quiet of the machine, and writes its table into docs/benchmarks.md (section "Ingress
+(Caddy)", between its markers) unless --no-docs.
 """
 import argparse
 import asyncio
 import base64
+import datetime
 import http.client
 import os
 import secrets
@@ -29,6 +34,7 @@ from pathlib import Path
 import docker
 
 from benchmarks.agent_fleet import Database
+from benchmarks.api_latency import machine_busy_s, wait_for_quiet, write_docs
 from tests.caddytools import CaddyProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +43,20 @@ BUSYBOX = "nullops-test/busybox:latest"
 RESOLVED = {"steps": [{"id": "web", "kind": "service", "registry_id": 1, "image": "web",
                        "tag_mode": "pinned", "tag": "1", "ports": [8000], "exposed_ports": [8000],
                        "depends_on": []}]}
+
+
+BEGIN, END = "<!-- ingress:begin -->", "<!-- ingress:end -->"
+SECTION_TEXT = "## Ingress (Caddy)\n\n"
+
+
+class BusyShare:
+    """How busy the whole machine was (a share of all cores) from now until share()."""
+
+    def __init__(self):
+        self.busy0, self.t0 = machine_busy_s(), time.monotonic()
+
+    def share(self):
+        return (machine_busy_s() - self.busy0) / ((time.monotonic() - self.t0) * (os.cpu_count() or 1))
 
 
 def log(message):
@@ -126,14 +146,38 @@ def full_sync(app, caddy, rounds):
     return len(table), table_s, sync_s
 
 
-def ready_to_routable(app, caddy, ids, trials, upstream_port):
+def whole_table_sync(app, caddy):
+    """The sync as it was before issue 19, for the comparison: every change reads the whole
+    table again and replaces Caddy's whole map."""
+    from app.ingress.routes import route_table
+    from app.ingress.sync import IngressSync
+
+    class WholeTable(IngressSync):
+        def round(self, force=False, touched=()):
+            with self.app.app_context():
+                try:
+                    table = route_table()
+                finally:
+                    db.session.remove()
+            if self.applied is None or not self.caddy.has_our_routes():
+                self.full_sync(table)
+            elif table != self.applied:
+                self.caddy.set_table(table)
+                self.applied = table
+
+    from app.extensions import db
+
+    return WholeTable(app, caddy.admin_url, caddy.listen, "127.0.0.1:9")
+
+
+def ready_to_routable(app, caddy, ids, trials, upstream_port, sync=None, prefix="new"):
     """A running sync loop; each trial commits a ready deployment, wakes the sync (as the
     controller does when an agent reports ready) and polls Caddy until the service answers."""
     from app.extensions import db
     from app.ingress.sync import IngressSync
     from app.models import Deployment
 
-    sync = IngressSync(app, caddy.admin_url, caddy.listen, "127.0.0.1:9")
+    sync = sync or IngressSync(app, caddy.admin_url, caddy.listen, "127.0.0.1:9")
     loop = asyncio.new_event_loop()
     stopping = asyncio.Event()
     thread = threading.Thread(target=lambda: loop.run_until_complete(sync.run(stopping)), daemon=True)
@@ -143,7 +187,7 @@ def ready_to_routable(app, caddy, ids, trials, upstream_port):
     times = []
     try:
         for trial in range(trials):
-            name = f"new{trial}"
+            name = f"{prefix}{trial}"
             host = f"web.{name}.bench.ingress.bench"
             with app.app_context():
                 db.session.execute(Deployment.__table__.insert(), [_row(ids, name, "ready", upstream_port)])
@@ -157,6 +201,7 @@ def ready_to_routable(app, caddy, ids, trials, upstream_port):
     finally:
         loop.call_soon_threadsafe(stopping.set)
         thread.join(10)
+    log(f"sync rounds during the trials: {getattr(sync, 'rounds', 'n/a')}")
     return times
 
 
@@ -189,7 +234,13 @@ def main():
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--pg", default=os.environ.get(
         "NULLOPS_TEST_DATABASE_URL", "postgresql://nullops_test:nullops_test@127.0.0.1:5432/nullops_test"))
+    parser.add_argument("--quiet", type=float, default=0.1,
+                        help="wait until other work uses at most this share of the machine")
+    parser.add_argument("--quiet-timeout", type=float, default=600.0)
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
+    command = "python -m benchmarks.ingress " + " ".join(sys.argv[1:])
 
     database = Database(args.pg)
     env = {k: v for k, v in os.environ.items() if not k.startswith("NULLOPS_")}
@@ -208,15 +259,21 @@ def main():
 
         app = create_app(Config(environ=env))
         upstream, upstream_port = start_upstream(client, label.split("=")[0])
+        # Before Caddy picks its free ports: someone may take them during a long wait.
+        quiet = wait_for_quiet(args.quiet, args.quiet_timeout)
         with tempfile.TemporaryDirectory(prefix="ingress-bench-") as tmp:
             caddy = CaddyProcess(Path(tmp))
             caddy.start()
             log(f"seeding {args.routes} ready deployments")
             ids = seed(app, args.routes, upstream_port)
+            busy = BusyShare()
             count, table_s, sync_s = full_sync(app, caddy, 5)
             log(f"full sync of {count} routes: table {statistics.median(table_s):.3f} s, "
                 f"Caddy {statistics.median(sync_s):.3f} s")
             routable = ready_to_routable(app, caddy, ids, args.trials, upstream_port)
+            before = ready_to_routable(app, caddy, ids, args.trials, upstream_port,
+                                       whole_table_sync(app, caddy), prefix="old")
+            busy_share = busy.share()
             direct = latency(upstream_port, "x", args.requests)
             through = latency(caddy.http_port, "web.d0.bench.ingress.bench", args.requests)
             caddy.stop()
@@ -225,18 +282,33 @@ def main():
             upstream.remove(force=True)
         database.drop()
 
+    lines = []
+
     def row(what, values, high=None):
         top = f"{max(values) * 1000:.1f} ms (max)" if high == "max" else f"{pct(values, 95) * 1000:.1f} ms"
-        print(f"| {what} | {pct(values, 50) * 1000:.1f} ms | {top} |")
+        lines.append(f"| {what} | {pct(values, 50) * 1000:.1f} ms | {top} |")
 
-    print("| measure | p50 | p95 |\n|---|---|---|")
-    row(f"ready to routable ({len(routable)} trials)", routable)
-    row(f"route table from PostgreSQL, {count} routes (5 rounds)", table_s, "max")
-    row(f"full sync to Caddy, {count} routes (5 rounds)", sync_s, "max")
+    lines += ["| measure | p50 | p95 |", "|---|---|---|"]
+    row(f"ready to routable, incremental: only its hosts ({len(routable)} trials, {count:,} routes "
+        "in place)", routable)
+    row(f"ready to routable, whole table on every change as before issue 19 ({len(before)} trials)",
+        before)
+    row(f"route table from PostgreSQL, {count:,} routes (5 rounds)", table_s, "max")
+    row(f"full sync to Caddy, {count:,} routes (5 rounds)", sync_s, "max")
     row(f"request straight to the container ({len(direct)})", direct)
     row(f"request through Caddy ({len(through)})", through)
-    print(f"\nthrough Caddy / direct: p50 {pct(through, 50) / pct(direct, 50):.2f}, "
-          f"p95 {pct(through, 95) / pct(direct, 95):.2f}")
+    lines += ["", f"Through Caddy / direct: p50 {pct(through, 50) / pct(direct, 50):.2f}, "
+                  f"p95 {pct(through, 95) / pct(direct, 95):.2f}. Targets (issue 19): ready to routable "
+                  f"p95 under 100 ms: **{'met' if pct(routable, 95) < 0.1 else 'NOT met'}**; full sync "
+                  f"under 50 ms (max): **{'met' if max(sync_s) < 0.05 else 'NOT met'}**."]
+    text_ = "\n".join([BEGIN, f"`{command}` ({datetime.date.today().isoformat()}; other work used "
+                                f"{quiet:.0%} of the machine just before, the whole machine was "
+                                f"{busy_share:.0%} busy while it measured, load average at the end "
+                                f"{os.getloadavg()[0]:.1f})", "", *lines, END])
+    print(text_)
+    if not args.no_docs:
+        write_docs(args.docs, text_, BEGIN, END, SECTION_TEXT)
+        log(f"written into {args.docs}")
 
 if __name__ == "__main__":
     main()

@@ -16,6 +16,9 @@ APT_PACKAGES="docker.io postgresql debootstrap busybox-static nodejs npm chromiu
 PG_ROLE=nullops_test
 PG_PASSWORD=nullops_test
 PG_DB=nullops_test
+# The postgres-database plugin's shared-server tests (tests/plugins/test_postgres_shared_server.py)
+# act as an admin that creates roles and databases; a role of its own keeps nullops_test minimal.
+PG_PLUGIN_ADMIN=nullops_plugin_admin
 PG_HOST=127.0.0.1
 PG_PORT=5432
 
@@ -112,6 +115,19 @@ SQL
     pg_test_login || die "role '$PG_ROLE' still cannot log in to '$PG_DB' on $PG_HOST:$PG_PORT with its password (check pg_hba.conf)"
 }
 
+ensure_pg_plugin_admin() {
+    as_postgres_psql <<SQL
+DO \$\$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_PLUGIN_ADMIN') THEN
+    CREATE ROLE $PG_PLUGIN_ADMIN LOGIN CREATEDB CREATEROLE;
+  END IF;
+END
+\$\$;
+ALTER ROLE $PG_PLUGIN_ADMIN WITH LOGIN CREATEDB CREATEROLE PASSWORD '$PG_PLUGIN_ADMIN';
+SQL
+}
+
 # ---------------------------------------------------------------- main
 main() {
     local missing
@@ -170,6 +186,7 @@ main() {
     docker_up || start_docker
     pg_up || start_postgres
     ensure_pg_role_db
+    ensure_pg_plugin_admin
     log "host is ready"
 }
 

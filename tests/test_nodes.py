@@ -73,9 +73,11 @@ def test_the_command_is_the_spec_docker_run_with_this_version_and_the_token_in_a
     assert store == ("sudo sh -c 'umask 077 && mkdir -p /etc/nullops-agent && IFS= read -r t && "
                      "printf \"AGENT_TOKEN=%s\\n\" \"$t\" > /etc/nullops-agent/nullops-agent.env'")
     assert run == (
-        "docker run -d --name nullops-agent --restart unless-stopped -p 0.0.0.0:5443:5000 "
-        "--env-file /etc/nullops-agent/nullops-agent.env -v /var/run/docker.sock:/var/run/docker.sock "
-        f"-v /var/lib/nullops-agent:/data nullops/agent:{__version__}"
+        "docker run -d --name nullops-agent --restart unless-stopped --network host --cap-add NET_ADMIN "
+        "-e AGENT_HOST=0.0.0.0 -e AGENT_PORT=5443 --env-file /etc/nullops-agent/nullops-agent.env "
+        "-v /var/run/docker.sock:/var/run/docker.sock "
+        "-v /var/lib/nullops-agent:/data -v /run/nullops-agent:/run/nullops-agent "
+        f"nullops/agent:{__version__}"
     )
 
 
@@ -83,10 +85,10 @@ def test_the_command_takes_the_container_name_data_directory_and_bind_address(en
     node, _token, command = nodes.add(admin, env, "node-2", "10.0.0.7", agent_container_name="agent-b",
                                       agent_data_dir="/srv/agent-b")
     assert node.agent_bind_address == "10.0.0.7"  # the address the node was added with
-    assert "--name agent-b " in command and "-p 10.0.0.7:5000:5000 " in command
+    assert "--name agent-b " in command and "-e AGENT_HOST=10.0.0.7 -e AGENT_PORT=5000 " in command
     assert "--env-file /etc/nullops-agent/agent-b.env " in command and "-v /srv/agent-b:/data " in command
     v6, _token, command = nodes.add(admin, env, "node-3", "node-3.internal", agent_bind_address="::1")
-    assert v6.agent_bind_address == "::1" and "-p [::1]:5000:5000 " in command
+    assert v6.agent_bind_address == "::1" and "-e AGENT_HOST=::1 " in command
 
 
 def test_the_command_stores_the_token_from_its_prompt_in_a_file_only_root_reads(tmp_path):

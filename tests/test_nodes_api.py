@@ -124,7 +124,8 @@ def test_environment_settings_are_checked_by_the_service_too(admin):
 def test_adding_a_node_shows_token_and_command_once(client, headers, env_id, added):
     assert added["status"] == "pending" and added["enabled"] is True
     token, command = added["token"], added["command"]
-    assert "docker run -d --name nullops-agent --restart unless-stopped -p 10.0.0.5:5443:5000 " in command
+    assert ("docker run -d --name nullops-agent --restart unless-stopped --network host --cap-add NET_ADMIN "
+            "-e AGENT_HOST=10.0.0.5 -e AGENT_PORT=5443 ") in command
     assert token not in command and "--env-file /etc/nullops-agent/nullops-agent.env " in command
     assert "shown only once" in added["message"]
     assert set(added) == NODE_FIELDS | {"token", "command", "message"}

@@ -95,6 +95,25 @@ def test_the_spec_compiler_and_the_agent_accept_a_saved_version(shop, rows, admi
     assert spec["urls"] == {"web": "http://web.shop-1.staging.example.com"}
 
 
+def test_secret_files_reach_the_spec_and_survive_a_yaml_round_trip(shop, rows, admin):
+    """Issue 17 item 8: a service takes a secret as a file instead of an env variable."""
+    def as_file(d):
+        d["nodes"][0]["env"] = {"POSTGRES_PASSWORD_FILE": "/run/secrets/db_password"}
+        d["nodes"][0]["secret_files"] = {"db_password": "${secrets.DB_PASSWORD}"}
+    version = pipelines.save_version(admin, shop, _with(as_file))
+    assert version.resolved["steps"][0]["secret_files"] == {"db_password": "${secrets.DB_PASSWORD}"}
+    environment = type("Env", (), {"name": "staging", "base_domain": "example.com"})()
+    deployment = type("Dep", (), {"pipeline_version": version, "tags": {"db": "15", "web": "v1.4"},
+                                  "agent_id": "dep-7", "name": "shop-1", "cpus": 1.0,
+                                  "memory_mb": 1024, "environment": environment})()
+    spec = validate(compile_spec(deployment))
+    assert spec["steps"][0]["secret_files"] == {"db_password": "${secrets.DB_PASSWORD}"}
+    assert "${secrets.DB_PASSWORD}" not in spec["steps"][0]["env"].values()
+    text = pipeline_yaml.export_yaml(version)
+    assert "secret_files:" in text
+    assert pipeline_yaml.import_yaml(admin, shop, text.encode()).definition == version.definition
+
+
 def test_versions_are_numbered_per_project(shop, rows, admin):
     other = Project(name="billing")
     db.session.add(other)
@@ -208,6 +227,13 @@ def test_a_cycle_names_only_its_own_nodes_not_those_downstream(shop, rows, admin
     (lambda d: d["nodes"][2].update(position={"x": float("nan"), "y": 1}), "nodes[2].position.x",
      "finite"),
     (lambda d: d["nodes"][0]["env"].update(X="a\x00b"), "nodes[0].env.X", "NUL"),
+    (lambda d: d["nodes"][0].update(secret_files={"../pw": "x"}), "nodes.db.secret_files.../pw",
+     "/run/secrets/<name>"),
+    (lambda d: d["nodes"][0].update(secret_files={"pw": 5}), "nodes.db.secret_files.pw", "must be text"),
+    (lambda d: d["nodes"][0].update(secret_files=["pw"]), "nodes.db.secret_files", "file names to text"),
+    (lambda d: d["nodes"][1].update(secret_files={"pw": "x"}), "nodes.mkdb.secret_files", "use params"),
+    (lambda d: d["nodes"][0].update(secret_files={"pw": "${secrets.NOPE}"}), "nodes.db.secret_files.pw",
+     "no secret 'NOPE'"),
     (lambda d: d.update(name="shop"), "name", "nodes and edges only"),
     (lambda d: d.update(nodes=[]), "nodes", "1 to 200 nodes"),
     (lambda d: d.update(edges={"db": "mkdb"}), "edges", "list of at most"),

@@ -151,7 +151,7 @@ def test_disabled_admin_can_do_nothing(spec_example):
 
 
 def test_may_deploy_somewhere_agrees_with_asking_every_project_and_environment(spec_example):
-    """The deployments page asks it once instead of can_deploy_to over every pair."""
+    """The deployments pages ask these once instead of can_deploy_to over every pair."""
     qa, se = spec_example["qa"], spec_example["se"]
     extra = Environment(name="perf")
     db.session.add(extra)
@@ -165,6 +165,11 @@ def test_may_deploy_somewhere_agrees_with_asking_every_project_and_environment(s
         user = spec_example[who]
         brute = any(access.can_deploy_to(user, p, e) for p in projects for e in environments)
         assert access.may_deploy_somewhere(user) == brute, who
+        # deployable_projects: the new deployment page's list, from the grants once
+        for among in (environments, environments[:1], environments[1:], []):
+            expected = {p.id for p in projects if any(access.can_deploy_to(user, p, e) for e in among)}
+            assert access.deployable_projects(
+                user, [p.id for p in projects], [e.id for e in among]) == expected, (who, among)
     assert access.may_deploy_somewhere(spec_example["outsider"]) is False
     db.session.delete(db.session.get(Grant, db.session.scalar(
         select(Grant.id).where(Grant.team_id == se.id, Grant.environment_id.is_not(None)))))

@@ -9,6 +9,7 @@ import threading
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from app import wakeup
 from app.controller import runtime, state
 from app.controller.internal import InternalEndpoint, StreamLimits
 from app.controller.leader import LeaderLock
@@ -72,6 +73,7 @@ class Controller:
         self.internal = None
         self.ingress = None
         self.scheduler = None
+        self.listener = None  # app/wakeup.py's WakeListener while active on PostgreSQL
         self.active = threading.Event()   # set while this process is the active controller
         self._stopped = threading.Event()
         self._thread = None
@@ -141,6 +143,13 @@ class Controller:
         if self.manager is not None:
             self.manager.wake()
 
+    def _woken(self):
+        """A write of the web tier (app/wakeup.py): deployments, nodes or commands to act on,
+        routes that may have changed. Thread-safe."""
+        self._wake_manager()
+        if self.ingress is not None:
+            self.ingress.wake()
+
     async def _links(self, lock):
         runtime.tune_gc()
         self.manager = LinkManager(self.app, poll_s=self.poll_s, fence=lock.fence())
@@ -166,7 +175,14 @@ class Controller:
         stopping = asyncio.Event()
         links = asyncio.create_task(self.manager.run(stopping))
         ingress = asyncio.create_task(self.ingress.run(stopping)) if self.ingress else None
-        work = [task for task in (links, ingress) if task is not None]
+        # The web tier's writes wake both at once (app/wakeup.py); the polls stay as the safety net.
+        self.listener, listening = None, None
+        if lock.postgres:
+            self.listener = wakeup.WakeListener(config["SQLALCHEMY_DATABASE_URI"], self._woken)
+            listening = asyncio.create_task(self.listener.run(stopping))
+        else:
+            wakeup.add_local_waker(self._woken)
+        work = [task for task in (links, ingress, listening) if task is not None]
         while not links.done():
             await asyncio.sleep(ELECTION_RETRY_S)
             # Bounded: the lock answers within seconds or counts as lost (app/controller/leader.py).
@@ -184,6 +200,9 @@ class Controller:
             if self._stopped.is_set():
                 stopping.set()  # a clean stop: the rounds finish and the last figures are written
                 break
+        if listening is not None and not listening.done():
+            listening.cancel()  # on a lost lock too: it must not outlive the links
+        wakeup.remove_local_waker(self._woken)
         for outcome in await asyncio.gather(*work, return_exceptions=True):
             if isinstance(outcome, Exception):
                 log.error("the controller's work ended with an error", exc_info=outcome)

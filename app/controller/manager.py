@@ -11,6 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from agent import protocol
+from app import wakeup
 from app.controller import deployments, runtime, state
 from app.controller.links import (
     HANDSHAKES_AT_ONCE,
@@ -39,8 +40,9 @@ class Batched:
     a call returns once its row is committed, as `manager.db(one, *args)` would, with its result:
     `many` returns None or one result per call, in order."""
 
-    def __init__(self, manager, many, one):
+    def __init__(self, manager, many, one, touches=None):
         self.manager, self.many, self.one = manager, many, one
+        self.touches = touches  # args -> the deployment id the call may change the routes of
         self._queue = []   # (args, future)
         self._writer = None
 
@@ -60,7 +62,7 @@ class Batched:
             except Exception as exc:  # noqa: BLE001 - handed to the callers
                 outcomes = [(None, exc)] if len(batch) == 1 else [
                     await self._alone(args) for args, _done in batch]
-            self.manager.changed()
+            self.manager.changed([self.touches(args) for args, _done in batch] if self.touches else ())
             for (_args, done), (result, error) in zip(batch, outcomes, strict=True):
                 if done.done():  # its caller was cancelled meanwhile
                     continue
@@ -97,6 +99,7 @@ class LinkManager:
         self.handshakes = None
         self._wake = None
         self.loop = None
+        self.polls = 0  # rounds started by the poll rather than a wake-up (tests, issue 19)
         self._streams = {}  # (node id, stream id) -> callback(frame)
         self.on_change = None  # called after deployment or node writes (the ingress follows them)
         self._resources = {}  # node id -> (latest resources frame, received at), not yet written
@@ -109,7 +112,8 @@ class LinkManager:
         # it is acknowledged.
         self.desired = Batched(self, deployments.desired_states, deployments.desired_state)
         self.synced = Batched(self, deployments.record_syncs, deployments.record_sync)
-        self.store_event = Batched(self, deployments.apply_events, deployments.apply_event)
+        self.store_event = Batched(self, deployments.apply_events, deployments.apply_event,
+                                   touches=lambda args: deployments.id_of(args[2].get("deployment_id")))
         self.applied = Batched(self, deployments.record_applies, deployments.record_apply)
         self.delete_answered = Batched(self, deployments.record_deletes, deployments.record_delete)
         self.cleanup_failed = Batched(self, deployments.fail_cleanups, deployments.fail_cleanup)
@@ -122,7 +126,7 @@ class LinkManager:
 
     # --- database from the event loop ----------------------------------------------------------
     def _in_app(self, fn, *args):
-        with self.app.app_context():
+        with wakeup.quiet(), self.app.app_context():  # its own writes do not wake it
             try:
                 return fn(*args)
             finally:
@@ -165,10 +169,11 @@ class LinkManager:
                             ", ".join(figures))
 
     # --- the loop ------------------------------------------------------------------------------
-    def changed(self):
-        """Deployments or nodes were written: whoever follows them looks now."""
+    def changed(self, deployment_ids=()):
+        """Deployments or nodes were written: whoever follows them looks now (at these
+        deployments too: an event may change one's published ports, not its status)."""
         if self.on_change is not None:
-            self.on_change()
+            self.on_change(deployment_ids)
 
     def wake(self):
         """Look at the nodes now rather than at the next poll (thread-safe)."""
@@ -190,10 +195,12 @@ class LinkManager:
                     log.exception("controller round failed")
                 self._wake.clear()
                 waiters = {asyncio.create_task(self._wake.wait()), asyncio.create_task(stopping.wait())}
-                _done, pending = await asyncio.wait(waiters, timeout=self.poll_s,
-                                                    return_when=asyncio.FIRST_COMPLETED)
-                for task in pending | _done:
+                done, pending = await asyncio.wait(waiters, timeout=self.poll_s,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                for task in pending | done:
                     task.cancel()
+                if not done:
+                    self.polls += 1  # nothing woke it: the safety net found whatever there is
         finally:
             # Calls in flight first, so none goes out on a link while the links close.
             working = [*self._working.values(), *self._commanding.values()]

@@ -6,7 +6,9 @@ routes whose `@id` starts with "nullops-"; every other route and server is left 
 The table is one `map` handler from the request's host to an upstream, followed by two fixed
 routes: no upstream, the web tier's page view (landing, offline, not ready, unknown); else the
 proxy. One map rather than a route per host keeps each change small for Caddy, which provisions
-its whole config again on every change. The admin API listens on localhost only.
+its whole config again on every change. Each map entry has its own @id (`nullops-host-<host>`),
+so one deployment's hosts are added, changed or removed without sending the others. The admin
+API listens on localhost only.
 """
 import json
 import urllib.error
@@ -77,6 +79,30 @@ class CaddyAdmin:
     def set_table(self, table):
         self._call("PATCH", f"/id/{MAP_ID}/mappings", mappings(table))
 
+    def mapped(self):
+        """The map's entries as Caddy has them, {host: upstream}, or None when one of them is
+        not as NullOps writes it (no @id, or another one): drift a full sync repairs."""
+        entries = self._call("GET", f"/id/{MAP_ID}/mappings") or []
+        table = {}
+        for entry in entries:
+            outputs = entry.get("outputs") or []
+            host = entry.get("input")
+            if entry.get("@id") != host_id(host) or len(outputs) != 1 or host in table:
+                return None
+            table[host] = outputs[0]
+        return table
+
+    def change(self, added, removed, moved):
+        """Only these hosts (issue 19): `added` and `moved` {host: upstream}, `removed` hosts.
+        Caddy provisions its config again on each call, so the additions go as one. A host that
+        is not where we think (drift) fails the call: CaddyUnavailable, then a full sync."""
+        for host in removed:
+            self._call("DELETE", f"/id/{host_id(host)}")
+        for host, dial in moved.items():
+            self._call("PATCH", f"/id/{host_id(host)}/outputs", [dial])
+        if added:
+            self._call("POST", f"/id/{MAP_ID}/mappings/...", mappings(added))
+
     def server_routes(self, table, foreign):
         lookup = {"@id": "nullops-lookup", "handle": [{
             "@id": MAP_ID, "handler": "map", "source": "{http.request.host}", "destinations": [DIAL],
@@ -103,5 +129,11 @@ def ours(route):
     return str(route.get("@id", "")).startswith(PREFIX)
 
 
+def host_id(host):
+    """Each map entry's own @id, so that one host can be changed or removed alone. Hosts are DNS
+    names (app/services/names.py), safe in a URL path and in Caddy's @id."""
+    return f"{PREFIX}host-{host}"
+
+
 def mappings(table):
-    return [{"input": host, "outputs": [dial]} for host, dial in sorted(table.items())]
+    return [{"@id": host_id(host), "input": host, "outputs": [dial]} for host, dial in sorted(table.items())]

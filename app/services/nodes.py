@@ -28,7 +28,6 @@ from app.services.names import DNS_LABEL_HINT, DNS_LABEL_PATTERN, check, check_h
 from app.states import TransitionError, move_node
 
 AGENT_IMAGE = "nullops/agent"
-AGENT_CONTAINER_PORT = 5000  # the port the agent listens on inside its container
 VERIFIER_CONTEXT = Node.__encrypted__["verifier_ciphertext"]
 PAYLOAD_CONTEXT = NodeCommand.__encrypted__["payload_ciphertext"]
 CPUS_RANGE = (0.1, 1024)
@@ -66,23 +65,33 @@ ROTATED_MESSAGE = (
 UNCHANGED = object()
 
 
+# Services' secret files (agent/secret_files.py): a tmpfs folder of the host (/run is one on
+# systemd hosts) at the same path inside the agent, because it is a bind mount's source.
+AGENT_SECRETS_MOUNT = "/run/nullops-agent"
+
+
 def agent_command(node):
     """The commands that start the agent on a node (spec: Agent Installation Process; issue 16.4).
 
     The token stays off every command line (process lists, shell history): the first command
     reads it from the terminal into an env file only root may read (0600), and `docker run`
     takes it from there. The container name, data directory and the address the port is bound
-    to are the node's own, the same parameters the nullops_agent role takes."""
+    to are the node's own, the same parameters the nullops_agent role takes.
+
+    The agent runs in the host's network with NET_ADMIN (issue 17 item 1): its firewall rules
+    must go into the host's tables, not a container's own. It listens on the bind address itself,
+    and publishes service ports there too (the address the controller, and so Caddy, reaches)."""
     name, env_file = node.agent_container_name, agent_env_file(node)
-    bind = f"[{node.agent_bind_address}]" if ":" in node.agent_bind_address else node.agent_bind_address
     return (
         f"# 1. Store the token (paste it, then press Enter): it goes to {env_file} (mode 0600)\n"
         f"sudo sh -c 'umask 077 && mkdir -p {AGENT_ENV_DIR} && IFS= read -r t && "
         f"printf \"AGENT_TOKEN=%s\\n\" \"$t\" > {env_file}'\n"
         f"# 2. Start the agent\n"
-        f"docker run -d --name {name} --restart unless-stopped -p {bind}:{node.port}:{AGENT_CONTAINER_PORT} "
+        f"docker run -d --name {name} --restart unless-stopped --network host --cap-add NET_ADMIN "
+        f"-e AGENT_HOST={node.agent_bind_address} -e AGENT_PORT={node.port} "
         f"--env-file {env_file} -v /var/run/docker.sock:/var/run/docker.sock "
-        f"-v {node.agent_data_dir}:/data {AGENT_IMAGE}:{__version__}"
+        f"-v {node.agent_data_dir}:/data -v {AGENT_SECRETS_MOUNT}:{AGENT_SECRETS_MOUNT} "
+        f"{AGENT_IMAGE}:{__version__}"
     )
 
 

@@ -5,7 +5,8 @@ The definition an admin writes (JSON through the API, YAML for export and import
     nodes:
       - id: db                      # a DNS label: the service's host name in the deployment
         service: postgres           # a catalog service by name...
-        env: {POSTGRES_PASSWORD: "${secrets.DB_PASSWORD}"}   # merged over the service's env
+        env: {POSTGRES_PASSWORD_FILE: /run/secrets/db_password}  # merged over the service's env
+        secret_files: {db_password: "${secrets.DB_PASSWORD}"}  # files on a tmpfs, not in env
       - id: mkdb
         plugin: postgres-database   # ...or a catalog plugin by name
         params: {host: "${services.db.host}"}   # checked against the plugin's params_schema
@@ -45,9 +46,10 @@ MAX_DEPTH = 32
 MAX_VALUES = 50_000             # after YAML aliases are expanded
 COMMENT_MAX = 500
 TOP_KEYS = ("nodes", "edges")
-NODE_KEYS = ("id", "service", "plugin", "env", "params", "cpus", "memory_mb", "position")  # export order
-NODE_KEYS_HINT = ("a node has id, service or plugin, env (services), params (plugins), cpus and "
-                  "memory_mb (optional, its own limits) and position")
+NODE_KEYS = ("id", "service", "plugin", "env", "secret_files", "params", "cpus", "memory_mb",
+             "position")  # export order
+NODE_KEYS_HINT = ("a node has id, service or plugin, env and secret_files (services), params (plugins), "
+                  "cpus and memory_mb (optional, its own limits) and position")
 # A node's own limits (issue 18 item 1), as the agent takes a step's (agent/spec.py).
 NODE_CPUS_RANGE = (0.01, 256)
 NODE_MEMORY_MB_RANGE = (6, 4 * 1024 * 1024)
@@ -117,6 +119,26 @@ def _is_id(value):
     return isinstance(value, str) and agent_spec.ID_PATTERN.match(value) is not None
 
 
+def _check_secret_files(node, where, problems):
+    """Files a service reads under /run/secrets (issue 17 item 8), kept off `docker inspect`."""
+    files = node["secret_files"]
+    if "plugin" in node:
+        problems.add(f"{where}.secret_files", "plugins get their secrets on stdin: use params")
+    elif not isinstance(files, dict):
+        problems.add(f"{where}.secret_files", "must map file names to text, e.g. "
+                                              "{db_password: \"${secrets.DB_PASSWORD}\"}")
+    elif len(files) > agent_spec.MAX_SECRET_FILES:
+        problems.add(f"{where}.secret_files", f"at most {agent_spec.MAX_SECRET_FILES} files")
+    else:
+        for name, value in files.items():
+            if not agent_spec.SECRET_FILE_NAME.match(name):
+                problems.add(f"{where}.secret_files.{name}", "use letters, digits, '_', '.' and '-', not "
+                                                             "starting with '.' or '-' (at most 128): it "
+                                                             "becomes /run/secrets/<name>")
+            elif not isinstance(value, str):
+                problems.add(f"{where}.secret_files.{name}", "must be text: quote it in YAML")
+
+
 def _check_node(node, where, problems):
     if not isinstance(node, dict):
         problems.add(where, "must be an object with id and service or plugin")
@@ -146,6 +168,8 @@ def _check_node(node, where, problems):
                                                         "with a digit (at most 128)")
                 elif not isinstance(value, str):
                     problems.add(f"{where}.env.{name}", "must be text: quote it in YAML (\"8080\", \"true\")")
+    if "secret_files" in node:
+        _check_secret_files(node, where, problems)
     if "params" in node:
         if "service" in node:
             problems.add(f"{where}.params", "services take env, not params: move these into env")
@@ -284,6 +308,7 @@ def _resolve_step(node, row, depends_on):
                 "tag": row.tag, "tag_pattern": row.tag_pattern,
                 "ports": list(row.ports or []), "exposed_ports": list(row.exposed_ports or []),
                 "env": {**copy.deepcopy(row.env or {}), **node.get("env", {})},
+                **({"secret_files": dict(node["secret_files"])} if node.get("secret_files") else {}),
                 "command": copy.deepcopy(row.command), "health_check": copy.deepcopy(row.health_check),
                 "depends_on": depends_on}
     return {"id": node["id"], "kind": "plugin", "plugin": row.name, "registry_id": row.registry_id,
@@ -331,6 +356,7 @@ def _sources(node, step):
     mine = node.get("env", {})
     catalog = f" (from service {step['service']!r} in the catalog: override it here or fix the service)"
     found = [(f"{where}.env.{k}", v, "" if k in mine else catalog) for k, v in step["env"].items()]
+    found += [(f"{where}.secret_files.{k}", v, "") for k, v in step.get("secret_files", {}).items()]
     if step["command"]:
         found.append((f"{where}.command", step["command"], catalog))
     return found

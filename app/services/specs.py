@@ -165,6 +165,8 @@ def compile_spec(deployment, preloaded=None):
             out["depends_on"] = sorted(step["depends_on"])
         if step["kind"] == "service":
             out["env"] = dict(step.get("env") or {})
+            if step.get("secret_files"):   # versions saved before issue 17 item 8 have none
+                out["secret_files"] = dict(step["secret_files"])
             if step.get("command"):
                 out["command"] = list(step["command"])
             out["ports"] = list(step.get("ports") or [])

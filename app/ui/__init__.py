@@ -36,6 +36,7 @@ from app.ui import (  # noqa: E402,F401
     catalog,
     deployments,
     environments,
+    fragments,
     pages,
     projects,
     provisioning,

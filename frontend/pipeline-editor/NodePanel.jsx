@@ -49,46 +49,59 @@ function RunsAfter({ node, nodes, edges, onToggle, readOnly, problem }) {
   );
 }
 
-function EnvEditor({ node, catalogEnv, onChange, problems, listId, readOnly }) {
+// One editor for a service's name -> text maps: its env overrides and its secret files
+// (issue 17 item 8: files under /run/secrets on a tmpfs, kept out of `docker inspect`).
+const MAP_FIELDS = {
+  env: { legend: "Environment overrides", what: "Variable", placeholder: "NAME", cls: "pe-env",
+    rule: (k) => !ENV_NAME.test(k) && "use letters, digits and '_', not starting with a digit" },
+  secret_files: { legend: "Secret files (/run/secrets/<name>, not in docker inspect)", what: "File",
+    placeholder: "db_password", cls: "pe-secret-files",
+    rule: (k) => !FILE_NAME.test(k) && "use letters, digits, '_', '.' and '-', not starting with '.' or '-'" },
+};
+const FILE_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
+
+function EnvEditor({ node, catalogEnv, onChange, problems, listId, readOnly, field = "env" }) {
+  const { legend, what, placeholder, cls, rule } = MAP_FIELDS[field];
   const toRows = (env) => Object.entries(env || {}).map(([key, value]) => ({ key, value }));
-  const env = node.data.definition.env;
+  const env = node.data.definition[field];
   const [rows, setRows] = useState(() => toRows(env));
-  useEffect(() => { setRows(toRows(node.data.definition.env)); }, [node.id]); // eslint-disable-line
-  const publish = (next, field) => {
+  useEffect(() => { setRows(toRows(node.data.definition[field])); }, [node.id]); // eslint-disable-line
+  const publish = (next, name) => {
     setRows(next);
-    onChange(Object.fromEntries(next.filter((r) => r.key).map((r) => [r.key, r.value])), field);
+    onChange(Object.fromEntries(next.filter((r) => r.key).map((r) => [r.key, r.value])), name);
   };
   const keys = rows.map((r) => r.key);
   const catalogKeys = Object.keys(catalogEnv || {}).filter((k) => !keys.includes(k));
+  const lower = what.toLowerCase();
   return (
-    <fieldset className="pe-field pe-env" data-field="env">
-      <legend>Environment overrides</legend>
-      <Problem id="pe-env-error" text={problems && problems.env} />
+    <fieldset className={`pe-field ${cls}`} data-field={field}>
+      <legend>{legend}</legend>
+      <Problem id={`${cls}-error`} text={problems && problems[field]} />
       {rows.map((row, i) => {
-        const problem = (row.key && !ENV_NAME.test(row.key) && "use letters, digits and '_', not starting with a digit")
+        const problem = (row.key && rule(row.key))
           || (row.key && keys.indexOf(row.key) !== i && "this name is given twice: the last one wins")
-          || (row.key && fieldProblem(problems, `env.${row.key}`));
+          || (row.key && fieldProblem(problems, `${field}.${row.key}`));
         return (
-          <div className="pe-env-row" key={i} data-field={`env.${row.key}`}>
-            <input type="text" aria-label={`Variable ${i + 1} name`} value={row.key} readOnly={readOnly} spellCheck="false"
-                   autoComplete="off" placeholder="NAME" aria-invalid={problem ? "true" : undefined}
-                   onChange={(e) => publish(rows.map((r, j) => (j === i ? { ...r, key: e.target.value.trim() } : r)), `env.${row.key}`)} />
-            <input type="text" aria-label={`Variable ${row.key || i + 1} value`} value={row.value} readOnly={readOnly}
+          <div className="pe-env-row" key={i} data-field={`${field}.${row.key}`}>
+            <input type="text" aria-label={`${what} ${i + 1} name`} value={row.key} readOnly={readOnly} spellCheck="false"
+                   autoComplete="off" placeholder={placeholder} aria-invalid={problem ? "true" : undefined}
+                   onChange={(e) => publish(rows.map((r, j) => (j === i ? { ...r, key: e.target.value.trim() } : r)), `${field}.${row.key}`)} />
+            <input type="text" aria-label={`${what} ${row.key || i + 1} value`} value={row.value} readOnly={readOnly}
                    list={listId} spellCheck="false" autoComplete="off"
-                   placeholder={catalogEnv && catalogEnv[row.key] !== undefined ? catalogEnv[row.key] : "value"}
-                   aria-invalid={problem ? "true" : undefined} aria-describedby={problem ? `pe-env-${i}-error` : undefined}
-                   onChange={(e) => publish(rows.map((r, j) => (j === i ? { ...r, value: e.target.value } : r)), `env.${row.key}`)} />
+                   placeholder={catalogEnv && catalogEnv[row.key] !== undefined ? catalogEnv[row.key] : field === "env" ? "value" : "${secrets.NAME}"}
+                   aria-invalid={problem ? "true" : undefined} aria-describedby={problem ? `${cls}-${i}-error` : undefined}
+                   onChange={(e) => publish(rows.map((r, j) => (j === i ? { ...r, value: e.target.value } : r)), `${field}.${row.key}`)} />
             {!readOnly && (
-              <button type="button" className="secondary outline pe-small" aria-label={`Remove variable ${row.key || i + 1}`}
-                      onClick={() => publish(rows.filter((_, j) => j !== i), `env.${row.key}`)}>×</button>
+              <button type="button" className="secondary outline pe-small" aria-label={`Remove ${lower} ${row.key || i + 1}`}
+                      onClick={() => publish(rows.filter((_, j) => j !== i), `${field}.${row.key}`)}>×</button>
             )}
-            <Problem id={`pe-env-${i}-error`} text={problem} />
+            <Problem id={`${cls}-${i}-error`} text={problem} />
           </div>
         );
       })}
       {!readOnly && (
         <button type="button" className="secondary outline pe-small" onClick={() => setRows([...rows, { key: "", value: "" }])}>
-          Add variable
+          Add {lower}
         </button>
       )}
       {catalogKeys.length > 0 && (
@@ -185,6 +198,8 @@ export default function NodePanel({ node, nodes, edges, catalog, problems, readO
         <>
           <EnvEditor node={node} catalogEnv={item && item.env} problems={problems} listId={listId} readOnly={readOnly}
                      onChange={(env, field) => onDefinition(node.id, { env }, field)} />
+          <EnvEditor node={node} field="secret_files" problems={problems} listId={listId} readOnly={readOnly}
+                     onChange={(files, field) => onDefinition(node.id, { secret_files: files }, field)} />
           {problems && problems.command && <Problem id="pe-command-error" text={problems.command} />}
           <ServiceFacts service={item} />
         </>

@@ -47,7 +47,7 @@ export function newDefinition(kind, item, id) {
 export function toDefinition(nodes, edges) {
   const definition = fromFlow(nodes, edges);
   for (const node of definition.nodes) {
-    for (const key of ["env", "params"]) {
+    for (const key of ["env", "secret_files", "params"]) {
       if (node[key] && typeof node[key] === "object" && !Object.keys(node[key]).length) delete node[key];
     }
   }

@@ -7,15 +7,25 @@
 set -eu
 
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
-    if [ -z "${POSTGRES_PASSWORD:-}" ]; then
-        echo "postgres: set POSTGRES_PASSWORD (the password of the superuser 'postgres')" >&2
+    # POSTGRES_PASSWORD_FILE: the password from a file, e.g. a NullOps secret file under
+    # /run/secrets (kept out of `docker inspect`, docs/pipelines.md); it wins over the variable.
+    if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+        if [ ! -r "$POSTGRES_PASSWORD_FILE" ]; then
+            echo "postgres: cannot read POSTGRES_PASSWORD_FILE ($POSTGRES_PASSWORD_FILE)" >&2
+            exit 2
+        fi
+        pwfile=$POSTGRES_PASSWORD_FILE
+    elif [ -n "${POSTGRES_PASSWORD:-}" ]; then
+        pwfile=$(mktemp)
+        printf '%s\n' "$POSTGRES_PASSWORD" > "$pwfile"
+    else
+        echo "postgres: set POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE (the password of the superuser 'postgres')" >&2
         exit 2
     fi
-    pwfile=$(mktemp)
-    printf '%s\n' "$POSTGRES_PASSWORD" > "$pwfile"
+    made() { [ "$pwfile" = "${POSTGRES_PASSWORD_FILE:-}" ] || rm -f "$pwfile"; }
     initdb --username=postgres --pwfile="$pwfile" --auth-local=peer --auth-host=scram-sha-256 \
-        --encoding=UTF8 --locale=C.UTF-8 --no-instructions >/dev/null || { rm -f "$pwfile"; exit 1; }
-    rm -f "$pwfile"
+        --encoding=UTF8 --locale=C.UTF-8 --no-instructions >/dev/null || { made; exit 1; }
+    made
     {
         echo "# From the network (other containers of the deployment): passwords only."
         echo "host all all 0.0.0.0/0 scram-sha-256"

@@ -2,6 +2,12 @@
 server (typically the deployment's own PostgreSQL service). Outputs the connection URL and the
 password as secret outputs. `rollback` drops the database and the role.
 
+On a server shared by deployments (issue 17 item 4), one deployment must never reset another's
+role password nor drop its database. So by default (`scope: deployment`) both names end with
+the deployment's id, and whatever the scope, the plugin marks what it creates (a COMMENT naming
+the deployment) and refuses to reuse, change or drop a role or database that does not carry
+its own deployment's mark.
+
 NullOps plugin contract (docs/plugins.md): one JSON document on stdin, one JSON object on
 stdout, the log on stderr, exit 0 on success. Exit 2: invalid parameters; exit 1: the server
 refused or could not be reached. Secret values never reach stdout (except the declared secret
@@ -11,6 +17,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import sys
 import time
@@ -20,6 +27,8 @@ import psycopg2
 from psycopg2 import sql
 
 NAME = "postgres-database"
+MARK = "nullops postgres-database deployment="   # COMMENT ON ROLE/DATABASE: who created it
+DEPLOYMENT_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_NAME_BYTES = 63            # PostgreSQL cuts longer identifiers silently: refuse them instead
 ROLLBACK_WAIT_S = 10
 # Connection failures that waiting does not cure: fail at once instead of retrying.
@@ -48,9 +57,28 @@ def _name(params, key, default=None):
     return value
 
 
-def parse(params):
+def _scoped(p, deployment_id):
+    """Names with the deployment's id appended (scope: deployment), checked against the limit."""
+    if p["scope"] == "none":
+        return p
+    suffix = f"_{deployment_id}"
+    for key in ("database", "user"):
+        room = MAX_NAME_BYTES - len(suffix)
+        if len(p[key].encode()) > room:
+            raise Failure(f"params.{key} is longer than {room} bytes: with scope \"deployment\" the "
+                          f"deployment's id is appended ({suffix!r}) within PostgreSQL's {MAX_NAME_BYTES}", 2)
+        p[key] = p[key] + suffix
+    return p
+
+
+def parse(params, deployment=None):
     if not isinstance(params, dict):
         raise Failure("params must be a JSON object", 2)
+    deployment_id = (deployment or {}).get("id") if isinstance(deployment, dict) else None
+    if not isinstance(deployment_id, str) or not DEPLOYMENT_ID.match(deployment_id):
+        raise Failure("the input's deployment.id must be a DNS label (the agent sends it)", 2)
+    if params.get("scope", "deployment") not in ("deployment", "none"):
+        raise Failure('params.scope must be "deployment" or "none"', 2)
     port = params.get("port", 5432)
     if isinstance(port, str) and port.isdigit():
         port = int(port)  # `${services.db.port}` arrives as a string
@@ -73,10 +101,11 @@ def parse(params):
         "admin_database": _name(params, "admin_database", "postgres"),
         "database": database, "user": _name(params, "user", database),
         "if_exists": params.get("if_exists", "reuse"), "wait_s": wait_s,
+        "scope": params.get("scope", "deployment"), "mark": MARK + deployment_id,
     }
     if p["user"] == p["admin_user"]:
         raise Failure("params.user must not be the admin user: the rollback drops it", 2)
-    return p
+    return _scoped(p, deployment_id)
 
 
 def connect(p, wait_s):
@@ -117,15 +146,26 @@ def one(cur, query, *args):
     return cur.fetchone()
 
 
+def _refuse_foreign(kind, name, mark, p):
+    """A role or database this deployment's step did not create is never reused or changed."""
+    if mark != p["mark"]:
+        who = "another deployment" if (mark or "").startswith(MARK) else "something other than NullOps"
+        raise Failure(f"{kind} {name!r} exists and was created by {who}: postgres-database changes "
+                      "only what it created for this deployment (choose another name, or keep "
+                      "scope \"deployment\")")
+
+
 def create(p):
     password = secrets.token_urlsafe(24)  # URL-safe: the URL needs no escaping for it
     _hidden.append(password)
     role, database = sql.Identifier(p["user"]), sql.Identifier(p["database"])
     conn = connect(p, p["wait_s"])
     with conn.cursor() as cur:  # not `with conn`: that would open a transaction
-        existing = one(cur, "SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = %s", p["user"])
-        owner = one(cur, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
-                    p["database"])
+        existing = one(cur, "SELECT rolsuper OR rolcreaterole, shobj_description(oid, 'pg_authid') "
+                            "FROM pg_roles WHERE rolname = %s", p["user"])
+        owner = one(cur, "SELECT pg_get_userbyid(datdba), shobj_description(oid, 'pg_database') "
+                         "FROM pg_database WHERE datname = %s", p["database"])
+        admin_is_superuser = one(cur, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user")[0]
         # Every refusal comes before the first change.
         if p["if_exists"] == "fail" and (existing or owner):
             what = f"role {p['user']!r}" if existing else f"database {p['database']!r}"
@@ -133,9 +173,16 @@ def create(p):
         if existing and existing[0]:
             raise Failure(f"role {p['user']!r} exists with superuser or createrole rights: "
                           "choose another user")
+        if existing:
+            _refuse_foreign("role", p["user"], existing[1], p)
+        if owner:
+            _refuse_foreign("database", p["database"], owner[1], p)
         verb = "ALTER" if existing else "CREATE"
         cur.execute(sql.SQL(verb + " ROLE {} WITH LOGIN PASSWORD %s").format(role),
                     (scram_verifier(password),))
+        cur.execute(sql.SQL("COMMENT ON ROLE {} IS %s").format(role), (p["mark"],))
+        if not admin_is_superuser:  # a CREATEROLE admin must be a member to create its database
+            cur.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
         say(f"{'reused role' if existing else 'created role'} {p['user']!r} with a new password")
         if owner:
             if owner[0] != p["user"]:
@@ -144,6 +191,7 @@ def create(p):
         else:
             cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(database, role))
             say(f"created database {p['database']!r} owned by {p['user']!r}")
+        cur.execute(sql.SQL("COMMENT ON DATABASE {} IS %s").format(database), (p["mark"],))
         # Other roles of the server (other deployments' users) cannot even connect to it.
         cur.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(database))
     conn.close()
@@ -155,17 +203,30 @@ def create(p):
 
 
 def drop(p):
+    """Drops the database and the role only when they carry this deployment's mark; another's
+    (or one NullOps did not make) is left alone and the rollback still succeeds."""
     conn = connect(p, min(p["wait_s"], ROLLBACK_WAIT_S))
+    checks = {
+        "database": ("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                     # FORCE (PostgreSQL 13+): the deployment's application may still be connected.
+                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)"), p["database"]),
+        "role": ("SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s",
+                 sql.SQL("DROP ROLE IF EXISTS {}"), p["user"]),
+    }
+    done = {}
     with conn.cursor() as cur:
-        had_database = one(cur, "SELECT 1 FROM pg_database WHERE datname = %s", p["database"])
-        # FORCE (PostgreSQL 13+): the deployment's application may still be connected.
-        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(p["database"])))
-        had_role = one(cur, "SELECT 1 FROM pg_roles WHERE rolname = %s", p["user"])
-        cur.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(p["user"])))
+        for kind, (find, statement, name) in checks.items():  # the database first: the role owns it
+            found = one(cur, find, name)
+            if found is None:
+                done[kind] = "was already gone"
+            elif found[0] != p["mark"]:
+                done[kind] = "was left alone (not created for this deployment)"
+            else:
+                cur.execute(statement.format(sql.Identifier(name)))
+                done[kind] = "dropped"
     conn.close()
-    say(f"database {p['database']!r} {'dropped' if had_database else 'was already gone'}, "
-        f"role {p['user']!r} {'dropped' if had_role else 'was already gone'}")
-    return {"dropped_database": bool(had_database), "dropped_user": bool(had_role)}
+    say(f"database {p['database']!r} {done['database']}, role {p['user']!r} {done['role']}")
+    return {"dropped_database": done["database"] == "dropped", "dropped_user": done["role"] == "dropped"}
 
 
 def main():
@@ -175,7 +236,7 @@ def main():
             raise ValueError("not an object")
     except ValueError as exc:
         raise Failure(f"stdin must be one JSON object: {exc}", 2) from None
-    p = parse(data.get("params") or {})
+    p = parse(data.get("params") or {}, data.get("deployment"))
     action = data.get("action")
     if action == "run":
         return create(p)

@@ -139,6 +139,10 @@ def test_admin_builds_a_pipeline_by_dragging_and_connecting_and_fixes_what_the_s
     panel.get_by_role("button", name="Add variable").click()
     panel.get_by_label("Variable 1 name").fill("DATABASE_URL")
     panel.get_by_label("Variable DATABASE_URL value").fill("${steps.mkdb.outputs.url}")
+    # A secret as a file (issue 17 item 8), edited like env.
+    panel.get_by_role("button", name="Add file").click()
+    panel.get_by_label("File 1 name").fill("db_password")
+    panel.get_by_label("File db_password value").fill("${secrets.DB_PASSWORD}")
     page.get_by_label("Comment").fill("web added")
     page.get_by_role("button", name="Save as version 2").click()
     expect(page.get_by_test_id("editor-status")).to_have_text("Version 2 saved.")
@@ -152,7 +156,9 @@ def test_admin_builds_a_pipeline_by_dragging_and_connecting_and_fixes_what_the_s
     assert by_id["mkdb"]["params"] == {"host": "${services.db.host}", "password": "${secrets.DB_PASSWORD}",
                                        "size_mb": 32}
     assert by_id["shop-web"]["env"] == {"DATABASE_URL": "${steps.mkdb.outputs.url}"}
-    assert "env" not in by_id["db"] and all("position" in n for n in saved["nodes"])
+    assert by_id["shop-web"]["secret_files"] == {"db_password": "${secrets.DB_PASSWORD}"}
+    assert "env" not in by_id["db"] and "secret_files" not in by_id["db"]
+    assert all("position" in n for n in saved["nodes"])
     assert sorted((e["from"], e["to"]) for e in saved["edges"]) == [("db", "mkdb"), ("mkdb", "shop-web")]
 
 

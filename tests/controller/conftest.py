@@ -110,8 +110,8 @@ def add_node(environment):
 def controller(app):
     started = []
 
-    def start():
-        instance = Controller(app, poll_s=0.2)
+    def start(poll_s=0.2):
+        instance = Controller(app, poll_s=poll_s)
         instance.start()
         started.append(instance)
         return instance

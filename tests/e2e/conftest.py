@@ -5,8 +5,11 @@ import uuid
 
 import pytest
 
+from agent.netguard import NetworkGuard
 from tests.agent.link.support import AgentProcess
 from tests.dockertools import remove_labelled
+
+POOL = "10.246.0.0/16"
 
 
 @pytest.fixture
@@ -17,9 +20,11 @@ def agent(tmp_path, docker_client):
     started = []
 
     def start(token, port):
+        # With the network isolation a real node has (issue 17 item 1), on a pool of its own.
         process = AgentProcess(tmp_path / "agent", token=token, real=True,
                                args=("--port", str(port), "--node-id", node_id,
-                                     "--publish-host", "127.0.0.1"))
+                                     "--publish-host", "127.0.0.1", "--network-isolation", "on",
+                                     "--subnet-pool", POOL))
         started.append(process)
         process.wait_for(re.compile(r"listening on https://"))
         return process
@@ -31,3 +36,5 @@ def agent(tmp_path, docker_client):
         for process in started:
             process.stop()
         remove_labelled(docker_client, f"org.nullops.node={node_id}")
+        if started:
+            NetworkGuard(POOL).remove()

@@ -167,6 +167,8 @@ def cpu_report_ignored(monkeypatch):
     own tests cover the report (tests/test_admission.py)."""
     real = node_model.reported_free
     monkeypatch.setattr(node_model, "reported_free", lambda figures: (None, real(figures)[1]))
+    # and the minute's CPU use, which refuses a saturated node whatever it has free
+    monkeypatch.setattr(node_model, "sustained_cpu_percent", lambda figures: None)
 
 
 def wait_for(api, deployment_id, *statuses, timeout=READY_TIMEOUT_S):

@@ -2,8 +2,10 @@
 deployment rows written directly and a plain HTTP server on loopback standing in for a
 published container port (the path through a real agent is in test_ingress_e2e.py)."""
 import asyncio
+import json
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -158,9 +160,9 @@ def test_caddy_down_is_retried(app, tmp_path, deployment):
 
 def test_a_service_that_does_not_answer_gets_a_page_not_an_empty_error(app, caddy, deployment,
                                                                        running_sync):
-    deployment.published = {"web": {"ports": {"8000": _closed_port()}}}
+    deployment.published = {"web": {"ports": {"8000": _closed_port()}}}   # status unchanged
     db.session.commit()
-    running_sync.wake()
+    running_sync.wake([deployment.id])   # as the controller does after storing the agent's event
     status, body = eventually(lambda: (r := caddy.get("web.pr-1.staging.ingress.test"))[0] == 502 and r)
     assert "not answering" in body
 
@@ -181,3 +183,71 @@ def test_a_server_moved_elsewhere_is_put_back_by_a_full_sync(app, caddy, deploym
     sync.round()
     assert caddy.config("/config/apps/http/servers/nullops/listen") == [caddy.listen]
     assert caddy.get("web.pr-1.staging.ingress.test") == (200, "hello from web")
+
+
+def _second(deployment, name, port):
+    row = Deployment(name=name, project_id=deployment.project_id, environment_id=deployment.environment_id,
+                     node_id=deployment.node_id, pipeline_version_id=deployment.pipeline_version_id,
+                     tags={}, cpus=0.5, memory_mb=128, status="ready",
+                     published={"web": {"ports": {"8000": port}}})
+    db.session.add(row)
+    db.session.commit()
+    return row
+
+
+def _writes(sync):
+    """What the sync sends Caddy from now on (the real calls, recorded on their way)."""
+    sent, call = [], sync.caddy._call
+
+    def recording(method, path, body=None):
+        if method != "GET":
+            sent.append((method, path, body))
+        return call(method, path, body)
+
+    sync.caddy._call = recording
+    return sent
+
+
+def test_a_deployment_becoming_ready_or_going_away_changes_only_its_own_hosts_in_caddy(
+        app, caddy, deployment, web, upstream):
+    sync = IngressSync(app, caddy.admin_url, caddy.listen, web)
+    sync.round()
+    assert sync.rounds == {"full": 1, "incremental": 0, "repaired": 0}
+    sent = _writes(sync)
+
+    second = _second(deployment, "pr-2", upstream)
+    sync.round(force=True)   # woken by the commit
+    host = "web.pr-2.staging.ingress.test"
+    assert sent == [("POST", f"/id/{caddy_api.MAP_ID}/mappings/...", [
+        {"@id": f"nullops-host-{host}", "input": host, "outputs": [f"127.0.0.1:{upstream}"]}])]
+    assert caddy.get(host) == (200, "hello from web")
+
+    sent.clear()
+    _change(second, move_deployment, "deleting")
+    sync.round(force=True)
+    assert sent == [("DELETE", f"/id/nullops-host-{host}", None)]
+    assert caddy.get(host)[0] == 404
+    assert caddy.get("web.pr-1.staging.ingress.test") == (200, "hello from web")   # untouched
+    assert sync.rounds == {"full": 1, "incremental": 2, "repaired": 0}
+
+
+def test_drift_in_caddys_map_is_repaired_by_the_periodic_full_round(app, caddy, deployment, web,
+                                                                    monkeypatch):
+    sync = IngressSync(app, caddy.admin_url, caddy.listen, web)
+    sync.round()
+    host = "web.pr-1.staging.ingress.test"
+    # Someone removes our entry and adds one of their own: nothing in the database changed.
+    urllib.request.urlopen(urllib.request.Request(
+        f"{caddy.admin_url}/id/nullops-host-{host}", method="DELETE"), timeout=5).read()
+    urllib.request.urlopen(urllib.request.Request(
+        f"{caddy.admin_url}/id/{caddy_api.MAP_ID}/mappings", method="POST",
+        data=json.dumps({"input": "stray.staging.ingress.test", "outputs": ["127.0.0.1:9"]}).encode(),
+        headers={"Content-Type": "application/json"}), timeout=5).read()
+    assert caddy.get(host)[0] != 200   # the page view's answer, not the service's
+    sync.round()
+    assert sync.rounds["repaired"] == 0   # an ordinary round trusts what it applied
+    monkeypatch.setattr("app.ingress.sync.REBUILD_S", 0.0)   # the safety net's time has come
+    sync.round()
+    assert sync.rounds["repaired"] == 1
+    assert caddy.get(host) == (200, "hello from web")
+    assert [m["input"] for m in caddy.config(f"/id/{caddy_api.MAP_ID}/mappings")] == [host]

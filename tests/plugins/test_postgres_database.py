@@ -18,7 +18,9 @@ HOSTILE_USER = "app'); DROP ROLE postgres; --"
 
 
 def params(**extra):
-    return {"host": "db", "port": "5432", "admin_password": ADMIN_PASSWORD, **extra}
+    # The deployment's own server: the names as given (scope "deployment", the default that
+    # appends the deployment's id, is tested on a shared server in test_postgres_shared_server.py).
+    return {"host": "db", "port": "5432", "admin_password": ADMIN_PASSWORD, "scope": "none", **extra}
 
 
 def exists(port, database=None, user=None):

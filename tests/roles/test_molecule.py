@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from agent import __version__
+from agent.netguard import NetworkGuard
 from tests.agent.link.test_image import agent_image  # noqa: F401  (the fixture, built once)
 from tests.dockertools import BASE_IMAGE, LABEL, OWNER_LABEL, require_image
 from tests.plugins import images
@@ -53,6 +54,7 @@ def test_agent_role_starts_upgrades_in_place_and_removes_the_agent(
     from docker.errors import NotFound
 
     run = uuid.uuid4().hex[:10]
+    guard = NetworkGuard("10.244.0.0/16")  # the scenario's pool (molecule.yml)
     repository = f"nullops-test/agent-molecule-{run}"
     docker_client.images.get(agent_image).tag(repository, __version__)
     # The data directory is bind-mounted by the host's engine and written by the managed host:
@@ -80,7 +82,9 @@ def test_agent_role_starts_upgrades_in_place_and_removes_the_agent(
         assert result.returncode == 0, output[-6000:]
         assert "molecule-test-token" not in output  # no_log kept the token out of the run's output
         assert not (data_root / "agent-data").exists()  # wiped by nullops_agent_removed
+        assert not guard.installed()  # its isolation rules too
     finally:
+        guard.remove()
         try:
             docker_client.images.remove(f"{repository}:{__version__}", force=True)
         except NotFound:

@@ -9,7 +9,7 @@ from app.api.schemas import ID_MAX, Query, Request, Response
 from app.services.pipelines import COMMENT_MAX
 
 DEFINITION_HELP = (
-    "{nodes: [{id, service | plugin, env (services), params (plugins), position}], "
+    "{nodes: [{id, service | plugin, env and secret_files (services), params (plugins), position}], "
     "edges: [{from, to}]}; values may refer to ${secrets.NAME}, ${services.ID.host|port|url} "
     "and ${steps.ID.outputs.KEY} of an upstream plugin node"
 )

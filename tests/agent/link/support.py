@@ -151,9 +151,12 @@ class AgentProcess:
         if token is not None:
             env["AGENT_TOKEN"] = token
         module = "agent" if real else "tests.agent.link.support"
+        # The real agent's isolation rules stay on the host after it stops: tests that want them
+        # turn them on with a pool of their own and remove them (tests/e2e/conftest.py).
+        isolation = ("--network-isolation", "off") if real else ()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", module, "--data-dir", str(data_dir), "--host", "127.0.0.1",
-             "--port", "0", *args],
+             "--port", "0", *isolation, *args],
             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines = []
         self._changed = threading.Condition()

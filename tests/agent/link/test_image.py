@@ -1,5 +1,7 @@
 """The agent's Docker image, built here from the local base and run as docs/agent.md shows it:
-`-p ...:5000 -e AGENT_TOKEN=... -v /var/run/docker.sock:/var/run/docker.sock -v <volume>:/data`.
+`--network host --cap-add NET_ADMIN -e AGENT_HOST=... -e AGENT_PORT=... -e AGENT_TOKEN=...
+-v /var/run/docker.sock:/var/run/docker.sock -v <volume>:/data`, its network isolation rules
+(on a pool of the test's own) removed afterwards with `--remove-network-rules`.
 
 The build is skipped when the image already carries the hash of its inputs (Dockerfile,
 requirements, the agent's files, the base image's id). A cold build installs the requirements
@@ -21,6 +23,7 @@ from tests.dockertools import BASE_IMAGE, HASH_LABEL, LABEL, unavailable
 from .support import REPO, TOKEN, open_link
 
 IMAGE = "nullops-test/agent:latest"
+POOL = "10.245.0.0/16"  # this file's pool: the rules the image's agent installs touch nothing else
 THUMBPRINT = re.compile(r"certificate thumbprint sha256: ([0-9a-f]{64})")
 
 
@@ -103,18 +106,22 @@ def test_the_image_runs_as_documented_and_serves_the_link(docker_client, agent_i
     pytest.importorskip("agent.service", reason="agent/service.py (the real service) is not there yet")
     from docker.errors import NotFound
 
+    from agent.netguard import NetworkGuard
+
     volume = docker_client.volumes.create(f"nullops-test-agent-{test_labels[LABEL][:12]}", labels=test_labels)
     container = None
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    guard = NetworkGuard(POOL)
+    socket_volume = {"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"}}
     try:
         container = docker_client.containers.run(
-            agent_image, detach=True, labels=test_labels,
-            environment={"AGENT_TOKEN": TOKEN},
-            ports={"5000/tcp": ("127.0.0.1", None)},
-            volumes={"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
-                     volume.name: {"bind": "/data", "mode": "rw"}},
+            agent_image, detach=True, labels=test_labels, network_mode="host", cap_add=["NET_ADMIN"],
+            environment={"AGENT_TOKEN": TOKEN, "AGENT_HOST": "127.0.0.1", "AGENT_PORT": str(port),
+                         "AGENT_SUBNET_POOL": POOL},
+            volumes={**socket_volume, volume.name: {"bind": "/data", "mode": "rw"}},
         )
-        container.reload()
-        port = int(container.ports["5000/tcp"][0]["HostPort"])
         hello = None
         deadline = time.monotonic() + 60
         while hello is None:
@@ -131,10 +138,17 @@ def test_the_image_runs_as_documented_and_serves_the_link(docker_client, agent_i
         assert THUMBPRINT.search(logs).group(1) == hello["thumbprint"]
         assert hello["protocol"] == protocol.PROTOCOL_VERSION and hello["node_id"].startswith("node-")
         assert TOKEN not in logs
+        assert guard.installed()  # the image's iptables found the host's backend
 
         container.stop(timeout=20)  # SIGTERM: a clean stop within the timeout
         assert container.wait(timeout=30)["StatusCode"] == 0
         assert container.logs().decode(errors="replace").rstrip().endswith("stopped")
+        assert guard.installed()  # its deployments keep running, so the rules stay
+        removal = docker_client.containers.run(
+            agent_image, ["--remove-network-rules"], remove=True, labels=test_labels,
+            network_mode="host", cap_add=["NET_ADMIN"], environment={"AGENT_SUBNET_POOL": POOL},
+            stdout=True, stderr=True)
+        assert not guard.installed(), removal
     finally:
         if container is not None:
             try:
@@ -142,6 +156,7 @@ def test_the_image_runs_as_documented_and_serves_the_link(docker_client, agent_i
             except NotFound:
                 pass
         volume.remove(force=True)
+        guard.remove()
 
 
 @pytest.mark.docker
@@ -161,7 +176,9 @@ def test_the_image_deploys_with_readiness_probed_from_inside_its_container(docke
     try:
         container = docker_client.containers.run(
             agent_image, detach=True, labels=test_labels,
-            environment={"AGENT_TOKEN": TOKEN, "AGENT_NODE_ID": node_id, "AGENT_PUBLISH_HOST": "127.0.0.1"},
+            # In a network of its own (no host rules): readiness probes join the deployment network.
+            environment={"AGENT_TOKEN": TOKEN, "AGENT_NODE_ID": node_id, "AGENT_PUBLISH_HOST": "127.0.0.1",
+                         "AGENT_NETWORK_ISOLATION": "off"},
             ports={"5000/tcp": ("127.0.0.1", None)},
             volumes={"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
                      volume.name: {"bind": "/data", "mode": "rw"}})

@@ -35,6 +35,24 @@ def test_deployment_cgroups_are_off_unless_turned_on_and_a_bad_value_is_named():
         load_settings([], {"AGENT_DEPLOYMENT_CGROUPS": "yes"})
 
 
+def test_network_isolation_is_on_unless_turned_off_and_allowed_ranges_are_parsed():
+    settings = load_settings([], {})
+    assert settings.network_isolation is True and settings.egress_allow == ()
+    assert load_settings([], {"AGENT_NETWORK_ISOLATION": "off"}).network_isolation is False
+    allowed = load_settings(["--egress-allow", "10.1.0.0/16, 192.168.5.7"], {}).egress_allow
+    assert allowed == (ipaddress.ip_network("10.1.0.0/16"), ipaddress.ip_network("192.168.5.7/32"))
+
+
+def test_ports_are_published_where_the_agent_listens_unless_that_is_every_address():
+    """Issue 17 item 1: the address the control plane (and so Caddy) reaches the node on."""
+    assert load_settings(["--host", "10.0.0.5"], {}).publish_host == "10.0.0.5"
+    assert load_settings(["--host", "127.0.0.1"], {}).publish_host == "127.0.0.1"
+    assert load_settings(["--host", "::"], {}).publish_host == "0.0.0.0"
+    assert load_settings(["--host", "node-1.internal"], {}).publish_host == "0.0.0.0"
+    given = load_settings(["--host", "10.0.0.5"], {"AGENT_PUBLISH_HOST": "10.0.0.6"})
+    assert given.publish_host == "10.0.0.6"
+
+
 def test_the_token_is_never_an_argument():
     with pytest.raises(ConfigError, match="unrecognized arguments: --token"):
         load_settings(["--token", TOKEN], {})
@@ -49,6 +67,9 @@ def test_the_token_is_never_an_argument():
     (["--stop-grace", "1.5"], "--stop-grace must be a whole number"),
     (["--node-id", "has space"], "--node-id must be 1-63 letters"),
     (["--log-level", "loud"], "--log-level must be one of"),
+    (["--network-isolation", "maybe"], "--network-isolation must be on or off"),
+    (["--egress-allow", "10.0.0.0/8,lan"], "--egress-allow must be IPv4 addresses or ranges"),
+    (["--egress-allow", "fd00::/8"], "--egress-allow takes IPv4 ranges only"),
 ])
 def test_bad_settings_are_named_in_the_error(args, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):

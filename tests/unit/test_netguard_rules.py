@@ -1,0 +1,55 @@
+"""The isolation rules' content (agent/netguard.py), without iptables: what passes comes before
+what is refused, and what the host's files say is read right. The rules' effect on real traffic
+is tests/security/test_network_isolation.py."""
+import ipaddress
+
+from agent.netguard import NetworkGuard, connected_networks, name_servers
+
+ROUTES = """Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0
+eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+eth1\t0000A8C0\t0100000A\t0003\t0\t0\t0\t0000FFFF\t0\t0\t0
+"""
+
+
+def test_the_lans_are_the_routes_without_a_gateway(tmp_path):
+    routes = tmp_path / "route"
+    routes.write_text(ROUTES)
+    # The default route and a route through a gateway are not the host's own networks.
+    assert connected_networks(str(routes)) == [ipaddress.ip_network("192.0.2.0/24")]
+
+
+def test_name_servers_come_from_both_resolver_files_without_loopback(tmp_path):
+    etc, systemd = tmp_path / "resolv.conf", tmp_path / "systemd.conf"
+    etc.write_text("nameserver 127.0.0.53\noptions edns0\n")
+    systemd.write_text("nameserver 192.168.1.1\nnameserver fd00::1\nnameserver bogus\n")
+    assert name_servers((str(etc), str(systemd), str(tmp_path / "missing"))) == [
+        ipaddress.ip_address("192.168.1.1")]
+
+
+def test_replies_dns_and_allowed_ranges_pass_before_anything_is_refused():
+    guard = NetworkGuard("10.249.0.0/16", egress_allow=["10.0.8.0/24"], blocked=["203.0.113.0/24"],
+                         dns_servers=["10.255.255.53"], iptables="iptables")
+    rules = guard.rules()
+    for chain_rules in rules.values():
+        targets = [rule[rule.index("-j") + 1] for rule in chain_rules]
+        first_reject = targets.index("REJECT")
+        assert chain_rules[0][2:] == ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN"]
+        assert set(targets[:first_reject]) == {"RETURN"} and set(targets[first_reject:]) == {"REJECT"}
+        passed = [rule[rule.index("-d") + 1] for rule in chain_rules[:first_reject] if "-d" in rule]
+        assert "10.255.255.53/32" in passed and "10.0.8.0/24" in passed
+    forward = rules[guard.forward_chain]
+    refused = {rule[rule.index("-d") + 1] for rule in forward if "-d" in rule and "REJECT" in rule}
+    # The host's own LAN and the metadata range besides the private ones; the pool is Docker's.
+    assert {"203.0.113.0/24", "169.254.0.0/16", "10.0.0.0/8", "100.64.0.0/10"} <= refused
+    assert ["-A", guard.forward_chain, "-d", "10.249.0.0/16", "-j", "RETURN"] in forward
+    # The host itself refuses everything new from the pool, not only some addresses.
+    assert ["-A", guard.input_chain, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"] in rules[
+        guard.input_chain]
+
+
+def test_each_pool_has_chains_of_its_own():
+    one, two = (NetworkGuard(pool, blocked=[], dns_servers=[], iptables="iptables")
+                for pool in ("10.249.0.0/16", "10.250.0.0/16"))
+    assert one.input_chain != two.input_chain and one.forward_chain != two.forward_chain
+    assert len(one.forward_chain) <= 28  # iptables' limit on chain names
