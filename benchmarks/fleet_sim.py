@@ -13,7 +13,8 @@ real agent, an endpoint
 - keeps one link at a time: a newly authenticated link replaces the current one (close 1001
   "replaced");
 - sends a `resources` frame right after hello and then every `--resources-interval` seconds;
-- answers requests: ping, state.sync (nothing to run: all empty), events.ack, plugins.prepull
+- answers requests: ping, state.sync (every deployment sent is reported kept, as by an agent
+  whose deployments all run), events.ack, plugins.prepull
   (reports every image pulled without pulling), token.rotate (the new verifier is effective at
   once for that endpoint), deployment.list (empty); anything else is refused.
 
@@ -55,10 +56,10 @@ from agent import __version__ as AGENT_VERSION
 from agent import protocol
 from agent.store import utc_now
 from agent.tls import ensure_certificate, server_context, thumbprint
+from app.controller import runtime
 
 log = logging.getLogger("fleet_sim")
 
-SYNC_RESULT = {"applied": [], "kept": [], "deleted": [], "errors": {}}
 CAPACITY = {"cpus": 2, "memory_bytes": 4 * 1024 ** 3}
 
 
@@ -183,8 +184,13 @@ class Fleet:
         if method == protocol.PING or method == protocol.EVENTS_ACK:
             return protocol.ok(request_id)
         if method == protocol.STATE_SYNC:
-            self.synced.add(index)
-            return protocol.ok(request_id, SYNC_RESULT)
+            # As an agent whose deployments all run: each one sent is kept. The last part of a
+            # sync is the one that names what to keep: the endpoint is synced then.
+            if "keep" in params:
+                self.synced.add(index)
+            kept = [entry.get("deployment", {}).get("deployment_id")
+                    for entry in params.get("deployments") or [] if isinstance(entry, dict)]
+            return protocol.ok(request_id, {"applied": [], "kept": kept, "deleted": [], "errors": {}})
         if method == protocol.PLUGINS_PREPULL:
             self.prepulled.add(index)
             images = [item.get("image") for item in params.get("images") or [] if isinstance(item, dict)]
@@ -258,12 +264,15 @@ def main(argv=None):
     parser.add_argument("--token", required=True, help="the node token every endpoint holds")
     parser.add_argument("--resources-interval", type=float, default=protocol.RESOURCES_INTERVAL_S,
                         help="seconds between resources frames, 0 for none (default: as the agent)")
+    parser.add_argument("--event-loop", choices=runtime.EVENT_LOOPS, default="auto")
     args = parser.parse_args(argv)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    asyncio.run(main_async(args))
+    # The simulator's own loop, apart from the controller's: uvloop where installed, so that the
+    # fleet's side takes less of the machine the controller is measured on.
+    runtime.run(main_async(args), args.event_loop)
 
 
 if __name__ == "__main__":

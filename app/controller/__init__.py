@@ -10,7 +10,7 @@ import threading
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from app import wakeup
-from app.controller import state
+from app.controller import runtime, state
 from app.controller.internal import InternalEndpoint, StreamLimits
 from app.controller.leader import LeaderLock
 from app.controller.manager import LinkManager
@@ -128,7 +128,7 @@ class Controller:
         self.scheduler = scheduler
         self.active.set()
         try:
-            asyncio.run(self._links(lock))
+            runtime.run(self._links(lock), self.app.config.get("NULLOPS_CONTROLLER_EVENT_LOOP", "auto"))
         finally:
             self._step_down()
             self.scheduler = None
@@ -151,7 +151,9 @@ class Controller:
             self.ingress.wake()
 
     async def _links(self, lock):
+        runtime.tune_gc()
         self.manager = LinkManager(self.app, poll_s=self.poll_s, fence=lock.fence())
+        self.manager.open_files = runtime.raise_open_files()
         config = self.app.config
         self.ingress = None
         if config.get("NULLOPS_CADDY_ADMIN_URL"):

@@ -13,14 +13,15 @@ import logging
 import threading
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import defer
 
 from agent import protocol
 from app.extensions import db
 from app.models import Deployment, DeploymentEvent, NodeOutbox
 from app.models.types import utcnow
 from app.services import nodes
-from app.services.specs import apply_params, delete_params
+from app.services.specs import Preloaded, apply_params, delete_params
 from app.states import TransitionError, move_deployment
 
 log = logging.getLogger("nullops.controller.deployments")
@@ -91,11 +92,13 @@ def move(deployment, status, message=""):
     return changed
 
 
-def _rows(ids):
+def _rows(ids, where=None):
     if not ids:
         return {}
-    return {d.id: d for d in db.session.scalars(
-        select(Deployment).where(Deployment.id.in_(ids)).order_by(Deployment.id).with_for_update())}
+    query = select(Deployment).where(Deployment.id.in_(ids))
+    if where is not None:
+        query = query.where(where)
+    return {d.id: d for d in db.session.scalars(query.order_by(Deployment.id).with_for_update())}
 
 
 def _node_name(deployment):
@@ -117,26 +120,29 @@ def desired_states(items):
     secrets decrypted now (never log them). `keep` adds the ones the round deletes itself: the
     sync must not remove them without what their rollback plugins need."""
     node_ids = [node_id for (node_id,) in items]
+    # Not their progress and published ports (JSON each): a restart syncs every live deployment.
     rows = db.session.scalars(select(Deployment).where(
         Deployment.node_id.in_(node_ids), Deployment.status.in_(DESIRED + KEPT_FOR_THE_ROUND))
+        .options(defer(Deployment.progress), defer(Deployment.published))
         .order_by(Deployment.id)).all()
     by_node = {node_id: {"deployments": [], "keep": []} for node_id in node_ids}
+    preloaded = Preloaded([deployment for deployment in rows if deployment.status not in KEPT_FOR_THE_ROUND])
     for deployment in rows:
         desired = by_node[deployment.node_id]
         if deployment.status in KEPT_FOR_THE_ROUND:
             desired["keep"].append(deployment.agent_id)
-        elif (params := _params(deployment)) is not None:  # else failed: the agent removes it
+        elif (params := _params(deployment, preloaded)) is not None:  # else failed: the agent removes it
             desired["deployments"].append(params)
             desired["keep"].append(deployment.agent_id)
     db.session.commit()  # the failed ones, and specs kept for the first time
     return [by_node[node_id] for node_id in node_ids]
 
 
-def _params(deployment):
+def _params(deployment, preloaded=None):
     """apply_params, or None when they cannot be built (the deployment fails; the caller
     commits): one broken row must not stop a node's sync or the round."""
     try:
-        return apply_params(deployment)
+        return apply_params(deployment, preloaded)
     except Exception as exc:  # noqa: BLE001
         log.exception("deployment %s: building its spec failed", deployment.id)
         move(deployment, "failed", f"the control plane could not build its spec "
@@ -173,7 +179,13 @@ def record_syncs(items):
             wanted[id_of(agent_id)] = (node_id, "degraded" if agent_id in degraded else "ready", "")
         for agent_id, message in (result.get("errors") or {}).items():
             wanted[id_of(agent_id)] = (node_id, "failed", f"the agent refused it: {message}")
-    for deployment_id, deployment in _rows([i for i in wanted if i is not None]).items():
+    # Only rows an answer may move are read (and locked): after a controller restart a fleet's
+    # answers name every live deployment, nearly all ready already (10,000 rows read for none).
+    refused = [i for i, (_node, status, _message) in wanted.items() if status == "failed" and i is not None]
+    movable = {source for status, sources in SYNC_MOVES.items() if status != "failed" for source in sources}
+    rows = _rows([i for i in wanted if i is not None],
+                 or_(Deployment.status.in_(movable), Deployment.id.in_(refused)))
+    for deployment_id, deployment in rows.items():
         node_id, status, message = wanted[deployment_id]
         # Read before the sync went out: a deployment deleted meanwhile is the round's now.
         if deployment.node_id == node_id and deployment.status in SYNC_MOVES[status]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from agent import protocol
 from app import wakeup
-from app.controller import deployments, state
+from app.controller import deployments, runtime, state
 from app.controller.links import (
     HANDSHAKES_AT_ONCE,
     LinkDown,
@@ -121,6 +121,8 @@ class LinkManager:
         self._finished_runs = OrderedDict()  # run id -> (status, message) of recently ended runs
         self._working = {}   # deployment id -> task of an apply, delete or check in progress
         self._commanding = {}  # node id -> task running that node's commands, in order
+        self.open_files = None  # the soft limit (runtime.raise_open_files), None: not checked
+        self._files_warned = False
 
     # --- database from the event loop ----------------------------------------------------------
     def _in_app(self, fn, *args):
@@ -213,6 +215,10 @@ class LinkManager:
 
     async def _reconcile_links(self):
         targets = await self.db(state.link_targets)
+        if (self.open_files is not None and not self._files_warned
+                and len(targets) + runtime.SPARE_FILES > self.open_files):
+            self._files_warned = True  # once: the links over the limit fail with EMFILE meanwhile
+            runtime.raise_open_files(len(targets))
         for node_id in list(self.links):
             link, task, target = self.links.get(node_id), self.tasks.get(node_id), targets.get(node_id)
             if link is None or task is None:
