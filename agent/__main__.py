@@ -56,6 +56,7 @@ def docker_service(settings, store, hub):
     import docker
     from docker.errors import DockerException
 
+    from agent.cgroups import CgroupsUnavailable
     from agent.service import AgentService
 
     try:
@@ -64,7 +65,10 @@ def docker_service(settings, store, hub):
     except (DockerException, OSError) as exc:
         raise _StartError(f"cannot reach the Docker engine ({exc}); mount /var/run/docker.sock "
                           f"into the agent's container") from None
-    return AgentService(settings, store, hub, client)
+    try:
+        return AgentService(settings, store, hub, client)
+    except CgroupsUnavailable as exc:
+        raise _StartError(str(exc)) from None
 
 
 def main(argv=None, service_factory=None):

@@ -40,9 +40,10 @@ class Settings:
     stop_grace: int = 2
     reconcile_interval: float = 10.0
     log_level: str = "info"
-    # One cgroup per deployment holding all its containers to its limits (agent/cgroups.py);
-    # needs the host's /sys/fs/cgroup (v1) writable. Off: each container gets the limits.
-    deployment_cgroups: bool = False
+    # How a deployment's containers are held to its limits together (agent/cgroups.py):
+    # "auto" one cgroup per deployment when the host allows it, else per-container shares that
+    # sum to the limits (said at start); "on" the cgroup or no start; "off" the shares.
+    deployment_cgroups: str = "auto"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,8 +67,10 @@ def _parser():
     add("--stop-grace", help="seconds between SIGTERM and SIGKILL for a service (env AGENT_STOP_GRACE; 2)")
     add("--reconcile-interval", help="seconds between reconcile rounds (env AGENT_RECONCILE_INTERVAL; 10)")
     add("--log-level", help=f"{', '.join(LOG_LEVELS)} (env AGENT_LOG_LEVEL; info)")
-    add("--deployment-cgroups", help="on: a deployment's containers together stay within its limits "
-                                     "(needs /sys/fs/cgroup writable; env AGENT_DEPLOYMENT_CGROUPS; off)")
+    add("--deployment-cgroups", help="auto, on or off: one cgroup per deployment holds its containers "
+                                     "to its limits (needs the host's /sys/fs/cgroup writable); auto "
+                                     "falls back to per-container shares (env AGENT_DEPLOYMENT_CGROUPS; "
+                                     "auto)")
     return parser
 
 
@@ -137,9 +140,9 @@ def load_settings(argv=None, environ=None):
     level_name, level = pick(args.log_level, "AGENT_LOG_LEVEL", "info")
     if level.lower() not in LOG_LEVELS:
         raise ConfigError(f"{level_name} must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
-    cgroups_name, cgroups = pick(args.deployment_cgroups, "AGENT_DEPLOYMENT_CGROUPS", "off")
-    if cgroups.lower() not in ("on", "off"):
-        raise ConfigError(f"{cgroups_name} must be on or off, not {cgroups!r}")
+    cgroups_name, cgroups = pick(args.deployment_cgroups, "AGENT_DEPLOYMENT_CGROUPS", "auto")
+    if cgroups.lower() not in ("auto", "on", "off"):
+        raise ConfigError(f"{cgroups_name} must be auto, on or off, not {cgroups!r}")
     token = env.get("AGENT_TOKEN") or None
     if token is not None and token != token.strip():
         raise ConfigError("AGENT_TOKEN has leading or trailing whitespace; paste the token exactly")
@@ -147,7 +150,7 @@ def load_settings(argv=None, environ=None):
         data_dir=Path(data_dir).expanduser().absolute(), host=host, port=port, token=token,
         node_id=node_id, subnet_pool=pool, publish_host=publish_host, stop_grace=grace,
         reconcile_interval=interval, log_level=level.lower(),
-        deployment_cgroups=cgroups.lower() == "on",
+        deployment_cgroups=cgroups.lower(),
     )
 
 

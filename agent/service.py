@@ -14,8 +14,7 @@ import uuid
 
 import psutil
 
-from agent import protocol
-from agent.cgroups import DeploymentCgroups
+from agent import cgroups, protocol
 from agent.docker_exec import Executor
 from agent.errors import AgentError
 from agent.pipeline import (
@@ -98,7 +97,7 @@ class AgentService:
         self.executor = executor or Executor(
             docker_client, settings.node_id, subnet_pool=settings.subnet_pool,
             publish_host=settings.publish_host, stop_grace_s=settings.stop_grace,
-            cgroups=DeploymentCgroups(settings.node_id) if settings.deployment_cgroups else None,
+            cgroups=cgroups.choose(settings.deployment_cgroups, docker_client, settings.node_id),
         )
         self.memory = {}   # deployment id -> RunMemory (secrets, credentials, outputs)
         self.active = {}   # deployment id -> ActiveRun

@@ -75,7 +75,7 @@ def test_the_command_is_the_spec_docker_run_with_this_version_and_the_token_in_a
     assert run == (
         "docker run -d --name nullops-agent --restart unless-stopped -p 0.0.0.0:5443:5000 "
         "--env-file /etc/nullops-agent/nullops-agent.env -v /var/run/docker.sock:/var/run/docker.sock "
-        f"-v /var/lib/nullops-agent:/data nullops/agent:{__version__}"
+        f"-v /sys/fs/cgroup:/sys/fs/cgroup -v /var/lib/nullops-agent:/data nullops/agent:{__version__}"
     )
 
 

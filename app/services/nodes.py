@@ -82,7 +82,8 @@ def agent_command(node):
         f"# 2. Start the agent\n"
         f"docker run -d --name {name} --restart unless-stopped -p {bind}:{node.port}:{AGENT_CONTAINER_PORT} "
         f"--env-file {env_file} -v /var/run/docker.sock:/var/run/docker.sock "
-        f"-v {node.agent_data_dir}:/data {AGENT_IMAGE}:{__version__}"
+        # The host's cgroups: each deployment's containers held together (docs/agent.md).
+        f"-v /sys/fs/cgroup:/sys/fs/cgroup -v {node.agent_data_dir}:/data {AGENT_IMAGE}:{__version__}"
     )
 
 

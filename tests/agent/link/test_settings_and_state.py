@@ -26,12 +26,12 @@ def test_settings_come_from_arguments_then_environment_then_defaults():
     assert TOKEN not in repr(settings)
 
 
-def test_deployment_cgroups_are_off_unless_turned_on_and_a_bad_value_is_named():
-    assert load_settings([], {}).deployment_cgroups is False
-    assert load_settings([], {"AGENT_DEPLOYMENT_CGROUPS": "on"}).deployment_cgroups is True
+def test_deployment_cgroups_are_auto_unless_set_and_a_bad_value_is_named():
+    assert load_settings([], {}).deployment_cgroups == "auto"
+    assert load_settings([], {"AGENT_DEPLOYMENT_CGROUPS": "On"}).deployment_cgroups == "on"
     argument_wins = load_settings(["--deployment-cgroups", "off"], {"AGENT_DEPLOYMENT_CGROUPS": "on"})
-    assert argument_wins.deployment_cgroups is False
-    with pytest.raises(ConfigError, match="AGENT_DEPLOYMENT_CGROUPS must be on or off"):
+    assert argument_wins.deployment_cgroups == "off"
+    with pytest.raises(ConfigError, match="AGENT_DEPLOYMENT_CGROUPS must be auto, on or off"):
         load_settings([], {"AGENT_DEPLOYMENT_CGROUPS": "yes"})
 
 
