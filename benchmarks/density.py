@@ -136,12 +136,14 @@ def cgroup_dir(stack, controller, deployment_id=None):
 
 
 def memory_of(stack, deployment_id):
-    """(usage MB, RSS MB, limit MB) of the deployment's cgroup (cgroup v1)."""
+    """(working set MB, RSS MB, limit MB) of the deployment's cgroup (cgroup v1); the working
+    set as `docker stats` counts it: usage less inactive page cache."""
     path = cgroup_dir(stack, "memory", deployment_id)
     usage = int(Path(path, "memory.usage_in_bytes").read_text())
     limit = int(Path(path, "memory.limit_in_bytes").read_text())
     stat = dict(line.split() for line in Path(path, "memory.stat").read_text().splitlines())
-    return usage / 2**20, int(stat["total_rss"]) / 2**20, limit / 2**20
+    working = usage - int(stat["total_inactive_file"])
+    return working / 2**20, int(stat["total_rss"]) / 2**20, limit / 2**20
 
 
 def idle_cpu(stack, seconds):
@@ -273,7 +275,8 @@ def block(r, command):
              f"| held at once with admission as shipped | **{r['held']}**, {r['answering']} answering "
              f"with their 3 seeded rows through Caddy |",
              f"| the next one refused | {r['refusal'] or 'not tried (the --max bound)'} |",
-             f"| memory per deployment (its cgroup: usage incl. page cache / RSS), median (min-max) | "
+             f"| memory per deployment (its cgroup: working set as docker stats counts it / RSS), "
+             f"median (min-max) | "
              f"{usage[len(usage) // 2]:.0f} MB ({usage[0]:.0f}-{usage[-1]:.0f}) / "
              f"{rss[len(rss) // 2]:.0f} MB ({rss[0]:.0f}-{rss[-1]:.0f}); "
              f"limit {r['memory_limit_mb']:.0f} MB |",
