@@ -49,7 +49,12 @@ class DeploymentCgroups:
         return f"/{self.root}/{self.node_id}/{deployment_id}"
 
     def container_limits(self, spec, step, default=None):
-        return own_limits(spec, step, default)   # the parent holds their sum
+        """Its own limits, never above the deployment's: the kernel refuses a child cgroup a CPU
+        quota above its parent's (EINVAL), and the parent holds their sum anyway."""
+        limits = spec.get("limits") or {}
+        own = own_limits(spec, step, default)
+        return {key: min(value, limits[key]) if value and limits.get(key) else value
+                for key, value in own.items()}
 
     def _dir(self, controller, deployment_id):
         return os.path.join(self.mount, controller, self.parent(deployment_id).lstrip("/"))

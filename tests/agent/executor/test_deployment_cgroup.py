@@ -106,8 +106,10 @@ def test_a_running_plugin_counts_against_its_deployments_limits(make_executor, p
     cgroups = DeploymentCgroups(node_id, root="nullops-test")
     executor = make_executor(node_id=node_id, cgroups=cgroups)
     deployment = dep_id()
-    # The plugin's own limit (512 MB) is more than the deployment's 48 MB: the deployment's holds.
-    spec = spec_for(deployment, plugin("hog", plugin_images["oom"], memory_mb=512), cpus=0.5, memory_mb=48)
+    # The plugin's own limits (512 MB, 0.5 CPU) are more than the deployment's 48 MB and 0.25
+    # CPU: the deployment's hold (and a CPU quota above the parent's, which the kernel refuses
+    # a child cgroup, is never asked for).
+    spec = spec_for(deployment, plugin("hog", plugin_images["oom"], memory_mb=512), cpus=0.25, memory_mb=48)
     parent = cgroups.parent(deployment)
     payload = {"action": "run", "params": {}, "secrets": {}, "outputs": {}, "services": {},
                "deployment": {"id": deployment}}
