@@ -34,6 +34,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -146,6 +147,34 @@ def memory_of(stack, deployment_id):
     return working / 2**20, int(stat["total_rss"]) / 2**20, limit / 2**20
 
 
+class OomWatch(threading.Thread):
+    """Counts the kernel's OOM kills in each deployment's cgroup (memory.oom_control) while they
+    live: a deployment whose service is killed for memory is rolled back, its cgroup with it."""
+
+    def __init__(self, stack):
+        super().__init__(name="oom-watch", daemon=True)
+        self.root, self.kills, self.stopping = Path(cgroup_dir(stack, "memory")), {}, threading.Event()
+
+    def run(self):
+        while not self.stopping.wait(0.5):
+            try:
+                children = [p for p in self.root.iterdir() if p.is_dir()]
+            except OSError:
+                continue
+            for child in children:
+                try:
+                    text_ = (child / "memory.oom_control").read_text()
+                    fields = dict(line.split() for line in text_.splitlines())
+                except (OSError, ValueError):
+                    continue
+                self.kills[child.name] = max(self.kills.get(child.name, 0), int(fields.get("oom_kill", 0)))
+
+    def stop(self):
+        self.stopping.set()
+        self.join(5)
+        return {name: count for name, count in self.kills.items() if count}
+
+
 def idle_cpu(stack, seconds):
     """CPUs all the node's deployments used together over `seconds` (their parent cgroup)."""
     path = Path(cgroup_dir(stack, "cpuacct"), "cpuacct.usage")
@@ -185,6 +214,7 @@ def run(args):
     results = {"date": datetime.date.today().isoformat(), "load_before": load_before}
     with tempfile.TemporaryDirectory(prefix="density-") as tmp:
         stack = Stack(Path(tmp), args.poll_s)
+        watch = None
         try:
             stack.start()
             if args.ignore_saturation:
@@ -202,6 +232,8 @@ def run(args):
             results["project"] = {"cpus": stack.project.cpus, "memory_mb": stack.project.memory_mb}
             log(f"node {results['node']}, project {results['project']}, {results['limits_way']}")
 
+            watch = OomWatch(stack)
+            watch.start()
             results["together"] = args.together
             started = time.perf_counter()
             ids = [stack.create_one(f"d{i}") for i in range(args.together)]
@@ -241,12 +273,15 @@ def run(args):
                                            "host_used_mb": host_used_mb()}
                 log(f"memory phase: {results['memory_phase']}")
             results["saturated_waits"] = stack.refusals_waited
+            results["oom_kills"] = watch.stop()
 
             started = time.perf_counter()
             stack.down(ids, wake=False)
             results["down_s"] = time.perf_counter() - started
             results["down_count"] = len(ids)
         finally:
+            if watch is not None:
+                log(f"OOM kills seen per deployment cgroup: {watch.stop()}")
             stack.stop()
     results["load_after"] = os.getloadavg()
     return results
@@ -286,7 +321,9 @@ def block(r, command):
              f"| load average: with the first batch ready / all held | {load(r['load_together'])} / "
              f"{load(r['load_held'])} |",
              f"| creates refused because the node was busy over the last minute, waited out | "
-             f"{r['saturated_waits']} |"]
+             f"{r['saturated_waits']} |",
+             f"| processes the kernel killed for memory in a deployment's cgroup | "
+             f"{sum(r['oom_kills'].values())} |"]
     phase = r.get("memory_phase")
     if phase:
         lines += [f"| then with the node's CPU overcommit raised to {phase['ratio']:g}: held | "
