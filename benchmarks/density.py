@@ -68,6 +68,7 @@ class Stack(NullOps):
                                NULLOPS_INGRESS_LISTEN=self.caddy.listen,
                                NULLOPS_INGRESS_PAGES_UPSTREAM="127.0.0.1:9")
         self.refusals_waited = 0
+        self.failed = {}   # deployment id -> status message
 
     def start(self):
         from app.models import nodes as node_model
@@ -92,6 +93,29 @@ class Stack(NullOps):
                     return str(exc)
                 self.refusals_waited += 1
                 time.sleep(5)
+
+    def wait_each(self, ids, timeout):
+        """Until each of `ids` is ready or failed; the failed ones with their messages (one
+        failure does not end the run: it is counted and reported)."""
+        from sqlalchemy import select
+
+        from app.models import Deployment
+
+        deadline = time.monotonic() + timeout
+        while True:
+            self.db.session.expire_all()
+            rows = self.db.session.execute(select(Deployment.id, Deployment.status, Deployment.status_message)
+                                           .where(Deployment.id.in_(ids))).all()
+            if all(r.status in ("ready", "failed") for r in rows):
+                failed = {r.id: r.status_message for r in rows if r.status == "failed"}
+                for deployment_id, message in failed.items():
+                    log(f"deployment {deployment_id} failed: {message}")
+                self.failed.update(failed)
+                return [i for i in ids if i not in failed]
+            if time.monotonic() > deadline:
+                waiting = [r for r in rows if r.status != "ready"]
+                raise RuntimeError(f"not ready after {timeout} s: {waiting[:3]}")
+            time.sleep(0.2)
 
     def url(self, deployment_id):
         from app.models import Deployment
@@ -198,13 +222,10 @@ def fill(stack, ids, start, limit, batch, ready_timeout):
             index += 1
             if isinstance(result, str):
                 log(f"refused after {len(ids) + len(made)}: {result}")
-                if made:
-                    stack.wait(made, "ready", timeout=ready_timeout)
-                    ids += made
+                ids += stack.wait_each(made, ready_timeout)
                 return result, index
             made.append(result)
-        stack.wait(made, "ready", timeout=ready_timeout)
-        ids += made
+        ids += stack.wait_each(made, ready_timeout)
         log(f"{len(ids)} ready; load {os.getloadavg()[0]:.1f}")
     return None, index
 
@@ -237,7 +258,7 @@ def run(args):
             started = time.perf_counter()
             ids = [stack.create_one(f"d{i}") for i in range(args.together)]
             assert all(isinstance(i, int) for i in ids), [i for i in ids if not isinstance(i, int)][:1]
-            stack.wait(ids, "ready", timeout=args.ready_timeout)
+            ids = stack.wait_each(ids, args.ready_timeout)
             results["together_ready_s"] = time.perf_counter() - started
             results["together_answering"] = answering(stack, ids)
             results["together_answered_s"] = time.perf_counter() - started
@@ -273,14 +294,17 @@ def run(args):
                 log(f"memory phase: {results['memory_phase']}")
             results["saturated_waits"] = stack.refusals_waited
             results["oom_kills"] = watch.stop()
+            results["failed"] = stack.failed
 
             started = time.perf_counter()
-            stack.down(ids, wake=False)
+            stack.down(ids + list(stack.failed), wake=False)
             results["down_s"] = time.perf_counter() - started
             results["down_count"] = len(ids)
         finally:
             if watch is not None:
                 log(f"OOM kills seen per deployment cgroup: {watch.stop()}")
+            if stack.agent is not None:
+                Path("/tmp/density-agent.log").write_text(stack.agent.log)   # for a failure's why
             stack.stop()
     results["load_after"] = os.getloadavg()
     return results
@@ -322,7 +346,9 @@ def block(r, command):
              f"| creates refused because the node was busy over the last minute, waited out | "
              f"{r['saturated_waits']} |",
              f"| processes the kernel killed for memory in a deployment's cgroup | "
-             f"{sum(r['oom_kills'].values())} |"]
+             f"{sum(r['oom_kills'].values())} |",
+             f"| deployments that failed (not counted as held) | {len(r['failed'])}"
+             + "".join(f"; {message}" for message in list(r["failed"].values())[:3]) + " |"]
     phase = r.get("memory_phase")
     if phase:
         lines += [f"| then with the node's CPU overcommit raised to {phase['ratio']:g}: held | "
