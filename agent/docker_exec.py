@@ -527,8 +527,10 @@ class Executor:
         return {labels[L.DEPLOYMENT] for labels in found if labels.get(L.DEPLOYMENT)}
 
     def remove_orphans(self, active_ids):
-        """Tear down (at once, no grace) every deployment of this node that is not active."""
-        orphans = sorted(self.deployment_ids() - set(active_ids))
+        """Tear down (at once, no grace) every deployment of this node that is not active;
+        `active_ids` may be a callable, asked after the engine's listing."""
+        found = self.deployment_ids()
+        orphans = sorted(found - set(active_ids() if callable(active_ids) else active_ids))
         for deployment_id in orphans:
             self.teardown(deployment_id, graceful=False)
         return orphans

@@ -520,10 +520,18 @@ class AgentService:
                 self._heal(deployment)
             except Exception:  # noqa: BLE001 - one deployment's trouble must not stop the others'
                 log.exception("healing %s failed", deployment_id)
-        keep = set(known) | busy
-        removed = self.executor.remove_orphans(keep)
+        removed = self.executor.remove_orphans(self._kept)
         if removed:
             log.info("removed orphaned objects: %s", removed)
+
+    def _kept(self):
+        """The deployments whose objects stay: known to the store or running now. Asked after
+        the engine's listing: a run registers itself before it makes its first container, so a
+        run that started during this round is never taken for an orphan (under load a round
+        outlasted several creates, whose PostgreSQL was killed mid-start)."""
+        with self._lock:
+            busy = set(self.active)
+        return busy | {d["deployment_id"] for d in self.store.list_deployments()}
 
     def _heal(self, deployment):
         deployment_id = deployment["deployment_id"]

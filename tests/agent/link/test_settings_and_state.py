@@ -165,3 +165,34 @@ def test_a_store_an_older_agent_wrote_is_upgraded_in_place(tmp_path):
     assert store.get_meta("x") is None and store._one("PRAGMA user_version")[0] == store_module.SCHEMA_VERSION
     store.close()
     Store.open(tmp_path).close()  # opening again changes nothing
+
+
+def test_a_run_that_starts_during_a_reconcile_round_is_not_taken_for_an_orphan(tmp_path):
+    """The round's list of runs was taken before the engine's listing: a deployment whose run
+    started in between had its first container force-removed (seen under load: PostgreSQL
+    killed with code 137 before it was ready)."""
+    from agent.config import Settings
+    from agent.service import AgentService
+
+    class Engine:
+        torn_down = []
+
+        def deployment_ids(self):
+            service.active["dep-new"] = object()   # its run registered, its container made
+            return {"dep-new", "dep-gone"}
+
+        def remove_orphans(self, active_ids):
+            from agent.docker_exec import Executor
+            return Executor.remove_orphans(self, active_ids)
+
+        def teardown(self, deployment_id, graceful):
+            self.torn_down.append(deployment_id)
+
+    store = Store.open(tmp_path)
+    try:
+        service = AgentService(Settings(data_dir=tmp_path, node_id="n1"), store, EventHub(store),
+                               None, executor=Engine())
+        service.reconcile()
+        assert Engine.torn_down == ["dep-gone"]
+    finally:
+        store.close()
