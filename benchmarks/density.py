@@ -330,7 +330,7 @@ def block(r, command):
              f"`ready` | {r['together_ready_s']:.1f} s |",
              f"| ... until each web answered with its 3 seeded rows through Caddy | "
              f"{r['together_answered_s']:.1f} s ({r['together_answering']} of {r['together']}) |",
-             f"| held at once with admission as shipped | **{r['held']}**, {r['answering']} answering "
+             f"| held at once | **{r['held']}**, {r['answering']} answering "
              f"with their 3 seeded rows through Caddy |",
              f"| the next one refused | {r['refusal'] or 'not tried (the --max bound)'} |",
              f"| memory per deployment (its cgroup: working set as docker stats counts it / RSS), "
@@ -348,7 +348,7 @@ def block(r, command):
              f"| processes the kernel killed for memory in a deployment's cgroup | "
              f"{sum(r['oom_kills'].values())} |",
              f"| deployments that failed (not counted as held) | {len(r['failed'])}"
-             + "".join(f"; {message}" for message in list(r["failed"].values())[:3]) + " |"]
+             + "".join(f"; {message}" for message in list(r["failed"].values())[:1]) + " |"]
     phase = r.get("memory_phase")
     if phase:
         lines += [f"| then with the node's CPU overcommit raised to {phase['ratio']:g}: held | "
