@@ -132,7 +132,8 @@ def update(actor, obj, name=None, description=None, **settings):
     if description is not None and description != obj.description:
         obj.description = changes["description"] = description
     if model is Project:
-        _check_latest_version_fits(obj, settings.get("cpus", obj.cpus), settings.get("memory_mb", obj.memory_mb))
+        _check_latest_version_fits(obj, settings.get("cpus", obj.cpus),
+                                   settings.get("memory_mb", obj.memory_mb))
     for key, value in settings.items():
         if value != getattr(obj, key):
             changes[key] = [getattr(obj, key), value]
