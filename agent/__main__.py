@@ -58,6 +58,7 @@ def docker_service(settings, store, hub):
     import docker
     from docker.errors import DockerException
 
+    from agent.cgroups import CgroupsUnavailable
     from agent.service import AgentService
 
     try:
@@ -66,7 +67,11 @@ def docker_service(settings, store, hub):
     except (DockerException, OSError) as exc:
         raise _StartError(f"cannot reach the Docker engine ({exc}); mount /var/run/docker.sock "
                           f"into the agent's container") from None
-    return AgentService(settings, store, hub, client, guard=network_guard(settings))
+    guard = network_guard(settings)
+    try:
+        return AgentService(settings, store, hub, client, guard=guard)
+    except CgroupsUnavailable as exc:
+        raise _StartError(str(exc)) from None
 
 
 def network_guard(settings):

@@ -41,9 +41,10 @@ class Settings:
     stop_grace: int = 2
     reconcile_interval: float = 10.0
     log_level: str = "info"
-    # One cgroup per deployment holding all its containers to its limits (agent/cgroups.py);
-    # needs the host's /sys/fs/cgroup (v1) writable. Off: each container gets the limits.
-    deployment_cgroups: bool = False
+    # How a deployment's containers are held to its limits together (agent/cgroups.py):
+    # "auto" one cgroup per deployment when the host allows it, else per-container shares that
+    # sum to the limits (said at start); "on" the cgroup or no start; "off" the shares.
+    deployment_cgroups: str = "auto"
     # Services' secret files (agent/secret_files.py): a folder on a tmpfs, the same path for the
     # agent and the engine. Not a tmpfs: services with secret files are refused, never written.
     secrets_dir: Path = Path(DEFAULT_SECRETS_DIR)
@@ -79,8 +80,10 @@ def _parser():
     add("--log-level", help=f"{', '.join(LOG_LEVELS)} (env AGENT_LOG_LEVEL; info)")
     add("--secrets-dir", help="services' secret files, on a tmpfs, the same path on the host "
                               f"(env AGENT_SECRETS_DIR; {DEFAULT_SECRETS_DIR})")
-    add("--deployment-cgroups", help="on: a deployment's containers together stay within its limits "
-                                     "(needs /sys/fs/cgroup writable; env AGENT_DEPLOYMENT_CGROUPS; off)")
+    add("--deployment-cgroups", help="auto, on or off: one cgroup per deployment holds its containers "
+                                     "to its limits (needs the host's /sys/fs/cgroup writable); auto "
+                                     "falls back to per-container shares (env AGENT_DEPLOYMENT_CGROUPS; "
+                                     "auto)")
     add("--network-isolation", help="on: firewall rules keep deployments off this host's ports, the LAN "
                                     "and metadata addresses (needs NET_ADMIN and the host's network; "
                                     "env AGENT_NETWORK_ISOLATION; on)")
@@ -173,9 +176,9 @@ def load_settings(argv=None, environ=None):
     level_name, level = pick(args.log_level, "AGENT_LOG_LEVEL", "info")
     if level.lower() not in LOG_LEVELS:
         raise ConfigError(f"{level_name} must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
-    cgroups_name, cgroups = pick(args.deployment_cgroups, "AGENT_DEPLOYMENT_CGROUPS", "off")
-    if cgroups.lower() not in ("on", "off"):
-        raise ConfigError(f"{cgroups_name} must be on or off, not {cgroups!r}")
+    cgroups_name, cgroups = pick(args.deployment_cgroups, "AGENT_DEPLOYMENT_CGROUPS", "auto")
+    if cgroups.lower() not in ("auto", "on", "off"):
+        raise ConfigError(f"{cgroups_name} must be auto, on or off, not {cgroups!r}")
     _, secrets_dir = pick(args.secrets_dir, "AGENT_SECRETS_DIR", DEFAULT_SECRETS_DIR)
     isolation_name, isolation = pick(args.network_isolation, "AGENT_NETWORK_ISOLATION", "on")
     if isolation.lower() not in ("on", "off"):
@@ -188,7 +191,7 @@ def load_settings(argv=None, environ=None):
         data_dir=Path(data_dir).expanduser().absolute(), host=host, port=port, token=token,
         node_id=node_id, subnet_pool=pool, publish_host=publish_host, stop_grace=grace,
         reconcile_interval=interval, log_level=level.lower(),
-        deployment_cgroups=cgroups.lower() == "on", network_isolation=isolation.lower() == "on",
+        deployment_cgroups=cgroups.lower(), network_isolation=isolation.lower() == "on",
         egress_allow=egress_allow, remove_network_rules=args.remove_network_rules,
         secrets_dir=Path(secrets_dir).expanduser().absolute(),
     )

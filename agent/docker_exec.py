@@ -23,6 +23,7 @@ from docker.utils import parse_repository_tag
 
 from agent import labels as L
 from agent import secret_files
+from agent.cgroups import own_limits
 from agent.errors import UNAVAILABLE, AgentError, EngineError, ImageError, engine_call, engine_error
 from agent.spec import FORBIDDEN, SpecError
 
@@ -143,8 +144,9 @@ class Executor:
         self.extra_labels = dict(labels or {})  # e.g. test ownership labels; never overrides ours
         self._network_lock = threading.Lock()
         self._cpu_samples = {}  # container id -> (container cpu ns, system cpu ns)
-        # agent.cgroups.DeploymentCgroups: the deployment's limits hold all its containers
-        # together (issue 18 item 1); None: each container gets them (the old rule).
+        # agent.cgroups (probe()): DeploymentCgroups(V2) hold all a deployment's containers to
+        # its limits, SplitLimits gives each a share of them; None: each container gets the
+        # deployment's (executor tests only; the agent always probes).
         self.cgroups = cgroups
         # Folders on a tmpfs for services' secret files (issue 17 item 8); None: none offered.
         self.secret_files = secret_files.SecretFiles(secrets_dir, node_id)
@@ -278,14 +280,16 @@ class Executor:
             raise ImageError("pull_failed", f"image {image} is still missing after its pull") from exc
 
     # --- services --------------------------------------------------------------------------
-    def _limits(self, spec, step):
-        defaults = spec.get("limits") or {}
-        return {"cpus": step.get("cpus", defaults.get("cpus")),
-                "memory_mb": step.get("memory_mb", defaults.get("memory_mb"))}
+    def container_limits(self, spec, step, default=None):
+        """A container's own CPU and memory limits: its declared ones, else `default` (a
+        plugin's), else the deployment's; a share of the deployment's under SplitLimits."""
+        if self.cgroups is not None:
+            return self.cgroups.container_limits(spec, step, default)
+        return own_limits(spec, step, default)
 
     def cgroup_parent(self, spec):
         """The deployment's cgroup, made with its limits, or None without deployment cgroups."""
-        if self.cgroups is None:
+        if self.cgroups is None or self.cgroups.version is None:
             return None
         limits = spec.get("limits") or {}
         return self.cgroups.ensure(spec["deployment_id"], limits["cpus"], limits["memory_mb"])
@@ -301,7 +305,7 @@ class Executor:
         with engine_call(f"inspecting image {image}"):
             image_id = self.client.images.get(image).id
         network = self.ensure_network(deployment_id)
-        limits = self._limits(spec, step)
+        limits = self.container_limits(spec, step)
         cgroup_parent = self.cgroup_parent(spec)
         ports, expose = list(step.get("ports", [])), list(step.get("expose", []))
         # The confinement is part of the hash: containers made before it are recreated with it.
@@ -565,12 +569,15 @@ class Executor:
         return {labels[L.DEPLOYMENT] for labels in found if labels.get(L.DEPLOYMENT)}
 
     def remove_orphans(self, active_ids):
-        """Tear down (at once, no grace) every deployment of this node that is not active."""
-        orphans = sorted(self.deployment_ids() - set(active_ids))
+        """Tear down (at once, no grace) every deployment of this node that is not active;
+        `active_ids` may be a callable, asked after the engine's listing."""
+        found = self.deployment_ids()
+        active = set(active_ids() if callable(active_ids) else active_ids)
+        orphans = sorted(found - active)
         for deployment_id in orphans:
             self.teardown(deployment_id, graceful=False)
         # Secret files whose containers are gone (an agent killed between the two removals).
-        for deployment_id in self.secret_files.deployment_ids() - set(active_ids) - set(orphans):
+        for deployment_id in self.secret_files.deployment_ids() - active - set(orphans):
             self.secret_files.remove(deployment_id)
         return orphans
 

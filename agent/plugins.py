@@ -199,8 +199,8 @@ def run_plugin(executor, spec, step, input_obj, *, run_id, cancel, action="run",
     deployment_id, step_id, image = spec["deployment_id"], step["id"], step["image"]
     timeout_s = step.get("timeout_s", DEFAULT_PLUGIN_TIMEOUT_S)
     max_output = step.get("max_output_bytes", DEFAULT_MAX_OUTPUT_BYTES)
-    memory_mb = step.get("memory_mb", DEFAULT_MEMORY_MB)
-    cpus = step.get("cpus", DEFAULT_CPUS)
+    limits = executor.container_limits(spec, step, {"cpus": DEFAULT_CPUS, "memory_mb": DEFAULT_MEMORY_MB})
+    memory_mb, cpus = limits["memory_mb"], limits["cpus"]
     secrets = _secret_values(input_obj)
     payload = json.dumps(input_obj, separators=(",", ":")).encode()
     where = f"plugin step {step_id} ({image}, {action})"

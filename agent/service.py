@@ -14,8 +14,7 @@ import uuid
 
 import psutil
 
-from agent import protocol
-from agent.cgroups import DeploymentCgroups
+from agent import cgroups, protocol
 from agent.docker_exec import Executor
 from agent.errors import AgentError
 from agent.netguard import NetworkGuardError
@@ -100,7 +99,7 @@ class AgentService:
         self.executor = executor or Executor(
             docker_client, settings.node_id, subnet_pool=settings.subnet_pool,
             publish_host=settings.publish_host, stop_grace_s=settings.stop_grace,
-            cgroups=DeploymentCgroups(settings.node_id) if settings.deployment_cgroups else None,
+            cgroups=cgroups.choose(settings.deployment_cgroups, docker_client, settings.node_id),
             secrets_dir=settings.secrets_dir,
         )
         self.memory = {}   # deployment id -> RunMemory (secrets, credentials, outputs)
@@ -529,10 +528,18 @@ class AgentService:
                 self._heal(deployment)
             except Exception:  # noqa: BLE001 - one deployment's trouble must not stop the others'
                 log.exception("healing %s failed", deployment_id)
-        keep = set(known) | busy
-        removed = self.executor.remove_orphans(keep)
+        removed = self.executor.remove_orphans(self._kept)
         if removed:
             log.info("removed orphaned objects: %s", removed)
+
+    def _kept(self):
+        """The deployments whose objects stay: known to the store or running now. Asked after
+        the engine's listing: a run registers itself before it makes its first container, so a
+        run that started during this round is never taken for an orphan (under load a round
+        outlasted several creates, whose PostgreSQL was killed mid-start)."""
+        with self._lock:
+            busy = set(self.active)
+        return busy | {d["deployment_id"] for d in self.store.list_deployments()}
 
     def _heal(self, deployment):
         deployment_id = deployment["deployment_id"]

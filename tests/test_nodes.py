@@ -75,7 +75,7 @@ def test_the_command_is_the_spec_docker_run_with_this_version_and_the_token_in_a
     assert run == (
         "docker run -d --name nullops-agent --restart unless-stopped --network host --cap-add NET_ADMIN "
         "-e AGENT_HOST=0.0.0.0 -e AGENT_PORT=5443 --env-file /etc/nullops-agent/nullops-agent.env "
-        "-v /var/run/docker.sock:/var/run/docker.sock "
+        "-v /var/run/docker.sock:/var/run/docker.sock -v /sys/fs/cgroup:/sys/fs/cgroup "
         "-v /var/lib/nullops-agent:/data -v /run/nullops-agent:/run/nullops-agent "
         f"nullops/agent:{__version__}"
     )

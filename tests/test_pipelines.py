@@ -512,3 +512,21 @@ def test_own_limits_beyond_the_projects_are_refused_with_the_numbers(shop, rows,
                      ("memory_mb", 1.5), ("memory_mb", 2)):
         refused = _refused(admin, shop, _with(lambda d, k=key, b=bad: d["nodes"][0].update({k: b})))
         assert f"nodes.db.{key}" in refused.fields
+
+
+def test_lowering_a_projects_limits_below_its_latest_version_is_refused_with_the_numbers(shop, rows, admin):
+    pipelines.save_version(admin, shop, _with(lambda d: d["nodes"][0].update(memory_mb=400)))
+    pipelines.save_version(admin, shop, _with(lambda d: d["nodes"][0].update(cpus=0.5, memory_mb=300)))
+    with pytest.raises(ValidationFailed) as caught:
+        catalog.update(admin, shop, memory_mb=256)
+    db.session.rollback()
+    assert str(caught.value) == (
+        "project shop's new limits would not hold its latest pipeline version 2, which new "
+        "deployments get: nodes.db.memory_mb: 300 MB is more than project shop's limit of 256 MB "
+        "per deployment: lower it or raise the project's limit. Save a pipeline version within "
+        "1 CPU and 256 MB first")
+    assert set(caught.value.fields) == {"memory_mb"}
+    assert db.session.get(Project, shop.id).memory_mb == 1024
+    # Version 1's 400 MB is not asked about: new deployments get version 2.
+    catalog.update(admin, shop, memory_mb=300, cpus=0.5)
+    assert (shop.cpus, shop.memory_mb) == (0.5, 300)

@@ -131,6 +131,9 @@ def update(actor, obj, name=None, description=None, **settings):
         obj.name = name
     if description is not None and description != obj.description:
         obj.description = changes["description"] = description
+    if model is Project:
+        _check_latest_version_fits(obj, settings.get("cpus", obj.cpus),
+                                   settings.get("memory_mb", obj.memory_mb))
     for key, value in settings.items():
         if value != getattr(obj, key):
             changes[key] = [getattr(obj, key), value]
@@ -139,6 +142,31 @@ def update(actor, obj, name=None, description=None, **settings):
         audit.record(actor, f"{_kind(model)}.update", _kind(model), obj, changes)
     db.session.commit()
     return obj
+
+
+def _check_latest_version_fits(project, cpus, memory_mb):
+    """Lowered limits must still hold what the project's latest pipeline version declares (the
+    version new deployments get; issue 18): else the save is refused with the numbers. Older
+    versions are not checked: nothing new is deployed from them; live deployments keep the
+    limits they were created with (docs/deployments.md "Limits")."""
+    if cpus >= project.cpus and memory_mb >= project.memory_mb:
+        return
+    from app.services.pipelines import latest_version, limits_overruns  # pipelines is above catalog
+
+    version = latest_version(project)
+    if version is None:
+        return
+    overruns = limits_overruns(version.definition, project.name, cpus, memory_mb)
+    if overruns:
+        fields = {key: f"pipeline version {version.number} declares more; lower its nodes' limits "
+                       "in a new version first, or keep this limit"
+                  for key in ("cpus", "memory_mb") if any(f.endswith(key) for f, _h in overruns)}
+        raise ValidationFailed(
+            f"project {project.name}'s new limits would not hold its latest pipeline version "
+            f"{version.number}, which new deployments get: "
+            + "; ".join(f"{field}: {hint}" for field, hint in overruns)
+            + f". Save a pipeline version within {cpus:g} CPU{'' if cpus == 1 else 's'} and {memory_mb} MB "
+            "first", fields)
 
 
 def delete(actor, obj):

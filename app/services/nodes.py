@@ -90,8 +90,9 @@ def agent_command(node):
         f"docker run -d --name {name} --restart unless-stopped --network host --cap-add NET_ADMIN "
         f"-e AGENT_HOST={node.agent_bind_address} -e AGENT_PORT={node.port} "
         f"--env-file {env_file} -v /var/run/docker.sock:/var/run/docker.sock "
-        f"-v {node.agent_data_dir}:/data -v {AGENT_SECRETS_MOUNT}:{AGENT_SECRETS_MOUNT} "
-        f"{AGENT_IMAGE}:{__version__}"
+        # The host's cgroups: each deployment's containers held together (docs/agent.md).
+        f"-v /sys/fs/cgroup:/sys/fs/cgroup -v {node.agent_data_dir}:/data "
+        f"-v {AGENT_SECRETS_MOUNT}:{AGENT_SECRETS_MOUNT} {AGENT_IMAGE}:{__version__}"
     )
 
 

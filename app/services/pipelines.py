@@ -448,24 +448,34 @@ def _check_own_limits(definition, project, problems):
     """A node's own limits stay within the project's (what its deployments get, all their
     containers together: docs/deployments.md "Limits"), and the services' together too: a
     service that declares none shares what the others leave."""
+    for field, hint in limits_overruns(definition, project.name, project.cpus, project.memory_mb):
+        problems.add(field, hint)
+
+
+def limits_overruns(definition, project_name, cpus, memory_mb):
+    """[(field, hint)] for each own limit of `definition` that limits of `cpus` and `memory_mb`
+    per deployment cannot hold (a version's save; a project's limits lowered, app/services/
+    catalog.py)."""
     def amount(key, value):
         return f"{value:g} {'MB' if key == 'memory_mb' else 'CPU' if value == 1 else 'CPUs'}"
 
-    for key, limit in (("cpus", project.cpus), ("memory_mb", project.memory_mb)):
+    found = []
+    for key, limit in (("cpus", cpus), ("memory_mb", memory_mb)):
         declared = [(n["id"], n[key]) for n in definition["nodes"]
                     if isinstance(n.get(key), int | float) and not isinstance(n.get(key), bool)]
         for node_id, value in declared:
             if value > limit + 1e-9:
-                problems.add(f"nodes.{node_id}.{key}",
-                             f"{amount(key, value)} is more than project {project.name}'s limit of "
-                             f"{amount(key, limit)} per deployment: lower it or raise the project's limit")
+                found.append((f"nodes.{node_id}.{key}",
+                              f"{amount(key, value)} is more than project {project_name}'s limit of "
+                              f"{amount(key, limit)} per deployment: lower it or raise the project's limit"))
         services = [(i, v) for i, v in declared
                     if any(n["id"] == i and "service" in n for n in definition["nodes"])]
         total = sum(v for _i, v in services)
         if len(services) > 1 and total > limit + 1e-9:
-            problems.add(f"nodes.{key}", f"the services' own {key} add up to {amount(key, total)} "
-                         f"({', '.join(f'{i} {v:g}' for i, v in services)}), more than project "
-                         f"{project.name}'s limit of {amount(key, limit)} per deployment")
+            found.append((f"nodes.{key}", f"the services' own {key} add up to {amount(key, total)} "
+                          f"({', '.join(f'{i} {v:g}' for i, v in services)}), more than project "
+                          f"{project_name}'s limit of {amount(key, limit)} per deployment"))
+    return found
 
 
 def _next_number(project_id):

@@ -87,7 +87,8 @@ def wait_for(caller, deployment_id, *statuses, timeout=READY_TIMEOUT_S):
         deployment = caller("GET", f"/deployments/{deployment_id}")
         if deployment["status"] in statuses:
             return deployment
-        assert deployment["status"] not in ("failed", "cleanup_failed") or "failed" in statuses, deployment
+        assert deployment["status"] not in ("failed", "cleanup_failed") or "failed" in statuses, (
+            deployment["status_message"])
         assert time.monotonic() < deadline, f"still {deployment['status']}: {deployment}"
         time.sleep(0.3)
 

@@ -26,12 +26,12 @@ def test_settings_come_from_arguments_then_environment_then_defaults():
     assert TOKEN not in repr(settings)
 
 
-def test_deployment_cgroups_are_off_unless_turned_on_and_a_bad_value_is_named():
-    assert load_settings([], {}).deployment_cgroups is False
-    assert load_settings([], {"AGENT_DEPLOYMENT_CGROUPS": "on"}).deployment_cgroups is True
+def test_deployment_cgroups_are_auto_unless_set_and_a_bad_value_is_named():
+    assert load_settings([], {}).deployment_cgroups == "auto"
+    assert load_settings([], {"AGENT_DEPLOYMENT_CGROUPS": "On"}).deployment_cgroups == "on"
     argument_wins = load_settings(["--deployment-cgroups", "off"], {"AGENT_DEPLOYMENT_CGROUPS": "on"})
-    assert argument_wins.deployment_cgroups is False
-    with pytest.raises(ConfigError, match="AGENT_DEPLOYMENT_CGROUPS must be on or off"):
+    assert argument_wins.deployment_cgroups == "off"
+    with pytest.raises(ConfigError, match="AGENT_DEPLOYMENT_CGROUPS must be auto, on or off"):
         load_settings([], {"AGENT_DEPLOYMENT_CGROUPS": "yes"})
 
 
@@ -186,3 +186,34 @@ def test_a_store_an_older_agent_wrote_is_upgraded_in_place(tmp_path):
     assert store.get_meta("x") is None and store._one("PRAGMA user_version")[0] == store_module.SCHEMA_VERSION
     store.close()
     Store.open(tmp_path).close()  # opening again changes nothing
+
+
+def test_a_run_that_starts_during_a_reconcile_round_is_not_taken_for_an_orphan(tmp_path):
+    """The round's list of runs was taken before the engine's listing: a deployment whose run
+    started in between had its first container force-removed (seen under load: PostgreSQL
+    killed with code 137 before it was ready)."""
+    from agent.config import Settings
+    from agent.service import AgentService
+
+    class Engine:
+        torn_down = []
+
+        def deployment_ids(self):
+            service.active["dep-new"] = object()   # its run registered, its container made
+            return {"dep-new", "dep-gone"}
+
+        def remove_orphans(self, active_ids):
+            from agent.docker_exec import Executor
+            return Executor.remove_orphans(self, active_ids)
+
+        def teardown(self, deployment_id, graceful):
+            self.torn_down.append(deployment_id)
+
+    store = Store.open(tmp_path)
+    try:
+        service = AgentService(Settings(data_dir=tmp_path, node_id="n1"), store, EventHub(store),
+                               None, executor=Engine())
+        service.reconcile()
+        assert Engine.torn_down == ["dep-gone"]
+    finally:
+        store.close()
