@@ -52,9 +52,10 @@ chaos-run:
 	NULLOPS_TEST_DOCKER=1 $(BIN)/pytest -p no:cacheprovider -s -rsx tests/chaos $(PYTEST_ARGS); rc=$$?; \
 	$(BIN)/python scripts/chaos_report.py $(CHAOS_RESULTS) docs/reliability.md || rc=1; exit $$rc
 
-## molecule: every Molecule scenario of the Ansible roles in roles/ (make test runs only the fast one)
+## molecule: every Molecule scenario of the Ansible roles in roles/ (make test runs only the fast ones), and the slow provisioning-over-SSH cases
 molecule: host-test venv images
-	NULLOPS_MOLECULE_FULL=1 NULLOPS_TEST_DOCKER=1 $(BIN)/pytest -p no:cacheprovider -rs tests/roles $(PYTEST_ARGS)
+	NULLOPS_MOLECULE_FULL=1 NULLOPS_TEST_DATABASE_URL=$(TEST_DB_URL) NULLOPS_TEST_DOCKER=1 $(BIN)/pytest -p no:cacheprovider -rs \
+		tests/roles tests/controller/test_provisioning_over_ssh.py $(PYTEST_ARGS)
 
 host-run:
 	@bash scripts/run-host.sh

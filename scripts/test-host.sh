@@ -9,8 +9,8 @@ set -euo pipefail
 
 # Debian packages the test suite needs. Later work adds to this list
 # (caddy, docker-registry, apache2-utils came with the lifecycle and ingress work; openssh-client
-# with issue 16: the controller reaches nodes over SSH).
-APT_PACKAGES="docker.io postgresql debootstrap busybox-static nodejs npm chromium docker-registry apache2-utils caddy openssh-client"
+# with issue 16: the controller reaches nodes over SSH; sshpass for nodes reached with a password).
+APT_PACKAGES="docker.io postgresql debootstrap busybox-static nodejs npm chromium docker-registry apache2-utils caddy openssh-client sshpass"
 
 # Test database credentials (must match what the tests use).
 PG_ROLE=nullops_test

@@ -55,6 +55,9 @@ CANCEL_POLL_S = 1.0
 # What of an event's data is kept: enough to show a task's outcome, not whole module results.
 EVENT_DATA_KEYS = ("play", "task", "task_action", "role", "host", "duration", "ignore_errors")
 RESULT_KEYS = ("msg", "changed", "failed", "unreachable", "skipped", "rc", "stderr", "stdout")
+# A failed fact gathering says only "The following modules failed to execute: ..."; the reason
+# (sudo's refusal, a missing Python) is in each module's own result under failed_modules.
+MODULE_RESULT_KEYS = ("msg", "module_stderr", "module_stdout")
 FAILED_EVENTS = ("runner_on_failed", "runner_on_unreachable")
 RUN_END = "run_end"
 
@@ -147,12 +150,29 @@ def _event_row(run_id, counter, event, redact):
     result = data.get("res")
     if isinstance(result, dict):
         kept["res"] = {key: result[key] for key in RESULT_KEYS if key in result}
+        modules = result.get("failed_modules")
+        if isinstance(modules, dict):
+            kept["res"]["failed_modules"] = {
+                str(name): {key: str(module[key])[:2000] for key in MODULE_RESULT_KEYS if module.get(key)}
+                for name, module in modules.items() if isinstance(module, dict)}
     kept = json.loads(json.dumps(redact(kept), default=str))
     return ProvisioningEvent(
         run_id=run_id, counter=counter, event=str(event.get("event", "unknown"))[:64],
         task=redact(str(data["task"]))[:255] if data.get("task") else None,
         host=redact(str(data["host"]))[:255] if data.get("host") else None,
         stdout=redact(str(event.get("stdout") or ""))[:STDOUT_MAX], data=kept)
+
+
+def _failure_message(row):
+    """Ansible's own words for a failed task: its message, and each failed module's when the
+    task ran several (fact gathering), since the task's message alone does not say why."""
+    result = (row.data or {}).get("res", {})
+    message = str(result.get("msg") or result.get("stderr") or row.stdout)
+    for name, module in (result.get("failed_modules") or {}).items():
+        detail = " ".join(" ".join(str(module[key]).split()) for key in MODULE_RESULT_KEYS if module.get(key))
+        if detail:
+            message += f" {name}: {detail}"
+    return message
 
 
 class _Run:
@@ -176,9 +196,7 @@ class _Run:
         row = _event_row(self.run_id, self.counter, event, self.redact)
         self.buffer.append(row)
         if row.event in FAILED_EVENTS and self.failure is None and not (row.data or {}).get("ignore_errors"):
-            result = (row.data or {}).get("res", {})
-            message = result.get("msg") or result.get("stderr") or row.stdout
-            self.failure = (row.task or "?", str(message)[:2000])
+            self.failure = (row.task or "?", _failure_message(row)[:2000])
         if len(self.buffer) >= EVENT_BATCH:
             self.flush()
         return True

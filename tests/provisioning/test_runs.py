@@ -128,3 +128,19 @@ def test_the_inventory_holds_connection_details_only_and_values_cannot_add_keys(
     }
     for secret in (node.test_token, PASSWORD, KEY):
         assert secret not in rendered
+
+
+def test_a_failed_fact_gathering_names_each_failed_modules_own_reason():
+    # The shape Ansible 2.19 gives a gathering that fails under become (seen with a user who is
+    # no sudoer): the task's message alone does not say why.
+    row = ProvisioningEvent(event="runner_on_failed", task="Gathering Facts", stdout="", data=None)
+    row.data = provisioning._event_row(1, 1, {"event": "runner_on_failed", "event_data": {
+        "task": "Gathering Facts", "res": {
+            "msg": "The following modules failed to execute: ansible.legacy.setup.",
+            "failed_modules": {"ansible.legacy.setup": {
+                "msg": "Incorrect sudo password", "module_stderr": "deployer is not in\nthe sudoers file",
+                "ansible_facts": {"big": "not kept"}}}}}}, lambda value: value).data
+    assert "ansible_facts" not in json.dumps(row.data)
+    assert provisioning._failure_message(row) == (
+        "The following modules failed to execute: ansible.legacy.setup. ansible.legacy.setup: "
+        "Incorrect sudo password deployer is not in the sudoers file")
