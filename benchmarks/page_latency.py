@@ -230,11 +230,15 @@ def main(argv=None):
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--no-docs", action="store_true")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--web-args", default="", help="more `nullops web` options, e.g. '--workers 4'")
     args = parser.parse_args(argv)
     command = ".venv/bin/python -m benchmarks.page_latency"
     for flag in ("nodes", "projects", "deployments", "clients", "requests"):
         if getattr(args, flag) != parser.get_default(flag):
             command += f" --{flag} {getattr(args, flag)}"
+    web_args = args.web_args.split()
+    if web_args:
+        command += f" --web-args '{args.web_args}'"
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     from app.crypto import KeyRing
@@ -259,12 +263,12 @@ def main(argv=None):
                   f"({info['deleted']:,} deleted)")
         log(f"seeded {seeded} in {time.monotonic() - t0:.1f} s")
         with tempfile.TemporaryDirectory(prefix="page-latency-") as tmp:
-            server = WebServer(env, Path(tmp), [], database.name)
+            server = WebServer(env, Path(tmp), web_args, database.name)
             try:
                 summaries = measure(server, info, args)
             finally:
                 server.stop()
-        machine_line = machine(database, [])
+        machine_line = machine(database, web_args)
     finally:
         if seeder is not None:
             seeder.dispose()

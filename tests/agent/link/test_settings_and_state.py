@@ -193,10 +193,12 @@ def test_a_run_that_starts_during_a_reconcile_round_is_not_taken_for_an_orphan(t
     started in between had its first container force-removed (seen under load: PostgreSQL
     killed with code 137 before it was ready)."""
     from agent.config import Settings
+    from agent.secret_files import SecretFiles
     from agent.service import AgentService
 
     class Engine:
         torn_down = []
+        secret_files = SecretFiles(None, "n1")  # no secret files folder: nothing to sweep
 
         def deployment_ids(self):
             service.active["dep-new"] = object()   # its run registered, its container made
