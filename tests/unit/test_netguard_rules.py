@@ -1,12 +1,25 @@
 """The isolation rules' content (agent/netguard.py), without iptables: what passes comes before
 what is refused, and what the host's files say is read right. The rules' effect on real traffic
 is tests/security/test_network_isolation.py."""
+import dataclasses
 import ipaddress
 import subprocess
+from types import SimpleNamespace
 
 import pytest
 
-from agent.netguard import NetworkGuard, NetworkGuardError, connected_networks, name_servers, peer_network
+from agent.__main__ import network_guard
+from agent.config import Settings
+from agent.netguard import (
+    INGRESS_PEER,
+    NetworkGuard,
+    NetworkGuardError,
+    connected_networks,
+    name_servers,
+    peer_network,
+)
+from agent.service import AgentService
+from agent.store import Store
 
 ROUTES = """Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
 eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0
@@ -111,3 +124,23 @@ def test_a_failed_rewrite_keeps_the_previous_peer():
     ("::1", None), ("2001:db8::1", None), ("not an address", None), (None, None)])
 def test_a_peer_stands_for_its_ipv4_address_or_nothing(address, expected):
     assert peer_network(address) == (ipaddress.ip_network(expected) if expected else None)
+
+
+def test_a_restarted_agent_lets_the_last_link_in_at_once_and_keeps_each_new_one(tmp_path, monkeypatch):
+    """The link's address is kept in the state database: the rules installed at start allow it
+    before the controller links again (Caddy keeps serving over an agent restart)."""
+    monkeypatch.setattr(NetworkGuard, "_install", lambda self: None)  # no iptables here
+    store = Store.open(tmp_path)
+    try:
+        settings = Settings(data_dir=tmp_path, subnet_pool=ipaddress.ip_network("10.249.0.0/16"))
+        service = SimpleNamespace(guard=network_guard(settings, store), settings=settings, store=store)
+        assert service.guard.ingress_sources() == []
+        AgentService.link_up(service, "198.51.100.4")
+        assert store.get_meta(INGRESS_PEER) == "198.51.100.4"
+        assert network_guard(settings, store).ingress_sources() == [ipaddress.ip_network("198.51.100.4/32")]
+        # Without `link` in AGENT_INGRESS_FROM the stored address counts for nothing.
+        static = dataclasses.replace(settings, ingress_link=False,
+                                     ingress_from=(ipaddress.ip_network("192.0.2.9/32"),))
+        assert network_guard(static, store).ingress_sources() == [ipaddress.ip_network("192.0.2.9/32")]
+    finally:
+        store.close()
