@@ -79,11 +79,11 @@ def network_guard(settings, store=None):
     operator turned them off. A node that cannot hold them refuses to start (never a silent
     fallback to an open network). With `link` in AGENT_INGRESS_FROM the last link's address
     (kept in `store`) may reach published ports at once, before the controller links again."""
-    if settings.publish_host in ("0.0.0.0", "::"):
-        log.warning("published ports listen on every address of this host: set AGENT_PUBLISH_HOST "
-                    "(or AGENT_HOST) to the address Caddy reaches this node on, or anyone who can "
-                    "reach the host bypasses the ingress")
     if not settings.network_isolation:
+        if settings.publish_host in ("0.0.0.0", "::"):  # with the rules, only the ingress gets in
+            log.warning("published ports listen on every address of this host: set AGENT_PUBLISH_HOST "
+                        "(or AGENT_HOST) to the address Caddy reaches this node on, or anyone who can "
+                        "reach the host bypasses the ingress")
         log.warning("network isolation is off: deployments can reach this host's ports, other "
                     "deployments' published ports, the LAN and metadata addresses")
         return None
