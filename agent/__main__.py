@@ -15,7 +15,7 @@ import threading
 from agent import __version__, protocol, tls
 from agent.config import ConfigError, HelpRequested, load_settings, prepare_data_dir, resolve_node_id
 from agent.credentials import Credentials, CredentialsError
-from agent.netguard import NetworkGuard, NetworkGuardError
+from agent.netguard import INGRESS_PEER, NetworkGuard, NetworkGuardError
 from agent.redaction import redact
 from agent.server import AgentServer, ServerError, create_agent_app
 from agent.store import EventHub, Store
@@ -67,26 +67,29 @@ def docker_service(settings, store, hub):
     except (DockerException, OSError) as exc:
         raise _StartError(f"cannot reach the Docker engine ({exc}); mount /var/run/docker.sock "
                           f"into the agent's container") from None
-    guard = network_guard(settings)
+    guard = network_guard(settings, store)
     try:
         return AgentService(settings, store, hub, client, guard=guard)
     except CgroupsUnavailable as exc:
         raise _StartError(str(exc)) from None
 
 
-def network_guard(settings):
+def network_guard(settings, store=None):
     """The deployments' isolation rules, installed before any deployment runs; None when an
     operator turned them off. A node that cannot hold them refuses to start (never a silent
-    fallback to an open network)."""
-    if settings.publish_host in ("0.0.0.0", "::"):
-        log.warning("published ports listen on every address of this host: set AGENT_PUBLISH_HOST "
-                    "(or AGENT_HOST) to the address Caddy reaches this node on, or anyone who can "
-                    "reach the host bypasses the ingress")
+    fallback to an open network). With `link` in AGENT_INGRESS_FROM the last link's address
+    (kept in `store`) may reach published ports at once, before the controller links again."""
     if not settings.network_isolation:
+        if settings.publish_host in ("0.0.0.0", "::"):  # with the rules, only the ingress gets in
+            log.warning("published ports listen on every address of this host: set AGENT_PUBLISH_HOST "
+                        "(or AGENT_HOST) to the address Caddy reaches this node on, or anyone who can "
+                        "reach the host bypasses the ingress")
         log.warning("network isolation is off: deployments can reach this host's ports, other "
                     "deployments' published ports, the LAN and metadata addresses")
         return None
-    guard = NetworkGuard(settings.subnet_pool, egress_allow=settings.egress_allow)
+    peer = store.get_meta(INGRESS_PEER) if store is not None and settings.ingress_link else None
+    guard = NetworkGuard(settings.subnet_pool, egress_allow=settings.egress_allow,
+                         ingress_from=settings.ingress_from, ingress_peer=peer)
     try:
         guard.install()
     except NetworkGuardError as exc:

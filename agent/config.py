@@ -53,6 +53,10 @@ class Settings:
     # network namespace. `egress_allow`: private ranges deployments may still reach.
     network_isolation: bool = True
     egress_allow: tuple = ()
+    # Who besides the node may open connections to published ports (the ingress): these ranges,
+    # and with `ingress_link` the address the control plane's link comes from (agent/netguard.py).
+    ingress_from: tuple = ()
+    ingress_link: bool = True
     remove_network_rules: bool = False   # a one-shot: remove the rules and exit
 
 
@@ -89,6 +93,9 @@ def _parser():
                                     "env AGENT_NETWORK_ISOLATION; on)")
     add("--egress-allow", help="comma-separated private ranges deployments may still reach, e.g. a "
                                "shared database server (env AGENT_EGRESS_ALLOW; none)")
+    add("--ingress-from", help="who besides this node may connect to published ports: comma-separated "
+                               "IPv4 ranges (Caddy's addresses) and `link`, the address the control "
+                               "plane links from (env AGENT_INGRESS_FROM; link)")
     add("--remove-network-rules", action="store_true",
         help="remove this subnet pool's isolation rules from the host, then exit")
     return parser
@@ -184,6 +191,13 @@ def load_settings(argv=None, environ=None):
     if isolation.lower() not in ("on", "off"):
         raise ConfigError(f"{isolation_name} must be on or off, not {isolation!r}")
     egress_allow = _ranges(*pick(args.egress_allow, "AGENT_EGRESS_ALLOW", ""))
+    ingress_name, ingress = pick(args.ingress_from, "AGENT_INGRESS_FROM", "link")
+    parts = [part.strip() for part in ingress.split(",")]
+    ingress_link = "link" in parts
+    ingress_from = _ranges(ingress_name, ",".join(part for part in parts if part != "link"))
+    if not ingress_link and not ingress_from:
+        raise ConfigError(f"{ingress_name} must name Caddy's addresses (IPv4 ranges) or `link`, "
+                          f"not {ingress!r}")
     token = env.get("AGENT_TOKEN") or None
     if token is not None and token != token.strip():
         raise ConfigError("AGENT_TOKEN has leading or trailing whitespace; paste the token exactly")
@@ -192,7 +206,8 @@ def load_settings(argv=None, environ=None):
         node_id=node_id, subnet_pool=pool, publish_host=publish_host, stop_grace=grace,
         reconcile_interval=interval, log_level=level.lower(),
         deployment_cgroups=cgroups.lower(), network_isolation=isolation.lower() == "on",
-        egress_allow=egress_allow, remove_network_rules=args.remove_network_rules,
+        egress_allow=egress_allow, ingress_from=ingress_from, ingress_link=ingress_link,
+        remove_network_rules=args.remove_network_rules,
         secrets_dir=Path(secrets_dir).expanduser().absolute(),
     )
 

@@ -4,9 +4,10 @@ Docker already drops traffic between two bridge networks, but not what a contain
 host itself: a connection from deployment A to its gateway (or to any of the host's addresses)
 on B's published port is taken by Docker's userland proxy and handed to B, and the agent's port
 answers the same way. Nor does it stop a deployment from reaching the node's LAN or a cloud's
-metadata address (169.254.169.254). The agent closes those paths with two chains of its own in
-the host's `filter` table, keyed by its subnet pool (agents sharing an engine and a pool share
-them):
+metadata address (169.254.169.254). And from outside, any host that reaches the node's address
+reaches the published ports without going through Caddy. The agent closes those paths with three
+chains of its own in the host's `filter` table, keyed by its subnet pool (agents sharing an engine
+and a pool share them):
 
 - `NULLOPS-IN-<tag>`, jumped to from INPUT for sources in the pool: replies to connections the
   host opened (Caddy through a published port, the agent's readiness probes) pass; everything a
@@ -17,6 +18,33 @@ them):
   the host's name servers and the operator's `--egress-allow` ranges pass, and private, shared
   (100.64/10), link-local (metadata) and the host's directly connected networks are refused.
   The internet stays reachable: deployments may call external APIs.
+- `NULLOPS-PUB-<tag>`, jumped to from DOCKER-USER for destinations in the pool: who may open a
+  connection to a deployment's published port from outside the node. Replies and traffic inside
+  the pool pass; so do the ingress's sources (below); everything else is refused, so a LAN host
+  cannot bypass Caddy.
+
+How a published port is reached (verified on Docker 20.10, iptables-nft, userland proxy on, ports
+published on one IPv4 address): a connection from another host is DNATed in nat PREROUTING
+(Docker's `-m addrtype --dst-type LOCAL -j DOCKER`) to the container's address and goes through
+FORWARD, hence DOCKER-USER, with the container as its destination, so the PUB chain sees it (so
+does a LAN host that routes to a container's address directly, which Docker 20.10 lets through).
+docker-proxy is reached only from the node itself (loopback, which nat OUTPUT leaves alone, and
+the container's own bridge); the node's own connections (Caddy beside an agent, `make run`, the
+agent's readiness probes) leave through OUTPUT and never cross FORWARD: the node is always
+allowed without a rule. A port published on an IPv6 address is served by docker-proxy alone
+(Docker 20.10 writes no ip6tables rules) and these IPv4 rules do not cover it.
+
+The ingress's sources (`--ingress-from`, AGENT_INGRESS_FROM): IPv4 ranges, and the word `link`,
+the default, which allows the address the control plane's authenticated link comes from. Caddy
+runs beside the active controller (docs/ingress.md) and dials the same node, so it leaves from the
+same address; the agent sees that address on every link without any setting, which makes it the
+sensible default. It is sound because it is taken only after the peer proved the node token (the
+holder of that token is the control plane, which tells the agent what to run anyway), it replaces
+the previous link's address instead of accumulating addresses, and it is kept in the state
+database so a restarted agent lets Caddy in before the controller links again. When the link
+comes from elsewhere than Caddy (Caddy on another host, NAT or a proxy between the control plane
+and the node, controllers on several hosts), list Caddy's addresses instead; without `link` the
+allow-list is static.
 
 Each chain is written in one `iptables-restore --noflush` transaction (never half-filled), the
 jumps are checked before they are added, so installing again changes nothing. The rules stay when
@@ -33,6 +61,7 @@ import ipaddress
 import logging
 import shutil
 import subprocess
+import threading
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +73,7 @@ BLOCKED = tuple(ipaddress.ip_network(net) for net in (
     "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16",
     "127.0.0.0/8", "192.0.0.0/24", "198.18.0.0/15", "240.0.0.0/4"))
 TIMEOUT_S = 20
+INGRESS_PEER = "ingress_peer"   # the state database's key for the last link's address
 HINT = ("run the agent in the host's network namespace with NET_ADMIN (`docker run --network host "
         "--cap-add NET_ADMIN`, or as root on the host) on an engine that manages iptables (its "
         "default), or turn the isolation off with AGENT_NETWORK_ISOLATION=off (docs/security.md)")
@@ -114,13 +144,33 @@ def docker_iptables(run=subprocess.run):
     return "iptables"
 
 
+def peer_network(address):
+    """The /32 an allowed link peer stands for, or None: nothing to add for loopback (the node
+    itself is always allowed) or a pure IPv6 peer (the rules are IPv4); an IPv4-mapped IPv6
+    address (an agent listening on `::`) counts as its IPv4 address."""
+    if address is None:
+        return None
+    try:
+        ip = ipaddress.ip_address(str(address).split("%")[0].strip("[]"))
+    except ValueError:
+        return None
+    if ip.version == 6:
+        ip = ip.ipv4_mapped
+    if ip is None or ip.is_loopback or ip.is_unspecified:
+        return None
+    return ipaddress.ip_network(ip)
+
+
 class NetworkGuard:
     """The isolation rules of one subnet pool."""
 
-    def __init__(self, pool, *, egress_allow=(), blocked=None, dns_servers=None,
-                 iptables=None, run=subprocess.run):
+    def __init__(self, pool, *, egress_allow=(), ingress_from=(), ingress_peer=None, blocked=None,
+                 dns_servers=None, iptables=None, run=subprocess.run):
         self.pool = ipaddress.ip_network(pool)
         self.egress_allow = [ipaddress.ip_network(net) for net in egress_allow]
+        self.ingress_from = [ipaddress.ip_network(net) for net in ingress_from]
+        self.ingress_peer = peer_network(ingress_peer)
+        self._lock = threading.Lock()  # the link's thread and the reconcile thread both install
         extra = connected_networks() if blocked is None else [ipaddress.ip_network(n) for n in blocked]
         # Collapsed and sorted: the same host gives the same rules, so a reinstall is a no-op.
         self.blocked = sorted(ipaddress.collapse_addresses([*BLOCKED, *extra]))
@@ -129,6 +179,7 @@ class NetworkGuard:
         tag = hashlib.sha256(str(self.pool).encode()).hexdigest()[:8]
         self.input_chain = f"NULLOPS-IN-{tag}"
         self.forward_chain = f"NULLOPS-FWD-{tag}"
+        self.published_chain = f"NULLOPS-PUB-{tag}"
         self.iptables = iptables or docker_iptables(run)
         self._run = run
 
@@ -136,7 +187,13 @@ class NetworkGuard:
     def _jumps(self):
         src = str(self.pool)
         return [("INPUT", ["-s", src, "-j", self.input_chain]),
-                ("DOCKER-USER", ["-s", src, "-j", self.forward_chain])]
+                ("DOCKER-USER", ["-s", src, "-j", self.forward_chain]),
+                ("DOCKER-USER", ["-d", src, "-j", self.published_chain])]
+
+    def ingress_sources(self):
+        """Who besides the node may open connections to published ports, collapsed and sorted."""
+        peer = [self.ingress_peer] if self.ingress_peer is not None else []
+        return sorted(ipaddress.collapse_addresses([*self.ingress_from, *peer]))
 
     def _dns(self, chain):
         return [["-A", chain, "-d", f"{server}/32", "-p", proto, "--dport", "53", "-j", "RETURN"]
@@ -161,7 +218,13 @@ class NetworkGuard:
                    *self._dns(self.forward_chain), *self._allowed(self.forward_chain)]
         for net in self.blocked:
             forward += self._reject(self.forward_chain, "-d", str(net))
-        return {self.input_chain: into_host, self.forward_chain: forward}
+        published = [["-A", self.published_chain, *replies],
+                     ["-A", self.published_chain, "-s", str(self.pool), "-j", "RETURN"],
+                     *[["-A", self.published_chain, "-s", str(net), "-j", "RETURN"]
+                       for net in self.ingress_sources()],
+                     *self._reject(self.published_chain)]
+        return {self.input_chain: into_host, self.forward_chain: forward,
+                self.published_chain: published}
 
     # --- iptables ----------------------------------------------------------------------------
     def _call(self, args, stdin=None, check=True, program=None):
@@ -193,7 +256,27 @@ class NetworkGuard:
         return all(self._call(["-w", "-C", chain, *rule], check=False) for chain, rule in self._jumps())
 
     def install(self):
-        """Write both chains (atomically) and make sure they are jumped to. Idempotent."""
+        """Write the chains (atomically) and make sure they are jumped to. Idempotent."""
+        with self._lock:
+            self._install()
+
+    def set_ingress_peer(self, address):
+        """The control plane linked from `address`: let it (Caddy beside it) reach published ports
+        instead of the previous link's address. Rewrites the chains only when that changes;
+        returns True when it did. A loopback or IPv6 peer allows nothing more than the node."""
+        network = peer_network(address)
+        with self._lock:
+            if network == self.ingress_peer:
+                return False
+            previous, self.ingress_peer = self.ingress_peer, network
+            try:
+                self._install()
+            except NetworkGuardError:
+                self.ingress_peer = previous
+                raise
+        return True
+
+    def _install(self):
         self.check()
         lines = ["*filter"]
         for chain, rules in self.rules().items():
@@ -205,10 +288,12 @@ class NetworkGuard:
         for chain, rule in self._jumps():
             if not self._call(["-w", "-C", chain, *rule], check=False):
                 self._call(["-w", "-I", chain, "1", *rule])
-        log.info("network isolation of %s in place (chains %s, %s); DNS servers allowed: %s; "
-                 "egress allowed: %s", self.pool, self.input_chain, self.forward_chain,
+        log.info("network isolation of %s in place (chains %s, %s, %s); DNS servers allowed: %s; "
+                 "egress allowed: %s; published ports open to this node and: %s", self.pool,
+                 self.input_chain, self.forward_chain, self.published_chain,
                  ", ".join(map(str, self.dns_servers)) or "none",
-                 ", ".join(map(str, self.egress_allow)) or "none")
+                 ", ".join(map(str, self.egress_allow)) or "none",
+                 ", ".join(map(str, self.ingress_sources())) or "nobody else")
         if not self.dns_servers:
             log.warning("no DNS server outside loopback found in %s: if deployments cannot resolve "
                         "names, add the host's upstream DNS servers to AGENT_EGRESS_ALLOW",
@@ -224,12 +309,12 @@ class NetworkGuard:
         return True
 
     def remove(self):
-        """Remove the jumps and both chains; what is already gone is fine. Idempotent."""
+        """Remove the jumps and the chains; what is already gone is fine. Idempotent."""
         self.check()
         for chain, rule in self._jumps():
             while self._call(["-w", "-C", chain, *rule], check=False):
                 self._call(["-w", "-D", chain, *rule])
-        for chain in (self.input_chain, self.forward_chain):
+        for chain in (self.input_chain, self.forward_chain, self.published_chain):
             if self._call(["-w", "-S", chain], check=False):
                 self._call(["-w", "-F", chain])
                 self._call(["-w", "-X", chain])

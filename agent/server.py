@@ -207,6 +207,9 @@ class AgentLinks:
             link.close(protocol.CLOSE_GOING_AWAY, protocol.CLOSE_REASON_STOPPING)
             return
         log.info("control plane link from %s is up", peer)
+        link_up = getattr(self.service, "link_up", None)  # test services may not have it
+        if link_up is not None:
+            link_up(peer)
         sender = None
         try:
             if not link.send(self._hello()):

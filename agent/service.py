@@ -17,7 +17,7 @@ import psutil
 from agent import cgroups, protocol
 from agent.docker_exec import Executor
 from agent.errors import AgentError
-from agent.netguard import NetworkGuardError
+from agent.netguard import INGRESS_PEER, NetworkGuardError
 from agent.pipeline import (
     DEGRADED,
     DELETED,
@@ -125,6 +125,19 @@ class AgentService:
             runs = list(self.active.values())
         for run in runs:
             run.thread.join(timeout)
+
+    def link_up(self, peer):
+        """The control plane linked from `peer` (after it proved the token): with `link` in
+        AGENT_INGRESS_FROM, Caddy beside it may now reach published ports (agent/netguard.py).
+        Before the link's first answer, so the routes the controller then pushes work."""
+        if self.guard is None or not self.settings.ingress_link:
+            return
+        try:
+            if self.guard.set_ingress_peer(peer):
+                self.store.set_meta(INGRESS_PEER, peer)
+                log.info("published ports are open to the control plane's address %s", peer)
+        except NetworkGuardError as exc:  # the link still works; its next start tries again
+            log.error("network isolation rules: %s", exc)
 
     def _reconcile_loop(self):
         while not self._stop.wait(self.settings.reconcile_interval):

@@ -1,12 +1,15 @@
 """Issue 17 item 1: a deployment reaches neither another deployment (by name, by container IP, by
 its published ports through the gateway or the node's address), nor the agent's port, nor the
-LAN, nor a metadata address; Caddy still reaches the published services. Real engine, real
+LAN, nor a metadata address; a LAN host does not reach the published ports, the ingress's
+address and the node itself do; Caddy still reaches the published services. Real engine, real
 iptables (the agent's own start path installs the rules), real Caddy.
 
 The LAN is a network namespace of the test's own behind a veth pair: the host side holds the
 node's address (where services are published and the agent listens, as on a real node), the far
-side a LAN host and 169.254.169.254, each answering on port 80. Nothing leaves this machine.
+side a LAN host and 169.254.169.254, each answering on port 80, and the Caddy host's address.
+Nothing leaves this machine.
 """
+import ipaddress
 import os
 import random
 import shutil
@@ -33,7 +36,8 @@ pytestmark = [pytest.mark.docker,
               pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("iptables"),
                                  reason="needs root and iptables (make test runs as root)")]
 
-POOL = "10.249.0.0/16"   # this file's own pool: its rules never touch other tests' deployments
+POOL = "10.236.0.0/16"   # this file's own pool: its rules never touch other tests' deployments,
+# and outside the default pool (10.240.0.0/12), whose rules another agent on this host may hold
 METADATA = "169.254.169.254"
 LISTENER = """
 import socket, sys
@@ -50,18 +54,19 @@ def sh(*args):
 
 @pytest.fixture
 def lan():
-    """{"node": the node's address on the LAN, "host": a LAN host}; both answer on port 80."""
+    """{"node": the node's address on the LAN, "host": a LAN host, "ingress": the Caddy host's
+    address (in the node's AGENT_INGRESS_FROM), "netns": the LAN}; node and host answer on port 80."""
     tag = uuid.uuid4().hex[:6]
     netns, near, far = f"nlo-{tag}", f"nlh{tag}", f"nln{tag}"
     octet = random.randint(100, 250)
-    node, host = f"192.168.{octet}.1", f"192.168.{octet}.2"
+    node, host, ingress = (f"192.168.{octet}.{last}" for last in (1, 2, 3))
     listener = None
     try:
         sh("ip", "netns", "add", netns)
         sh("ip", "link", "add", near, "type", "veth", "peer", "name", far, "netns", netns)
         sh("ip", "addr", "add", f"{node}/24", "dev", near)
         sh("ip", "link", "set", near, "up")
-        for address in (f"{host}/24", f"{METADATA}/32"):
+        for address in (f"{host}/24", f"{ingress}/24", f"{METADATA}/32"):
             sh("ip", "-n", netns, "addr", "add", address, "dev", far)
         sh("ip", "-n", netns, "link", "set", far, "up")
         sh("ip", "-n", netns, "link", "set", "lo", "up")
@@ -70,7 +75,7 @@ def lan():
         listener = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", LISTENER],
                                     stdout=subprocess.PIPE, text=True)
         assert listener.stdout.readline().strip() == "up"
-        yield {"node": node, "host": host}
+        yield {"node": node, "host": host, "ingress": ingress, "netns": netns}
     finally:
         if listener is not None:
             listener.kill()
@@ -108,7 +113,8 @@ def agent_port():
 def node(docker_client, test_labels, lan, tmp_path):
     """An executor publishing on the node's address, with the rules the agent installs at start."""
     node_id = f"test-{uuid.uuid4().hex[:8]}"
-    settings = Settings(data_dir=tmp_path, node_id=node_id, subnet_pool=POOL, publish_host=lan["node"])
+    settings = Settings(data_dir=tmp_path, node_id=node_id, subnet_pool=POOL, publish_host=lan["node"],
+                        ingress_from=(ipaddress.ip_network(f"{lan['ingress']}/32"),))
     guard = network_guard(settings)
     try:
         yield Executor(docker_client, node_id, subnet_pool=POOL, publish_host=settings.publish_host,
@@ -211,3 +217,41 @@ def test_an_agent_that_cannot_hold_the_rules_refuses_to_start_and_says_why(tmp_p
     assert result.returncode == 1, result.stderr
     assert "network isolation: cannot read Docker's DOCKER-USER chain" in result.stderr
     assert expected in result.stderr and "AGENT_NETWORK_ISOLATION=off" in result.stderr
+
+
+def lan_reaches(lan, source, port):
+    """True when a TCP connection from `source` (an address of the LAN namespace) to the node's
+    published `port` opens."""
+    script = ("import socket, sys\ntry:\n"
+              f"    socket.create_connection(({lan['node']!r}, {port}), timeout=3,"
+              f" source_address=({source!r}, 0)).close()\n"
+              "except OSError:\n    sys.exit(1)\n")
+    return subprocess.run(["ip", "netns", "exec", lan["netns"], sys.executable, "-c", script],
+                          capture_output=True, timeout=30).returncode == 0
+
+
+def test_a_lan_host_reaches_no_published_port_but_the_ingress_and_the_node_do(
+        docker_client, node, lan, busybox_image, caddy):  # noqa: F811 - fixture
+    deployment = dep_id()
+    step = service("web", busybox_image, ports=[8080], expose=[8080])
+    web = node.start_service(spec_for(deployment, step), step, {}, httpd_service(0), "run-1")
+    port = node.published_ports(web)[8080]
+    wait_open(docker_client, web, "web:8080")
+
+    # The Caddy host (AGENT_INGRESS_FROM) gets in; another LAN host is refused at once.
+    assert lan_reaches(lan, lan["ingress"], port)
+    started = time.monotonic()
+    assert not lan_reaches(lan, lan["host"], port)
+    assert time.monotonic() - started < 2.5  # refused (a reset), not left to time out
+    # The node itself: Caddy beside the agent (make run) dials the published port.
+    CaddyAdmin(caddy.admin_url, caddy.listen, "127.0.0.1:9").full_sync(
+        {"web.d.local.test": f"{lan['node']}:{port}"})
+    assert caddy.get("web.d.local.test") == (200, "ok\n")
+
+    # The control plane links from the LAN host (AGENT_INGRESS_FROM=link): the rules now let that
+    # address in, and a link from elsewhere takes the permission back.
+    guard = NetworkGuard(POOL)
+    assert guard.set_ingress_peer(lan["host"]) is True
+    assert lan_reaches(lan, lan["host"], port) and not lan_reaches(lan, lan["ingress"], port)
+    assert guard.set_ingress_peer(lan["ingress"]) is True
+    assert lan_reaches(lan, lan["ingress"], port) and not lan_reaches(lan, lan["host"], port)

@@ -38,6 +38,10 @@ class RecordingService:
         self.calls = []
         self.release = threading.Event()   # lets the slow call (stats.get) finish
         self.started = self.stopped = False
+        self.link_peers = []   # link_up(peer): the ingress's default source (agent/netguard.py)
+
+    def link_up(self, peer):
+        self.link_peers.append(peer)
 
     def start(self):
         self.started = True

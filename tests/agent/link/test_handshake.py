@@ -54,6 +54,8 @@ def test_good_handshake_gets_hello(agent):
             "capacity": {"cpus": psutil.cpu_count(), "memory_bytes": psutil.virtual_memory().total},
             "outbox": agent.store.outbox_id(),
         }
+        # The service heard of the peer before the hello (the ingress's rules follow it).
+        assert agent.service.link_peers == ["127.0.0.1"]
         # The link is up: a request is answered.
         send(ws, protocol.request(1, "ping"))
         assert recv(ws) == {"type": "response", "id": 1, "ok": True, "result": {"pong": True}}
@@ -68,7 +70,7 @@ def test_wrong_token_is_refused_before_anything_else(agent, caplog):
     # An attacker ignores the agent's proof and answers with a proof from the wrong token.
     assert handshake(ws, OTHER_TOKEN, check_agent=False) == {"type": "auth.failed"}
     assert _closed_with(ws) == 1008
-    assert agent.service.calls == []
+    assert agent.service.calls == [] and agent.service.link_peers == []  # no rules for it
     assert "refused a connection from 127.0.0.1: bad token proof" in caplog.text
     assert [e["seq"] for e in agent.store.events_after(0)] == [1]  # nothing was sent or acked
 

@@ -43,6 +43,19 @@ def test_network_isolation_is_on_unless_turned_off_and_allowed_ranges_are_parsed
     assert allowed == (ipaddress.ip_network("10.1.0.0/16"), ipaddress.ip_network("192.168.5.7/32"))
 
 
+def test_published_ports_open_to_the_link_peer_by_default_or_to_the_listed_ranges():
+    """Issue 17 item 1: who besides the node may reach published ports (agent/netguard.py)."""
+    settings = load_settings([], {})
+    assert settings.ingress_link is True and settings.ingress_from == ()
+    settings = load_settings([], {"AGENT_INGRESS_FROM": "203.0.113.10, link"})
+    assert settings.ingress_link and settings.ingress_from == (ipaddress.ip_network("203.0.113.10/32"),)
+    settings = load_settings(["--ingress-from", "203.0.113.0/28"], {"AGENT_INGRESS_FROM": "link"})
+    assert not settings.ingress_link and settings.ingress_from == (ipaddress.ip_network("203.0.113.0/28"),)
+    for bad in ("", " , ", "caddy.example.com", "2001:db8::1"):
+        with pytest.raises(ConfigError, match="--ingress-from"):
+            load_settings(["--ingress-from", bad], {})
+
+
 def test_ports_are_published_where_the_agent_listens_unless_that_is_every_address():
     """Issue 17 item 1: the address the control plane (and so Caddy) reaches the node on."""
     assert load_settings(["--host", "10.0.0.5"], {}).publish_host == "10.0.0.5"
