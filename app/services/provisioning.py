@@ -167,7 +167,10 @@ def _failure_message(row):
     """Ansible's own words for a failed task: its message, and each failed module's when the
     task ran several (fact gathering), since the task's message alone does not say why."""
     result = (row.data or {}).get("res", {})
-    message = str(result.get("msg") or result.get("stderr") or row.stdout)
+    # A script's or a command's task says only "non-zero return code": its output says why
+    # (over SSH with a terminal, the script's stderr arrives in its stdout).
+    message = ": ".join(str(result[key]).strip() for key in ("msg", "stdout", "stderr")
+                        if str(result.get(key) or "").strip()) or str(row.stdout)
     for name, module in (result.get("failed_modules") or {}).items():
         detail = " ".join(" ".join(str(module[key]).split()) for key in MODULE_RESULT_KEYS if module.get(key))
         if detail:

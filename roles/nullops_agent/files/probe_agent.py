@@ -111,6 +111,13 @@ def main():
             state, logs, why = container_state(args.socket, args.container)
             if state is not None:
                 version, node_id, thumbprint = logged(logs)
+                if state.get("Restarting") or (not state.get("Running") and state.get("ExitCode")):
+                    # Final: the agent stopped with an error (its port in use, a bad setting): its
+                    # restart policy would only repeat that until the timeout.
+                    tail = "\n".join(logs.splitlines()[-15:])
+                    print(f"container {args.container} exited with code {state.get('ExitCode')} at start; "
+                          f"last lines of its log:\n{tail}", file=sys.stderr)
+                    return 1
                 if not state.get("Running"):
                     why = f"container {args.container} is {state.get('Status')} (exit code {state.get('ExitCode')})"
                 elif version is None or thumbprint is None:
