@@ -61,6 +61,14 @@ def _document_not_null(schema, model):
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_document_not_null)
 
+    @field_validator("*")
+    @classmethod
+    def no_nul(cls, value):
+        # PostgreSQL cannot store NUL in text: it reached the database and answered 500.
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain a NUL character (\\x00): remove it")
+        return value
+
 
 class Query(BaseModel):
     # Query strings are text: let pydantic convert "2" to 2, but still refuse unknown keys.
