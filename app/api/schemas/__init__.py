@@ -66,7 +66,7 @@ class Request(BaseModel):
     def no_nul(cls, value):
         # PostgreSQL cannot store NUL in text: it reached the database and answered 500.
         if isinstance(value, str) and "\x00" in value:
-            raise ValueError("must not contain a NUL character (\\x00): remove it")
+            raise ValueError("contains a NUL character: remove it")  # as pipeline definitions say
         return value
 
 
