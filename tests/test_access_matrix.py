@@ -1,22 +1,40 @@
-"""Every /api/v1 route against anonymous, a user with no grant, a Read-Only member, a Full
-Access member and an admin (the spec's QA Team / SE Team example). A route registered without
-a row here fails `test_every_api_route_has_a_row`."""
+"""Every /api/v1 route through bearer tokens against anonymous, a user with no grant, a
+Read-Only member, a Full Access member, an admin (the spec's QA Team / SE Team example) and the
+two asymmetric callers: Full Access on the project with Read-Only on the environment, and the
+reverse (tests/access/callers.py). A route registered without a row here fails
+`test_every_api_route_has_a_row`.
+
+A row states the five base callers; the asymmetric ones answer as the writer (Full Access on a
+deployment through one of the two grants, sight of both, admin-only things refused, no member
+of the spec example's teams) unless the row says otherwise: the writer's own user record and
+token are a stranger's to them (404)."""
 import socket
 
 import pytest
 
 from app.extensions import db
-from app.models import Grant
+from app.models import Environment, Grant, Project
 from app.services import auth, catalog, nodes, registries, users
 from tests.access import AREAS
+from tests.access.callers import asymmetric_callers
 from tests.conftest import STRONG_PASSWORD
 
 ROLES = ("anonymous", "outsider", "reader", "writer", "admin")
+ASYMMETRIC = ("full_ro", "ro_full")
 NEW_PASSWORD = "another-Strong-pass-42"
 
 
-def row(*statuses):
-    return dict(zip(ROLES, statuses, strict=True))
+def row(*statuses, asymmetric=None):
+    """Statuses of the five base callers; `asymmetric`: the two asymmetric callers' status
+    where it is not the writer's."""
+    statuses = dict(zip(ROLES, statuses, strict=True))
+    if asymmetric is not None:
+        statuses.update(dict.fromkeys(ASYMMETRIC, asymmetric))
+    return statuses
+
+
+def expected_status(statuses, caller):
+    return statuses.get(caller, statuses["writer"]) if caller in ASYMMETRIC else statuses[caller]
 
 
 EVERYONE = row(401, 200, 200, 200, 200)
@@ -32,9 +50,9 @@ QA_TEAM_VIEW = row(401, 404, 200, 404, 200)
 QA_TEAM_CHANGE = row(401, 404, 403, 404, 200)
 QA_TEAM_DELETE = row(401, 404, 403, 404, 204)
 # On the writer's own user record.
-WRITER_VIEW = row(401, 404, 404, 200, 200)
-WRITER_CHANGE = row(401, 404, 404, 403, 200)
-WRITER_DELETE = row(401, 404, 404, 403, 204)
+WRITER_VIEW = row(401, 404, 404, 200, 200, asymmetric=404)
+WRITER_CHANGE = row(401, 404, 404, 403, 200, asymmetric=404)
+WRITER_DELETE = row(401, 404, 404, 403, 204, asymmetric=404)
 HIDDEN_FROM_USERS = row(401, 404, 404, 404, 200)
 
 # (method, rule) -> (path template, JSON body, expected status per role)
@@ -50,7 +68,7 @@ MATRIX = {
     ("GET", "/api/v1/tokens"): ("/api/v1/tokens", None, EVERYONE),
     ("POST", "/api/v1/tokens"): ("/api/v1/tokens", {"name": "ci"}, row(401, 201, 201, 201, 201)),
     ("DELETE", "/api/v1/tokens/<int:token_id>"): (
-        "/api/v1/tokens/{writer_token}", None, row(401, 404, 404, 204, 204)),
+        "/api/v1/tokens/{writer_token}", None, row(401, 404, 404, 204, 204, asymmetric=404)),
     ("GET", "/api/v1/users"): ("/api/v1/users", None, EVERYONE),
     ("POST", "/api/v1/users"): (
         "/api/v1/users", {"username": "carol", "password": NEW_PASSWORD}, ADMIN_CREATE),
@@ -59,7 +77,7 @@ MATRIX = {
         "/api/v1/users/{writer}", {"full_name": "Bob"}, WRITER_CHANGE),
     ("POST", "/api/v1/users/<int:user_id>/password"): (
         "/api/v1/users/{writer}/password", {"new_password": NEW_PASSWORD},
-        row(401, 404, 404, 403, 204)),
+        row(401, 404, 404, 403, 204, asymmetric=404)),
     ("DELETE", "/api/v1/users/<int:user_id>"): ("/api/v1/users/{writer}", None, WRITER_DELETE),
     ("GET", "/api/v1/users/<int:user_id>/tokens"): (
         "/api/v1/users/{service_account}/tokens", None, HIDDEN_FROM_USERS),
@@ -220,6 +238,37 @@ def test_route_answers_each_role_as_expected(client, ids, spec_example, bearer, 
     headers = {} if role == "anonymous" else bearer(spec_example[role])
     response = client.open(path.format(**ids), method=key[0], json=_fill(body, ids),
                            headers=headers)
-    assert response.status_code == expected[role], response.text
+    assert response.status_code == expected_status(expected, role), response.text
     if response.status_code >= 400:
         assert set(response.json["error"]) == {"code", "message", "fields"}
+
+
+def _asymmetric_cases():
+    """Both asymmetric callers in one case (the matrix's time is its setup), refused ones
+    first: a refusal changes nothing. Each in a case of its own where both change something."""
+    for key in sorted(MATRIX):
+        statuses = {c: expected_status(MATRIX[key][2], c) for c in ASYMMETRIC}
+        if key[0] != "GET" and all(status < 400 for status in statuses.values()):
+            groups = [(c,) for c in ASYMMETRIC]
+        else:
+            groups = [tuple(sorted(ASYMMETRIC, key=lambda c: statuses[c] < 400))]
+        for group in groups:
+            yield pytest.param(key, group, id=f"{key[0]} {key[1]} as {' then '.join(group)}")
+
+
+@pytest.mark.parametrize("key,group", list(_asymmetric_cases()))
+def test_route_answers_the_asymmetric_callers_as_expected(client, ids, spec_example, make_user,
+                                                          bearer, key, group):
+    path, body, expected = MATRIX[key]
+    # Their grants: on the spec example's project and environment and on the deployments
+    # area's own (tests/access/deployments.py).
+    pairs = [(spec_example["project"], spec_example["environment"]),
+             (db.session.get(Project, ids["deploy_project"]),
+              db.session.get(Environment, ids["deploy_environment"]))]
+    callers = asymmetric_callers(make_user, pairs)
+    for caller in group:
+        response = client.open(path.format(**ids), method=key[0], json=_fill(body, ids),
+                               headers=bearer(callers[caller]))
+        assert response.status_code == expected_status(expected, caller), f"{caller}: {response.text}"
+        if response.status_code >= 400:
+            assert set(response.json["error"]) == {"code", "message", "fields"}

@@ -32,6 +32,7 @@ from app.models import (
     User,
 )
 from app.services import auth, catalog
+from tests.access.callers import ASYMMETRIC, asymmetric_callers, user_in_team
 from tests.access.deployments import add_deployment, add_node, pipeline_version, service_step
 from tests.access.deployments import registry as make_registry
 from tests.access.pipelines import make_catalog
@@ -189,18 +190,6 @@ def test_every_ui_route_has_a_row(app):
     assert MATRIX.keys() - routes == set(), "MATRIX lists UI routes that no longer exist"
 
 
-def _user_in_team(make_user, username, team_name, grants):
-    user = make_user(username)
-    team = Team(name=team_name)
-    db.session.add(team)
-    db.session.flush()
-    db.session.add(TeamMember(team_id=team.id, user_id=user.id))
-    for target, level in grants:
-        db.session.add(Grant(team_id=team.id, level=level.value, **target))
-    db.session.commit()
-    return user
-
-
 @pytest.fixture
 def world(spec_example, make_user):
     """The spec's example plus the other team and the two asymmetric grants; {name: value}
@@ -210,13 +199,10 @@ def world(spec_example, make_user):
     prod = Environment(name="prod")
     db.session.add(prod)
     db.session.commit()
-    full, read = AccessLevel.FULL, AccessLevel.READ_ONLY
-    _user_in_team(make_user, "bill", "Billing Team", [({"project_id": ex["other_project"].id}, full),
-                                                      ({"environment_id": prod.id}, full)])
-    _user_in_team(make_user, "mixed-full-ro", "Mixed A", [({"project_id": project.id}, full),
-                                                          ({"environment_id": environment.id}, read)])
-    _user_in_team(make_user, "mixed-ro-full", "Mixed B", [({"project_id": project.id}, read),
-                                                          ({"environment_id": environment.id}, full)])
+    full = AccessLevel.FULL
+    user_in_team(make_user, "bill", "Billing Team", [({"project_id": ex["other_project"].id}, full),
+                                                     ({"environment_id": prod.id}, full)])
+    asymmetric_callers(make_user, [(project, environment)])
     rows = make_catalog()
     node = add_node(environment, "node-1")
     run = ProvisioningRun(node_id=node.id, node_name=node.name, playbook="onboard_node", status="running")
@@ -240,8 +226,8 @@ def world(spec_example, make_user):
                      "environment_id": str(environment.id)}}
 
 
-USERNAMES = {"other": "bill", "reader": "qa-anna", "writer": "se-bob", "full_ro": "mixed-full-ro",
-             "ro_full": "mixed-ro-full", "admin": "admin"}
+USERNAMES = {"other": "bill", "reader": "qa-anna", "writer": "se-bob", "admin": "admin",
+             **{caller: username for caller, (username, _team, _levels) in ASYMMETRIC.items()}}
 
 
 def _counts():

@@ -58,11 +58,21 @@ def _document_not_null(schema, model):
         prop.pop("default", None)
 
 
-class Request(BaseModel):
+class _Input(BaseModel):
+    @field_validator("*")
+    @classmethod
+    def no_nul(cls, value):
+        # PostgreSQL cannot store or compare NUL in text: it reached the database and answered 500.
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("contains a NUL character: remove it")  # as pipeline definitions say
+        return value
+
+
+class Request(_Input):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_document_not_null)
 
 
-class Query(BaseModel):
+class Query(_Input):
     # Query strings are text: let pydantic convert "2" to 2, but still refuse unknown keys.
     model_config = ConfigDict(extra="forbid")
 
