@@ -218,7 +218,9 @@ class NetworkGuard:
                    *self._dns(self.forward_chain), *self._allowed(self.forward_chain)]
         for net in self.blocked:
             forward += self._reject(self.forward_chain, "-d", str(net))
-        published = [["-A", self.published_chain, *replies],
+        # The host's resolvers may lie inside the pool's range (here 10.255.255.53 is in the
+        # default 10.240.0.0/12): they are no container, and every container's DNS goes there.
+        published = [["-A", self.published_chain, *replies], *self._dns(self.published_chain),
                      ["-A", self.published_chain, "-s", str(self.pool), "-j", "RETURN"],
                      *[["-A", self.published_chain, "-s", str(net), "-j", "RETURN"]
                        for net in self.ingress_sources()],

@@ -88,6 +88,19 @@ def test_published_ports_open_only_to_the_pool_the_ingress_and_the_link_peer():
     assert ("DOCKER-USER", ["-d", "10.249.0.0/16", "-j", chain]) in guard._jumps()
 
 
+def test_the_hosts_resolver_inside_the_pool_stays_reachable_for_every_container():
+    # Seen on this machine: the default pool 10.240.0.0/12 holds the resolver 10.255.255.53, and
+    # the published-port chain refused every container's DNS (Docker's default bridge included).
+    guard = NetworkGuard("10.240.0.0/12", blocked=[], dns_servers=["10.255.255.53"], iptables="iptables")
+    chain = guard.published_chain
+    rules = guard.rules()[chain]
+    dns = [["-A", chain, "-d", "10.255.255.53/32", "-p", proto, "--dport", "53", "-j", "RETURN"]
+           for proto in ("udp", "tcp")]
+    assert all(rule in rules for rule in dns)
+    first_reject = next(i for i, rule in enumerate(rules) if "REJECT" in rule)
+    assert all(rules.index(rule) < first_reject for rule in dns)
+
+
 def test_the_link_peer_replaces_the_previous_one_and_rewrites_only_on_a_change():
     calls = []
 
